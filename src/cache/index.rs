@@ -1,0 +1,200 @@
+//! Durable metadata that the blob files cannot carry: which digest a tag named
+//! when last checked, and the media type of each stored manifest.
+//!
+//! Kept in redb, an embedded, crash-safe, pure-Rust key-value store with ACID
+//! transactions: a record is either fully written or not at all, and opening
+//! the same data directory from two processes fails instead of corrupting it.
+//! Calls block briefly; async callers wrap them in `spawn_blocking`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::oci::Digest;
+
+const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
+const MANIFEST_TYPES: TableDefinition<&str, &str> = TableDefinition::new("manifest_types");
+
+/// What a tag resolved to, and when that was last confirmed upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The manifest digest the tag named.
+    pub digest: Digest,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The manifest's size in bytes.
+    pub size: u64,
+    /// Seconds since the Unix epoch when the upstream last confirmed it.
+    pub checked_at: u64,
+}
+
+impl TagRecord {
+    /// How long ago the upstream confirmed this answer.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        let checked = SystemTime::UNIX_EPOCH + Duration::from_secs(self.checked_at);
+        now.duration_since(checked).unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Seconds since the Unix epoch, for `checked_at`.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The metadata store.
+pub struct Index {
+    db: Database,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Index")
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> Error {
+    Error::storage("index", e)
+}
+
+impl Index {
+    /// Opens or creates the store file.
+    pub fn open(path: &Path) -> Result<Index> {
+        let db = Database::create(path).map_err(store_err)?;
+        let txn = db.begin_write().map_err(store_err)?;
+        txn.open_table(TAGS).map_err(store_err)?;
+        txn.open_table(MANIFEST_TYPES).map_err(store_err)?;
+        txn.commit().map_err(store_err)?;
+        Ok(Index { db })
+    }
+
+    /// The record of a tag, keyed by [`tag_key`].
+    pub fn tag(&self, key: &str) -> Result<Option<TagRecord>> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(TAGS).map_err(store_err)?;
+        let Some(value) = table.get(key).map_err(store_err)? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(value.value()).ok())
+    }
+
+    /// Records what a tag resolved to.
+    pub fn put_tag(&self, key: &str, record: &TagRecord) -> Result<()> {
+        let value = serde_json::to_vec(record).map_err(store_err)?;
+        let txn = self.db.begin_write().map_err(store_err)?;
+        txn.open_table(TAGS)
+            .map_err(store_err)?
+            .insert(key, value.as_slice())
+            .map_err(store_err)?;
+        txn.commit().map_err(store_err)
+    }
+
+    /// The media type of a stored manifest.
+    pub fn manifest_type(&self, digest: &Digest) -> Result<Option<String>> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(MANIFEST_TYPES).map_err(store_err)?;
+        let found = table.get(digest.to_string().as_str()).map_err(store_err)?;
+        Ok(found.map(|v| v.value().to_string()))
+    }
+
+    /// Records a manifest's media type; done before its bytes are committed.
+    pub fn put_manifest_type(&self, digest: &Digest, media_type: &str) -> Result<()> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        txn.open_table(MANIFEST_TYPES)
+            .map_err(store_err)?
+            .insert(digest.to_string().as_str(), media_type)
+            .map_err(store_err)?;
+        txn.commit().map_err(store_err)
+    }
+
+    /// Every stored manifest's media type, loaded into memory at start.
+    pub fn manifest_types(&self) -> Result<Vec<(Digest, String)>> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(MANIFEST_TYPES).map_err(store_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(store_err)? {
+            let (key, value) = item.map_err(store_err)?;
+            if let Ok(digest) = Digest::parse(key.value()) {
+                out.push((digest, value.value().to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every tag record, for listing the cache.
+    pub fn tags(&self) -> Result<Vec<(String, TagRecord)>> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(TAGS).map_err(store_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(store_err)? {
+            let (key, value) = item.map_err(store_err)?;
+            if let Ok(record) = serde_json::from_slice(value.value()) {
+                out.push((key.value().to_string(), record));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The key of a tag: upstream, repository and tag, separated by characters
+/// that none of them may contain.
+pub fn tag_key(upstream: &str, repository: &str, tag: &str) -> String {
+    format!("{upstream} {repository}:{tag}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        let digest = Digest::sha256_of(b"m");
+        let record = TagRecord {
+            digest: digest.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 1,
+            checked_at: 42,
+        };
+        {
+            let index = Index::open(&path).unwrap();
+            let key = tag_key("docker.io", "library/alpine", "3");
+            index.put_tag(&key, &record).unwrap();
+            index
+                .put_manifest_type(&digest, &record.media_type)
+                .unwrap();
+            assert!(
+                Index::open(&path).is_err(),
+                "a second opener must be refused"
+            );
+        }
+        let index = Index::open(&path).unwrap();
+        let key = tag_key("docker.io", "library/alpine", "3");
+        assert_eq!(index.tag(&key).unwrap(), Some(record.clone()));
+        assert_eq!(index.tag("docker.io library/alpine:4").unwrap(), None);
+        assert_eq!(
+            index.manifest_type(&digest).unwrap().as_deref(),
+            Some(record.media_type.as_str())
+        );
+        assert_eq!(index.tags().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn age_is_measured_from_checked_at() {
+        let record = TagRecord {
+            digest: Digest::sha256_of(b""),
+            media_type: String::new(),
+            size: 0,
+            checked_at: 100,
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(160);
+        assert_eq!(record.age(now), Duration::from_secs(60));
+        assert_eq!(record.age(SystemTime::UNIX_EPOCH), Duration::ZERO);
+    }
+}

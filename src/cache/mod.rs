@@ -1,0 +1,355 @@
+//! The verified, content-addressed cache: blob files on disk, manifests hot
+//! in memory, tag answers with their age, and single-flight fills.
+//!
+//! This module knows nothing of HTTP: callers ask for a digest and get a
+//! stored file, a fill to follow, or a fill to feed.
+
+pub mod fill;
+pub mod index;
+pub mod reader;
+pub mod store;
+pub mod usage;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::config::CacheConfig;
+use crate::error::{Error, Result};
+use crate::oci::Digest;
+use fill::{Fill, FillWriter, Subscription};
+use index::{Index, TagRecord};
+use store::{BlobStore, TempBlob};
+use usage::{Lease, Usage};
+
+/// Most tag answers kept in memory in front of the index.
+const TAG_MEMORY_ENTRIES: u64 = 100_000;
+/// Most manifest media types kept in memory (one per stored manifest).
+const MANIFEST_TYPE_ENTRIES: u64 = 1_000_000;
+
+/// A manifest as stored: the upstream's exact bytes and media type.
+#[derive(Debug)]
+pub struct Manifest {
+    /// Its digest, checked against the bytes.
+    pub digest: Digest,
+    /// The media type the upstream served it with.
+    pub media_type: String,
+    /// The exact bytes.
+    pub bytes: Bytes,
+}
+
+/// A stored blob opened for reading.
+#[derive(Debug)]
+pub struct StoredBlob {
+    /// The open file, shared by the reader.
+    pub file: Arc<File>,
+    /// Its size.
+    pub size: u64,
+    /// The manifest media type, when the blob is a manifest.
+    pub manifest_type: Option<Arc<str>>,
+    /// Keeps it from eviction while read.
+    pub lease: Lease,
+}
+
+/// What the cache holds for a digest.
+#[derive(Debug)]
+pub enum BlobLookup {
+    /// Stored and verified.
+    Stored(StoredBlob),
+    /// Being fetched by someone else: follow it.
+    Filling(Subscription),
+    /// Not there: the caller must feed the writer; the subscription reads it.
+    Missing(Box<FillWriter>, Subscription),
+}
+
+/// The cache. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: BlobStore,
+    usage: Arc<Usage>,
+    index: Index,
+    fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    manifests: moka::sync::Cache<Digest, Arc<Manifest>>,
+    manifest_types: moka::sync::Cache<Digest, Arc<str>>,
+    tags: moka::sync::Cache<String, TagRecord>,
+}
+
+impl Cache {
+    /// Opens the cache in `data_dir`: cleans temporary files, rebuilds the
+    /// usage table from the blob files, opens the index.
+    pub async fn open(data_dir: &Path, config: &CacheConfig) -> Result<Cache> {
+        let data_dir = data_dir.to_path_buf();
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Cache::open_blocking(&data_dir, &config))
+            .await
+            .map_err(|e| Error::storage("open", e))?
+    }
+
+    fn open_blocking(data_dir: &Path, config: &CacheConfig) -> Result<Cache> {
+        let store = BlobStore::open(data_dir).map_err(|e| Error::storage("open blob store", e))?;
+        let usage = Usage::new(config.max_size.as_u64());
+        for blob in store
+            .scan()
+            .map_err(|e| Error::storage("scan blob store", e))?
+        {
+            usage.insert(blob.digest, blob.size, blob.last_use);
+        }
+        let index = Index::open(&data_dir.join("index.redb"))?;
+        let manifest_types = moka::sync::Cache::new(MANIFEST_TYPE_ENTRIES);
+        for (digest, media_type) in index.manifest_types()? {
+            manifest_types.insert(digest, Arc::from(media_type));
+        }
+        let manifests = moka::sync::Cache::builder()
+            .max_capacity(config.manifest_memory.as_u64())
+            .weigher(|_, m: &Arc<Manifest>| m.bytes.len().try_into().unwrap_or(u32::MAX))
+            .build();
+        tracing::info!(
+            objects = usage.count(),
+            bytes = usage.total_bytes(),
+            dir = %data_dir.display(),
+            "cache opened"
+        );
+        let inner = Inner {
+            store,
+            usage,
+            index,
+            fills: Mutex::new(HashMap::new()),
+            manifests,
+            manifest_types,
+            tags: moka::sync::Cache::new(TAG_MEMORY_ENTRIES),
+        };
+        Ok(Cache {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Opens a stored blob, leasing it; `None` when it is not stored.
+    pub async fn stored_blob(&self, digest: &Digest) -> Result<Option<StoredBlob>> {
+        let Some((lease, touch)) = self.inner.usage.lease(digest) else {
+            return Ok(None);
+        };
+        let inner = Arc::clone(&self.inner);
+        let d = digest.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let opened = inner.store.open_blob(&d)?;
+            if let (Some((file, _)), true) = (&opened, touch) {
+                let _ = file.set_modified(SystemTime::now());
+            }
+            Ok::<_, std::io::Error>(opened)
+        })
+        .await
+        .map_err(|e| Error::storage("open blob", e))?
+        .map_err(|e| Error::storage("open blob", e))?;
+        let Some((file, size)) = opened else {
+            tracing::warn!(%digest, "blob vanished from the store; forgetting it");
+            self.inner.usage.forget(digest);
+            return Ok(None);
+        };
+        Ok(Some(StoredBlob {
+            file: Arc::new(file),
+            size,
+            manifest_type: self.inner.manifest_types.get(digest),
+            lease,
+        }))
+    }
+
+    /// Finds a blob: stored, being filled, or missing (then a fill starts and
+    /// the caller becomes its leader).
+    pub async fn lookup(&self, digest: &Digest) -> Result<BlobLookup> {
+        if let Some(blob) = self.stored_blob(digest).await? {
+            return Ok(BlobLookup::Stored(blob));
+        }
+        if let Some(found) = self.join_or_start(digest)? {
+            return Ok(found);
+        }
+        // Committed between the first look and the fills lock.
+        match self.stored_blob(digest).await? {
+            Some(blob) => Ok(BlobLookup::Stored(blob)),
+            None => Err(Error::Storage("blob vanished while opening".into())),
+        }
+    }
+
+    /// Under the fills lock: follow a fill, or start one; `None` when the
+    /// blob got stored meanwhile.
+    fn join_or_start(&self, digest: &Digest) -> Result<Option<BlobLookup>> {
+        let mut fills = self.inner.fills.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fill) = fills.get(digest) {
+            return Ok(Some(BlobLookup::Filling(fill.subscribe())));
+        }
+        if self.inner.usage.contains(digest) {
+            return Ok(None);
+        }
+        let temp = self
+            .inner
+            .store
+            .temp()
+            .map_err(|e| Error::storage("create temp file", e))?;
+        let (fill, writer) = Fill::start(self.clone(), digest.clone(), temp)
+            .map_err(|e| Error::storage("start fill", e))?;
+        let sub = fill.subscribe();
+        fills.insert(digest.clone(), fill);
+        Ok(Some(BlobLookup::Missing(Box::new(writer), sub)))
+    }
+
+    /// Follows a fill in progress, if there is one; never starts one.
+    pub fn filling(&self, digest: &Digest) -> Option<Subscription> {
+        let fills = self.inner.fills.lock().unwrap_or_else(|p| p.into_inner());
+        fills.get(digest).map(|fill| fill.subscribe())
+    }
+
+    /// Stores a verified fill and evicts past the quota. A failure here is
+    /// logged, never passed to readers: they already have verified bytes.
+    async fn commit_fill(&self, temp: TempBlob, digest: &Digest, size: u64) {
+        let inner = Arc::clone(&self.inner);
+        let d = digest.clone();
+        let committed = tokio::task::spawn_blocking(move || inner.store.commit(temp, &d)).await;
+        match committed {
+            Ok(Ok(())) => {
+                self.inner
+                    .usage
+                    .insert(digest.clone(), size, SystemTime::now());
+                self.evict().await;
+            }
+            Ok(Err(e)) => tracing::error!(%digest, error = %e, "cannot store a verified blob"),
+            Err(e) => tracing::error!(%digest, error = %e, "blob commit task failed"),
+        }
+    }
+
+    fn end_fill(&self, digest: &Digest) {
+        let mut fills = self.inner.fills.lock().unwrap_or_else(|p| p.into_inner());
+        fills.remove(digest);
+    }
+
+    async fn evict(&self) {
+        let victims = self.inner.usage.take_victims();
+        if victims.is_empty() {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let _ = tokio::task::spawn_blocking(move || {
+            for digest in victims {
+                inner.manifests.invalidate(&digest);
+                match inner.store.remove(&digest) {
+                    Ok(()) => tracing::debug!(%digest, "evicted"),
+                    Err(e) => tracing::warn!(%digest, error = %e, "cannot evict"),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// A stored manifest by digest, from memory or disk.
+    pub async fn manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>> {
+        if let Some(m) = self.inner.manifests.get(digest) {
+            return Ok(Some(m));
+        }
+        let Some(media_type) = self.inner.manifest_types.get(digest) else {
+            return Ok(None);
+        };
+        let Some(blob) = self.stored_blob(digest).await? else {
+            return Ok(None);
+        };
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; blob.size as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&*blob.file, &mut buf, 0)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(|e| Error::storage("read manifest", e))?
+        .map_err(|e| Error::storage("read manifest", e))?;
+        let manifest = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type: media_type.to_string(),
+            bytes: Bytes::from(bytes),
+        });
+        self.inner
+            .manifests
+            .insert(digest.clone(), Arc::clone(&manifest));
+        Ok(Some(manifest))
+    }
+
+    /// Stores a manifest whose digest the caller verified.
+    pub async fn put_manifest(&self, manifest: Arc<Manifest>) -> Result<()> {
+        self.inner
+            .manifests
+            .insert(manifest.digest.clone(), Arc::clone(&manifest));
+        if self.inner.manifest_types.contains_key(&manifest.digest)
+            && self.inner.usage.contains(&manifest.digest)
+        {
+            return Ok(());
+        }
+        let inner = Arc::clone(&self.inner);
+        let m = Arc::clone(&manifest);
+        tokio::task::spawn_blocking(move || {
+            inner.index.put_manifest_type(&m.digest, &m.media_type)?;
+            let temp = inner
+                .store
+                .temp()
+                .map_err(|e| Error::storage("create temp file", e))?;
+            temp.file()
+                .write_all(&m.bytes)
+                .map_err(|e| Error::storage("write manifest", e))?;
+            inner
+                .store
+                .commit(temp, &m.digest)
+                .map_err(|e| Error::storage("commit manifest", e))?;
+            inner
+                .usage
+                .insert(m.digest.clone(), m.bytes.len() as u64, SystemTime::now());
+            inner
+                .manifest_types
+                .insert(m.digest.clone(), Arc::from(m.media_type.as_str()));
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::storage("store manifest", e))??;
+        self.evict().await;
+        Ok(())
+    }
+
+    /// The last known answer for a tag.
+    pub async fn tag(&self, key: &str) -> Result<Option<TagRecord>> {
+        if let Some(record) = self.inner.tags.get(key) {
+            return Ok(Some(record));
+        }
+        let inner = Arc::clone(&self.inner);
+        let k = key.to_string();
+        let found = tokio::task::spawn_blocking(move || inner.index.tag(&k))
+            .await
+            .map_err(|e| Error::storage("read tag", e))??;
+        if let Some(record) = &found {
+            self.inner.tags.insert(key.to_string(), record.clone());
+        }
+        Ok(found)
+    }
+
+    /// Records a tag's answer, durably.
+    pub async fn put_tag(&self, key: &str, record: TagRecord) -> Result<()> {
+        self.inner.tags.insert(key.to_string(), record.clone());
+        let inner = Arc::clone(&self.inner);
+        let k = key.to_string();
+        tokio::task::spawn_blocking(move || inner.index.put_tag(&k, &record))
+            .await
+            .map_err(|e| Error::storage("write tag", e))?
+    }
+
+    /// Bytes and objects stored.
+    pub fn usage(&self) -> (u64, usize) {
+        (self.inner.usage.total_bytes(), self.inner.usage.count())
+    }
+
+    /// Fills in progress.
+    pub fn fills_in_flight(&self) -> usize {
+        self.inner.fills.lock().map(|f| f.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,535 @@
+//! Configuration: a TOML file, embedded defaults for every key, command-line
+//! overrides for the common case, then `validate()`.
+//!
+//! Loading is `parse -> apply overrides -> resolve secrets -> validate`, so
+//! `lasti check-config` and `lasti serve` see exactly the same result.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::Secret;
+
+/// Where lasti listens when nothing else is said: the port docker expects of a registry.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+/// The data directory when nothing else is said, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Docker Hub's registry endpoint, the default upstream.
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+/// The name clients and containerd's `ns=` use for Docker Hub.
+pub const DOCKER_HUB_NAME: &str = "docker.io";
+
+/// The whole configuration of one lasti process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the registry API listener.
+    pub listen: SocketAddr,
+    /// Root of the cache: blobs, temporary files and the metadata store.
+    pub data_dir: PathBuf,
+    /// Logging format and filter.
+    pub log: LogConfig,
+    /// Disk and memory limits of the cache.
+    pub cache: CacheConfig,
+    /// Upstream registries, in order; the first is the default.
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            log: LogConfig::default(),
+            cache: CacheConfig::default(),
+            upstreams: vec![UpstreamConfig::new(
+                DOCKER_HUB_NAME,
+                Url::parse(DOCKER_HUB_URL).expect("valid default url"),
+            )],
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json` (one object per line, for log collectors).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `lasti=debug,info`; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            filter: "info".to_string(),
+        }
+    }
+}
+
+/// The log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    Human,
+    /// JSON objects for a log collector.
+    Json,
+}
+
+/// Limits of the on-disk and in-memory cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Disk quota for cached blobs and manifests; least recently used blobs are evicted past it.
+    pub max_size: ByteSize,
+    /// Memory kept for hot manifests, served without touching the disk.
+    pub manifest_memory: ByteSize,
+    /// Largest manifest accepted from an upstream; larger ones are refused, not stored.
+    pub max_manifest_size: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: ByteSize::gib(50),
+            manifest_memory: ByteSize::mib(64),
+            max_manifest_size: ByteSize::mib(4),
+        }
+    }
+}
+
+/// One upstream registry and how to talk to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Registry host name as clients write it (`docker.io`, `ghcr.io`); used for
+    /// containerd's `ns=` parameter and for path prefixes like `/v2/ghcr.io/org/app/...`.
+    pub name: String,
+    /// Other names that select this upstream (`index.docker.io`, `registry-1.docker.io`).
+    pub aliases: Vec<String>,
+    /// Base URL of the registry API; `http://` is allowed for tests and local mirrors.
+    pub url: Url,
+    /// Prefix one-component names with `library/` (Docker Hub's official images).
+    /// Defaults to true for `docker.io` and false elsewhere.
+    pub library_prefix: Option<bool>,
+    /// User name for Basic auth or for the token realm.
+    pub username: Option<String>,
+    /// Password or token, inline. Prefer `password_env` or `password_file`.
+    pub password: Option<Secret>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// Extra PEM CA certificates trusted for this upstream, besides the platform's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Hosts besides the upstream's own registrable domain that may serve its token realm.
+    pub token_realm_hosts: Vec<String>,
+    /// How long a tag -> digest answer is trusted before it is revalidated with `HEAD`.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Per repository/tag overrides of `tag_ttl`; the first matching rule wins.
+    #[serde(rename = "tag_rule")]
+    pub tag_rules: Vec<TagRule>,
+    /// Time allowed to open a connection (TCP and TLS).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed from sending a request until the response headers arrive.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest pause allowed between two pieces of a response body.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Retries of a request that failed before any byte went to a client.
+    pub retries: u32,
+}
+
+impl UpstreamConfig {
+    /// An upstream with every option at its default.
+    pub fn new(name: &str, url: Url) -> Self {
+        UpstreamConfig {
+            name: name.to_string(),
+            url,
+            ..UpstreamConfig::default()
+        }
+    }
+
+    /// Whether one-component names get `library/` in front.
+    pub fn uses_library_prefix(&self) -> bool {
+        self.library_prefix.unwrap_or(self.name == DOCKER_HUB_NAME)
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            name: String::new(),
+            aliases: Vec::new(),
+            url: Url::parse("http://invalid.invalid").expect("valid placeholder"),
+            library_prefix: None,
+            username: None,
+            password: None,
+            password_env: None,
+            password_file: None,
+            ca_file: None,
+            token_realm_hosts: Vec::new(),
+            tag_ttl: Duration::from_secs(10 * 60),
+            tag_rules: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            retries: 2,
+        }
+    }
+}
+
+/// A TTL for the tags whose repository and tag match these glob patterns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRule {
+    /// Glob over the repository as stored upstream (`library/*`); default `*`.
+    #[serde(default = "match_all")]
+    pub repository: String,
+    /// Glob over the tag (`latest`, `v*.*.*`); default `*`.
+    #[serde(default = "match_all")]
+    pub tag: String,
+    /// How long a matching tag is trusted.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+fn match_all() -> String {
+    "*".to_string()
+}
+
+/// Values given on the command line; each replaces the file's value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--upstream NAME=URL`, in order; the first becomes the default upstream.
+    pub upstreams: Vec<(String, Url)>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A value breaks a rule.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads the file (if any), applies overrides, resolves secrets and validates.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.resolve_secrets()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file; keys left out take their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text; an empty text is the embedded default.
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Applies command-line overrides. An `--upstream` whose name the file
+    /// already has only replaces that upstream's URL, keeping its other keys.
+    pub fn apply(&mut self, overrides: Overrides) {
+        if let Some(listen) = overrides.listen {
+            self.listen = listen;
+        }
+        if let Some(dir) = overrides.data_dir {
+            self.data_dir = dir;
+        }
+        if let Some(format) = overrides.log_format {
+            self.log.format = format;
+        }
+        if overrides.upstreams.is_empty() {
+            return;
+        }
+        let mut rest = std::mem::take(&mut self.upstreams);
+        for (name, url) in overrides.upstreams {
+            let upstream = match rest.iter().position(|u| u.name == name) {
+                Some(i) => UpstreamConfig {
+                    url,
+                    ..rest.remove(i)
+                },
+                None => UpstreamConfig::new(&name, url),
+            };
+            self.upstreams.push(upstream);
+        }
+        self.upstreams.extend(rest);
+    }
+
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        for upstream in &mut self.upstreams {
+            if let Some(var) = &upstream.password_env {
+                let value = std::env::var(var).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "upstream {}: environment variable {var} is not set",
+                        upstream.name
+                    ))
+                })?;
+                upstream.password = Some(Secret::new(value));
+            }
+            if let Some(file) = &upstream.password_file {
+                let value = std::fs::read_to_string(file).map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "upstream {}: cannot read password_file {}: {e}",
+                        upstream.name,
+                        file.display()
+                    ))
+                })?;
+                upstream.password = Some(Secret::new(value.trim_end().to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every rule that the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.upstreams.is_empty() {
+            return invalid("at least one [[upstream]] is required".into());
+        }
+        if self.cache.max_manifest_size.as_u64() == 0 {
+            return invalid("cache.max_manifest_size must be above zero".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return invalid(format!(
+                "log.filter {:?} is not a valid filter",
+                self.log.filter
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for upstream in &self.upstreams {
+            upstream.validate()?;
+            for name in std::iter::once(&upstream.name).chain(&upstream.aliases) {
+                if !names.insert(name.as_str()) {
+                    return invalid(format!("upstream name {name} is used twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| {
+            Err(ConfigError::Invalid(format!(
+                "upstream {:?}: {msg}",
+                self.name
+            )))
+        };
+        if self.name.is_empty() || !self.name.chars().all(valid_host_char) {
+            return fail("name must be a registry host name like docker.io or localhost:5001");
+        }
+        if self
+            .aliases
+            .iter()
+            .any(|a| a.is_empty() || !a.chars().all(valid_host_char))
+        {
+            return fail("aliases must be host names");
+        }
+        if !matches!(self.url.scheme(), "http" | "https") || self.url.host_str().is_none() {
+            return fail("url must be http:// or https:// with a host");
+        }
+        if self.url.query().is_some() || self.url.fragment().is_some() {
+            return fail("url must not have a query or fragment");
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return fail("a password needs a username");
+        }
+        let set = [&self.password_env.is_some(), &self.password_file.is_some()];
+        if set.iter().all(|s| **s) {
+            return fail("give password_env or password_file, not both");
+        }
+        if self.connect_timeout.is_zero() || self.header_timeout.is_zero() {
+            return fail("timeouts must be above zero");
+        }
+        for rule in &self.tag_rules {
+            for pattern in [&rule.repository, &rule.tag] {
+                if globset::Glob::new(pattern).is_err() {
+                    return fail(&format!("tag_rule pattern {pattern:?} is not a valid glob"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_host_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_')
+}
+
+/// Parses `NAME=URL` as given to `--upstream`.
+pub fn parse_upstream_flag(value: &str) -> Result<(String, Url), String> {
+    let (name, url) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=URL"))?;
+    let url = Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    Ok((name.to_string(), url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(config.upstreams[0].name, "docker.io");
+        assert_eq!(
+            config.upstreams[0].url.as_str(),
+            "https://registry-1.docker.io/"
+        );
+        assert!(config.upstreams[0].uses_library_prefix());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(Config::from_toml("lisen = \"0.0.0.0:1\"").is_err());
+        assert!(Config::from_toml("[cache]\nmax = \"1GB\"").is_err());
+    }
+
+    #[test]
+    fn human_units_parse() {
+        let config = Config::from_toml(
+            r#"
+            [cache]
+            max_size = "2 GiB"
+            [[upstream]]
+            name = "ghcr.io"
+            url = "https://ghcr.io"
+            tag_ttl = "1h 30m"
+            [[upstream.tag_rule]]
+            tag = "latest"
+            ttl = "2m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.cache.max_size, ByteSize::gib(2));
+        let up = &config.upstreams[0];
+        assert_eq!(up.tag_ttl, Duration::from_secs(5400));
+        assert_eq!(up.tag_rules[0].repository, "*");
+        assert_eq!(up.tag_rules[0].ttl, Duration::from_secs(120));
+        assert!(!up.uses_library_prefix());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn upstream_flags_reorder_and_keep_file_settings() {
+        let mut config = Config::from_toml(
+            r#"
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            username = "me"
+            [[upstream]]
+            name = "ghcr.io"
+            url = "https://ghcr.io"
+            "#,
+        )
+        .unwrap();
+        config.apply(Overrides {
+            upstreams: vec![
+                parse_upstream_flag("quay.io=http://127.0.0.1:9").unwrap(),
+                parse_upstream_flag("docker.io=http://127.0.0.1:5001").unwrap(),
+            ],
+            ..Overrides::default()
+        });
+        let names: Vec<_> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["quay.io", "docker.io", "ghcr.io"]);
+        assert_eq!(config.upstreams[1].url.as_str(), "http://127.0.0.1:5001/");
+        assert_eq!(config.upstreams[1].username.as_deref(), Some("me"));
+    }
+
+    #[test]
+    fn validation_rules() {
+        let bad = [
+            "upstream = []",
+            "[[upstream]]\nname = \"a b\"\nurl = \"http://x\"",
+            "[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"",
+            "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\npassword = \"p\"",
+            "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\n[[upstream]]\nname = \"x\"\nurl = \"http://y\"",
+            "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nconnect_timeout = \"0s\"",
+            "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\n[[upstream.tag_rule]]\ntag = \"[\"\nttl = \"1s\"",
+            "[log]\nfilter = \"=\"",
+        ];
+        for text in bad {
+            let config = Config::from_toml(text).unwrap();
+            assert!(config.validate().is_err(), "accepted: {text}");
+        }
+    }
+
+    #[test]
+    fn password_from_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let text = format!(
+            "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nusername = \"u\"\npassword_file = {:?}",
+            file.display().to_string()
+        );
+        let mut config = Config::from_toml(&text).unwrap();
+        config.resolve_secrets().unwrap();
+        assert_eq!(
+            config.upstreams[0].password.as_ref().unwrap().expose(),
+            "s3cret"
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+
+        let text = "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nusername = \"u\"\npassword_env = \"LASTI_TEST_SURELY_UNSET\"";
+        let mut config = Config::from_toml(text).unwrap();
+        assert!(config.resolve_secrets().is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! One error type for the whole proxy. Each variant says where the fault came
+//! from (the client, an upstream, or lasti itself) and whether trying again
+//! could help; `server::response` turns it into the OCI error body in one place.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::oci::ErrorCode;
+
+/// Who caused an error: decides the status class and whether it is logged as ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A bad or unsatisfiable request: 4xx, logged at debug.
+    Client,
+    /// The upstream registry failed or refused: 4xx mirrored, or 502/504.
+    Upstream,
+    /// lasti itself (disk, store): 500, logged as an error.
+    Internal,
+}
+
+/// Everything that can go wrong while answering a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The repository name breaks the distribution-spec grammar.
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    /// The digest is malformed or uses an algorithm lasti does not support.
+    #[error("invalid digest: {0}")]
+    DigestInvalid(String),
+    /// The reference is neither a valid tag nor a digest.
+    #[error("invalid reference: {0}")]
+    ReferenceInvalid(String),
+    /// Neither the cache nor the upstream has this manifest.
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    /// Neither the cache nor the upstream has this blob.
+    #[error("blob unknown")]
+    BlobUnknown,
+    /// The upstream does not know the repository.
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    /// The request asks for something a pull-through cache does not do (pushes, deletes).
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// The Range header cannot be satisfied for a blob of this size.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable {
+        /// The blob's full size, for `Content-Range: bytes */size`.
+        size: u64,
+    },
+    /// The Range header is malformed or asks for several ranges.
+    #[error("unsupported Range header: {0}")]
+    RangeInvalid(String),
+    /// The stored manifest's type is not among those the client accepts.
+    #[error("manifest media type {0} is not acceptable to the client")]
+    NotAcceptable(String),
+    /// The upstream refused access (private or missing repository, bad credentials).
+    #[error("upstream {upstream} denied access: {message}")]
+    UpstreamDenied {
+        /// The upstream's configured name.
+        upstream: String,
+        /// What it said.
+        message: String,
+    },
+    /// The upstream is rate limiting us.
+    #[error("upstream {upstream} is rate limiting pulls")]
+    UpstreamTooManyRequests {
+        /// The upstream's configured name.
+        upstream: String,
+        /// How long it asked us to wait, passed on to the client.
+        retry_after: Option<Duration>,
+    },
+    /// The upstream could not be reached or answered with a server error.
+    #[error("upstream {upstream} unavailable: {message}")]
+    UpstreamUnavailable {
+        /// The upstream's configured name.
+        upstream: String,
+        /// What happened.
+        message: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream {upstream} timed out: {message}")]
+    UpstreamTimeout {
+        /// The upstream's configured name.
+        upstream: String,
+        /// Which phase timed out.
+        message: String,
+    },
+    /// The upstream sent something that breaks the protocol: wrong digest,
+    /// wrong length, oversize manifest, bad redirect, foreign token realm.
+    #[error("upstream {upstream} sent a bad response: {message}")]
+    UpstreamInvalid {
+        /// The upstream's configured name.
+        upstream: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The local disk or metadata store failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// Where the fault lies.
+    pub fn origin(&self) -> Origin {
+        use Error::*;
+        match self {
+            NameInvalid(_)
+            | DigestInvalid(_)
+            | ReferenceInvalid(_)
+            | Unsupported(_)
+            | RangeNotSatisfiable { .. }
+            | RangeInvalid(_)
+            | NotAcceptable(_) => Origin::Client,
+            ManifestUnknown
+            | BlobUnknown
+            | NameUnknown
+            | UpstreamDenied { .. }
+            | UpstreamTooManyRequests { .. }
+            | UpstreamUnavailable { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamInvalid { .. } => Origin::Upstream,
+            Storage(_) => Origin::Internal,
+        }
+    }
+
+    /// Whether the same request may succeed if tried again (before any byte went out).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::UpstreamUnavailable { .. } | Error::UpstreamTimeout { .. }
+        )
+    }
+
+    /// The OCI error code sent to the client.
+    pub fn code(&self) -> ErrorCode {
+        use Error::*;
+        match self {
+            NameInvalid(_) => ErrorCode::NameInvalid,
+            DigestInvalid(_) => ErrorCode::DigestInvalid,
+            ReferenceInvalid(_) | ManifestUnknown | NotAcceptable(_) => ErrorCode::ManifestUnknown,
+            BlobUnknown | RangeNotSatisfiable { .. } => ErrorCode::BlobUnknown,
+            NameUnknown => ErrorCode::NameUnknown,
+            Unsupported(_) | RangeInvalid(_) => ErrorCode::Unsupported,
+            UpstreamDenied { .. } => ErrorCode::Denied,
+            UpstreamTooManyRequests { .. } => ErrorCode::TooManyRequests,
+            UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamInvalid { .. } => {
+                ErrorCode::Unavailable
+            }
+            Storage(_) => ErrorCode::Unknown,
+        }
+    }
+
+    /// The HTTP status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        use Error::*;
+        match self {
+            ReferenceInvalid(_) => StatusCode::NOT_FOUND,
+            RangeNotSatisfiable { .. } | RangeInvalid(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            NotAcceptable(_) => StatusCode::NOT_FOUND,
+            UpstreamUnavailable { .. } | UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            other => other.code().status(),
+        }
+    }
+
+    /// A short, bounded label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        use Error::*;
+        match self {
+            NameInvalid(_) => "name_invalid",
+            DigestInvalid(_) => "digest_invalid",
+            ReferenceInvalid(_) => "reference_invalid",
+            ManifestUnknown => "manifest_unknown",
+            BlobUnknown => "blob_unknown",
+            NameUnknown => "name_unknown",
+            Unsupported(_) => "unsupported",
+            RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            RangeInvalid(_) => "range_invalid",
+            NotAcceptable(_) => "not_acceptable",
+            UpstreamDenied { .. } => "upstream_denied",
+            UpstreamTooManyRequests { .. } => "upstream_rate_limited",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            UpstreamInvalid { .. } => "upstream_invalid",
+            Storage(_) => "storage",
+        }
+    }
+
+    /// Wraps an I/O failure of the cache.
+    pub fn storage(context: &str, err: impl std::fmt::Display) -> Error {
+        Error::Storage(format!("{context}: {err}"))
+    }
+}
+
+/// The proxy's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_origin() {
+        let up = "docker.io".to_string();
+        let cases = [
+            (Error::NameInvalid("x".into()), 400, "NAME_INVALID"),
+            (Error::DigestInvalid("x".into()), 400, "DIGEST_INVALID"),
+            (Error::ManifestUnknown, 404, "MANIFEST_UNKNOWN"),
+            (Error::BlobUnknown, 404, "BLOB_UNKNOWN"),
+            (Error::Unsupported("push"), 405, "UNSUPPORTED"),
+            (Error::RangeNotSatisfiable { size: 3 }, 416, "BLOB_UNKNOWN"),
+            (
+                Error::UpstreamTooManyRequests {
+                    upstream: up.clone(),
+                    retry_after: None,
+                },
+                429,
+                "TOOMANYREQUESTS",
+            ),
+            (
+                Error::UpstreamDenied {
+                    upstream: up.clone(),
+                    message: "no".into(),
+                },
+                403,
+                "DENIED",
+            ),
+            (
+                Error::UpstreamUnavailable {
+                    upstream: up.clone(),
+                    message: "down".into(),
+                },
+                502,
+                "UNAVAILABLE",
+            ),
+            (
+                Error::UpstreamTimeout {
+                    upstream: up,
+                    message: "headers".into(),
+                },
+                504,
+                "UNAVAILABLE",
+            ),
+            (Error::Storage("disk".into()), 500, "UNKNOWN"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.code().as_str(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn only_transient_upstream_faults_retry() {
+        let up = "x".to_string();
+        assert!(Error::UpstreamTimeout {
+            upstream: up.clone(),
+            message: String::new()
+        }
+        .is_retryable());
+        assert!(!Error::UpstreamDenied {
+            upstream: up,
+            message: String::new()
+        }
+        .is_retryable());
+        assert!(!Error::ManifestUnknown.is_retryable());
+    }
+}

@@ -1,0 +1,32 @@
+//! lasti: a pull-through caching proxy for container registries.
+//!
+//! A request travels through these modules, in order:
+//!
+//! - [`server`]: the listener (HTTP/1.1 and HTTP/2), the hand-written router
+//!   of OCI paths, response building, the access log, graceful shutdown.
+//! - [`pull_through`]: the decisions: hit or miss, tag TTL and revalidation,
+//!   stale-if-error, single-flight fetches.
+//! - [`upstream`]: registry clients (hyper + rustls), credentials and the
+//!   Bearer token flow, redirects, retries, routing among upstreams.
+//! - [`cache`]: the verified content-addressed store on disk, manifests in
+//!   memory, tag records in redb, LRU eviction, and the fills that stream a
+//!   blob to many clients while writing it once.
+//! - [`oci`]: pure protocol types (names, references, digests, ranges,
+//!   challenges, media types, the error body), validated at the edge.
+//!
+//! Around them: [`config`] (TOML + flags, validated), [`error`] (one error
+//! type that knows its origin and whether to retry), [`body`] (the one
+//! response body type), [`secret`] (redacted credentials) and [`telemetry`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod oci;
+pub mod pull_through;
+pub mod secret;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,87 @@
+//! The `lasti` command: parse flags, load the configuration, start logging,
+//! run the server until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lasti::config::{parse_upstream_flag, Config, LogFormat, Overrides};
+use url::Url;
+
+/// A pull-through caching proxy for container registries.
+///
+/// With no arguments, serves Docker Hub on 0.0.0.0:5000 with its cache in ./data.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// TOML configuration file (see config/lasti.toml).
+    #[arg(long, global = true, env = "LASTI_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve the registry API on.
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Directory for cached blobs and metadata.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Upstream registry as NAME=URL, repeatable; the first is the default.
+    #[arg(long = "upstream", global = true, value_parser = parse_upstream_flag)]
+    upstreams: Vec<(String, Url)>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the registry API (the default).
+    Serve,
+    /// Load and validate the configuration, print it (secrets redacted), and exit.
+    CheckConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        data_dir: cli.data_dir,
+        upstreams: cli.upstreams,
+        log_format: cli.log_format,
+    };
+    let config = Config::load(cli.config.as_deref(), overrides)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::Serve => serve(config),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    lasti::telemetry::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        lasti::server::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}

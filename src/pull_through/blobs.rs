@@ -1,0 +1,234 @@
+//! Blobs: a hit streams the stored file; a miss joins or starts the one fill
+//! for that digest and streams from it while it is written and verified.
+//!
+//! The fill runs in its own task, fed from the upstream. When the upstream
+//! connection breaks or stalls mid-body, the fill resumes with a `Range`
+//! request from the byte it has (bounded retries), so clients see one
+//! unbroken stream; if it cannot resume, every client's stream is aborted
+//! and nothing is stored.
+
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+
+use super::{Outcome, Proxy};
+use crate::cache::fill::{FillWriter, Subscription};
+use crate::cache::reader::BlobReader;
+use crate::cache::{BlobLookup, StoredBlob};
+use crate::error::{Error, Result};
+use crate::oci::media_type::OCTET_STREAM;
+use crate::oci::range::RangeError;
+use crate::oci::{ByteRange, Digest, RangeSpec, RepoName};
+use crate::upstream::Upstream;
+
+/// Times a fill re-asks the upstream after its body broke off.
+const RESUME_ATTEMPTS: u32 = 3;
+
+/// A blob answer: what to put in the headers, and the bytes to stream.
+#[derive(Debug)]
+pub struct BlobAnswer {
+    /// The whole blob's size, when known.
+    pub size: Option<u64>,
+    /// The content type to send.
+    pub media_type: String,
+    /// The part served, for a satisfiable `Range` request.
+    pub range: Option<ByteRange>,
+    /// The bytes; `None` for `HEAD`.
+    pub reader: Option<BlobReader>,
+    /// How it was found.
+    pub outcome: Outcome,
+}
+
+impl Proxy {
+    /// Answers `GET`/`HEAD /v2/<repo>/blobs/<digest>`.
+    pub async fn blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<BlobAnswer> {
+        if head {
+            return self.head_blob(upstream, repo, digest).await;
+        }
+        match self.cache.lookup(digest).await? {
+            BlobLookup::Stored(blob) => stored_answer(blob, range),
+            BlobLookup::Filling(sub) => filling_answer(sub, range, Outcome::Coalesced).await,
+            BlobLookup::Missing(writer, sub) => {
+                tokio::spawn(fill(
+                    Arc::clone(upstream),
+                    repo.clone(),
+                    digest.clone(),
+                    *writer,
+                ));
+                filling_answer(sub, range, Outcome::Miss).await
+            }
+        }
+    }
+
+    /// A `HEAD` never starts a fetch: it answers from the cache, a fill in
+    /// progress, or the upstream's own `HEAD`.
+    async fn head_blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobAnswer> {
+        if let Some(blob) = self.cache.stored_blob(digest).await? {
+            return stored_answer(blob, None);
+        }
+        if let Some(mut sub) = self.cache.filling(digest) {
+            let progress = sub.ready().await?;
+            if progress.size.is_some() {
+                return Ok(BlobAnswer {
+                    size: progress.size,
+                    media_type: progress
+                        .media_type
+                        .unwrap_or_else(|| OCTET_STREAM.to_string()),
+                    range: None,
+                    reader: None,
+                    outcome: Outcome::Coalesced,
+                });
+            }
+        }
+        let found = upstream.head_blob(repo, digest).await?;
+        Ok(BlobAnswer {
+            size: found.size,
+            media_type: found.media_type.unwrap_or_else(|| OCTET_STREAM.to_string()),
+            range: None,
+            reader: None,
+            outcome: Outcome::Passthrough,
+        })
+    }
+}
+
+fn resolve(range: Option<RangeSpec>, size: u64) -> Result<Option<ByteRange>> {
+    match range.map(|r| r.resolve(size)) {
+        None => Ok(None),
+        Some(Ok(r)) => Ok(Some(r)),
+        Some(Err(RangeError::Unsatisfiable)) => Err(Error::RangeNotSatisfiable { size }),
+        // Anything else was rejected when the header was parsed.
+        Some(Err(_)) => Ok(None),
+    }
+}
+
+fn stored_answer(blob: StoredBlob, range: Option<RangeSpec>) -> Result<BlobAnswer> {
+    let range = resolve(range, blob.size)?;
+    let (start, end) = range
+        .map(|r| (r.start, r.end + 1))
+        .unwrap_or((0, blob.size));
+    let media_type = blob
+        .manifest_type
+        .as_deref()
+        .unwrap_or(OCTET_STREAM)
+        .to_string();
+    Ok(BlobAnswer {
+        size: Some(blob.size),
+        media_type,
+        range,
+        reader: Some(BlobReader::stored(blob.file, start, end, Some(blob.lease))),
+        outcome: Outcome::Hit,
+    })
+}
+
+async fn filling_answer(
+    mut sub: Subscription,
+    range: Option<RangeSpec>,
+    outcome: Outcome,
+) -> Result<BlobAnswer> {
+    let progress = sub.ready().await?;
+    let media_type = progress
+        .media_type
+        .unwrap_or_else(|| OCTET_STREAM.to_string());
+    let (range, start, end) = match progress.size {
+        Some(size) => {
+            let range = resolve(range, size)?;
+            let (start, end) = range.map(|r| (r.start, r.end + 1)).unwrap_or((0, size));
+            (range, start, Some(end))
+        }
+        // Without a size, a range cannot be checked: serve the whole blob.
+        None => (None, 0, None),
+    };
+    Ok(BlobAnswer {
+        size: progress.size,
+        media_type,
+        range,
+        reader: Some(BlobReader::filling(sub, start, end)),
+        outcome,
+    })
+}
+
+/// Feeds a fill from the upstream, resuming after a broken body.
+async fn fill(upstream: Arc<Upstream>, repo: RepoName, digest: Digest, mut writer: FillWriter) {
+    let mut resumes = 0;
+    loop {
+        match fetch_into(&upstream, &repo, &digest, &mut writer).await {
+            Ok(()) => break,
+            Err(err) if writer.written() > 0 && err.is_retryable() && resumes < RESUME_ATTEMPTS => {
+                resumes += 1;
+                tracing::warn!(upstream = upstream.name(), %digest, at = writer.written(), error = %err, "upstream body broke off; resuming");
+            }
+            Err(err) => {
+                tracing::warn!(upstream = upstream.name(), %digest, error = %err, "blob fetch failed");
+                writer.fail(err);
+                return;
+            }
+        }
+    }
+    match writer.finish().await {
+        Ok(size) => tracing::debug!(upstream = upstream.name(), %digest, size, "blob stored"),
+        Err(reason) => {
+            tracing::warn!(upstream = upstream.name(), %digest, %reason, "upstream blob rejected");
+            writer.fail(Error::UpstreamInvalid {
+                upstream: upstream.name().to_string(),
+                message: reason,
+            });
+        }
+    }
+}
+
+/// One upstream request's worth of body into the fill.
+async fn fetch_into(
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+    writer: &mut FillWriter,
+) -> Result<()> {
+    let offset = writer.written();
+    let response = upstream.get_blob(repo, digest, offset).await?;
+    if offset == 0 {
+        writer.start(response.size, response.media_type);
+    }
+    let mut body = response.body;
+    let idle = upstream.body_idle_timeout();
+    let broken = |message: String| Error::UpstreamUnavailable {
+        upstream: upstream.name().to_string(),
+        message,
+    };
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                return Err(Error::UpstreamTimeout {
+                    upstream: upstream.name().to_string(),
+                    message: "blob body stalled".into(),
+                })
+            }
+            Ok(None) if writer.expected_size().is_some_and(|n| writer.written() < n) => {
+                return Err(broken("blob body ended early".into()))
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(broken(format!("blob body: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            writer
+                .write(data)
+                .await
+                .map_err(|reason| Error::UpstreamInvalid {
+                    upstream: upstream.name().to_string(),
+                    message: reason,
+                })?;
+        }
+    }
+}

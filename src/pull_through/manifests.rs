@@ -1,0 +1,385 @@
+//! Manifests: by digest they are immutable and served from the cache
+//! forever; by tag the last answer is trusted for its TTL, then revalidated
+//! with a `HEAD` (which Docker Hub does not count as a pull), and served
+//! stale when the upstream cannot be reached.
+//!
+//! The exact bytes and media type from the upstream are kept and served;
+//! nothing is ever converted. A stored manifest is served only to a client
+//! whose `Accept` allows its type.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::single_flight::SingleFlight;
+use super::{Outcome, Proxy};
+use crate::cache::index::{tag_key, unix_now, TagRecord};
+use crate::cache::Manifest;
+use crate::error::{Error, Result};
+use crate::oci::media_type::{self, DEFAULT_MANIFEST_ACCEPT};
+use crate::oci::{AcceptList, Digest, Hasher, Reference, RepoName, Tag};
+use crate::upstream::Upstream;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct FlightKey {
+    upstream: String,
+    repo: RepoName,
+    reference: String,
+    accept: String,
+}
+
+/// Manifest fetches in flight, shared by concurrent requests.
+pub(super) type Flights = SingleFlight<FlightKey, Result<Arc<Manifest>>>;
+
+/// A manifest answer: the whole manifest, or only its description (HEAD).
+#[derive(Debug)]
+pub enum ManifestAnswer {
+    /// The stored manifest.
+    Body {
+        /// The manifest.
+        manifest: Arc<Manifest>,
+        /// How it was found.
+        outcome: Outcome,
+    },
+    /// What the upstream or the tag record says, without the bytes.
+    Head {
+        /// Its digest.
+        digest: Digest,
+        /// Its media type.
+        media_type: String,
+        /// Its size.
+        size: u64,
+        /// How it was found.
+        outcome: Outcome,
+    },
+}
+
+impl ManifestAnswer {
+    /// The manifest's digest.
+    pub fn digest(&self) -> &Digest {
+        match self {
+            ManifestAnswer::Body { manifest, .. } => &manifest.digest,
+            ManifestAnswer::Head { digest, .. } => digest,
+        }
+    }
+
+    /// The manifest's media type.
+    pub fn media_type(&self) -> &str {
+        match self {
+            ManifestAnswer::Body { manifest, .. } => &manifest.media_type,
+            ManifestAnswer::Head { media_type, .. } => media_type,
+        }
+    }
+
+    /// The manifest's size.
+    pub fn size(&self) -> u64 {
+        match self {
+            ManifestAnswer::Body { manifest, .. } => manifest.bytes.len() as u64,
+            ManifestAnswer::Head { size, .. } => *size,
+        }
+    }
+
+    /// How it was found.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ManifestAnswer::Body { outcome, .. } | ManifestAnswer::Head { outcome, .. } => *outcome,
+        }
+    }
+
+    /// The bytes, when held.
+    pub fn bytes(&self) -> Option<Bytes> {
+        match self {
+            ManifestAnswer::Body { manifest, .. } => Some(manifest.bytes.clone()),
+            ManifestAnswer::Head { .. } => None,
+        }
+    }
+}
+
+/// Whether an upstream failure should make lasti serve what it has.
+fn unreachable(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::UpstreamUnavailable { .. }
+            | Error::UpstreamTimeout { .. }
+            | Error::UpstreamTooManyRequests { .. }
+    )
+}
+
+impl Proxy {
+    /// Answers `GET`/`HEAD /v2/<repo>/manifests/<reference>`.
+    pub async fn manifest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer> {
+        match reference {
+            Reference::Digest(digest) => {
+                self.manifest_by_digest(upstream, repo, digest, accept)
+                    .await
+            }
+            Reference::Tag(tag) => {
+                self.manifest_by_tag(upstream, repo, tag, accept, head)
+                    .await
+            }
+        }
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        accept: &AcceptList,
+    ) -> Result<ManifestAnswer> {
+        if let Some(manifest) = self.cache.manifest(digest).await? {
+            if !accept.allows(&manifest.media_type) {
+                return Err(Error::NotAcceptable(manifest.media_type.clone()));
+            }
+            return Ok(ManifestAnswer::Body {
+                manifest,
+                outcome: Outcome::Hit,
+            });
+        }
+        let (manifest, outcome) = self
+            .fetch_manifest(upstream, repo, &digest.to_string(), accept, Some(digest))
+            .await?;
+        Ok(ManifestAnswer::Body { manifest, outcome })
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: &AcceptList,
+        head: bool,
+    ) -> Result<ManifestAnswer> {
+        let key = tag_key(upstream.name(), repo.as_str(), tag.as_str());
+        let recorded = self
+            .cache
+            .tag(&key)
+            .await?
+            .filter(|r| accept.allows(&r.media_type));
+        if let Some(record) = recorded {
+            if record.age(SystemTime::now()) < upstream.tag_ttl(repo, tag.as_str()) {
+                return self
+                    .answer_recorded(upstream, repo, record, accept, head, Outcome::Hit)
+                    .await;
+            }
+            match upstream
+                .head_manifest(repo, tag.as_str(), &accept_header(accept))
+                .await
+            {
+                Ok(found) if found.digest.as_ref() == Some(&record.digest) => {
+                    let refreshed = TagRecord {
+                        checked_at: unix_now(),
+                        ..record
+                    };
+                    self.record_tag(&key, refreshed.clone()).await;
+                    return self
+                        .answer_recorded(
+                            upstream,
+                            repo,
+                            refreshed,
+                            accept,
+                            head,
+                            Outcome::Revalidated,
+                        )
+                        .await;
+                }
+                Ok(_) => {}
+                Err(err) if unreachable(&err) => {
+                    tracing::warn!(upstream = upstream.name(), %repo, %tag, error = %err, "upstream unreachable; serving a stale tag");
+                    return self
+                        .answer_recorded(upstream, repo, record, accept, head, Outcome::Stale)
+                        .await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if head {
+            if let Some(answer) = self.head_tag(upstream, repo, tag, accept, &key).await? {
+                return Ok(answer);
+            }
+        }
+        let (manifest, outcome) = self
+            .fetch_manifest(upstream, repo, tag.as_str(), accept, None)
+            .await?;
+        let record = TagRecord {
+            digest: manifest.digest.clone(),
+            media_type: manifest.media_type.clone(),
+            size: manifest.bytes.len() as u64,
+            checked_at: unix_now(),
+        };
+        self.record_tag(&key, record).await;
+        Ok(ManifestAnswer::Body { manifest, outcome })
+    }
+
+    /// A `HEAD` of an unknown tag asks the upstream's `HEAD` and records the
+    /// answer, so the client's next `GET` of the tag gets the same digest.
+    async fn head_tag(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: &AcceptList,
+        key: &str,
+    ) -> Result<Option<ManifestAnswer>> {
+        let found = upstream
+            .head_manifest(repo, tag.as_str(), &accept_header(accept))
+            .await?;
+        let (Some(digest), Some(media_type), Some(size)) =
+            (found.digest, found.media_type, found.size)
+        else {
+            return Ok(None);
+        };
+        if !media_type::is_manifest_type(&media_type) {
+            return Ok(None);
+        }
+        let record = TagRecord {
+            digest: digest.clone(),
+            media_type: media_type.clone(),
+            size,
+            checked_at: unix_now(),
+        };
+        self.record_tag(key, record).await;
+        Ok(Some(ManifestAnswer::Head {
+            digest,
+            media_type,
+            size,
+            outcome: Outcome::Passthrough,
+        }))
+    }
+
+    async fn answer_recorded(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        record: TagRecord,
+        accept: &AcceptList,
+        head: bool,
+        outcome: Outcome,
+    ) -> Result<ManifestAnswer> {
+        if head {
+            return Ok(ManifestAnswer::Head {
+                digest: record.digest,
+                media_type: record.media_type,
+                size: record.size,
+                outcome,
+            });
+        }
+        if let Some(manifest) = self.cache.manifest(&record.digest).await? {
+            return Ok(ManifestAnswer::Body { manifest, outcome });
+        }
+        let reference = record.digest.to_string();
+        let (manifest, _) = self
+            .fetch_manifest(upstream, repo, &reference, accept, Some(&record.digest))
+            .await?;
+        Ok(ManifestAnswer::Body {
+            manifest,
+            outcome: Outcome::Miss,
+        })
+    }
+
+    async fn record_tag(&self, key: &str, record: TagRecord) {
+        if let Err(err) = self.cache.put_tag(key, record).await {
+            tracing::error!(error = %err, "cannot record a tag");
+        }
+    }
+
+    /// Fetches a manifest once for all concurrent askers, verifies and stores it.
+    async fn fetch_manifest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        reference: &str,
+        accept: &AcceptList,
+        expected: Option<&Digest>,
+    ) -> Result<(Arc<Manifest>, Outcome)> {
+        let accept = accept_header(accept);
+        let key = FlightKey {
+            upstream: upstream.name().to_string(),
+            repo: repo.clone(),
+            reference: reference.to_string(),
+            accept: accept.clone(),
+        };
+        let work = {
+            let (upstream, repo, reference) =
+                (Arc::clone(upstream), repo.clone(), reference.to_string());
+            let (cache, limit, expected) = (
+                self.cache.clone(),
+                self.max_manifest_size,
+                expected.cloned(),
+            );
+            move || async move {
+                let fetched = upstream
+                    .get_manifest(&repo, &reference, &accept, limit)
+                    .await?;
+                let manifest = Arc::new(verify(&upstream, fetched, expected.as_ref())?);
+                if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
+                    tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
+                }
+                Ok(manifest)
+            }
+        };
+        let (result, joined) = self.manifest_flights.run(key, work).await;
+        let outcome = if joined {
+            Outcome::Coalesced
+        } else {
+            Outcome::Miss
+        };
+        result.map(|m| (m, outcome))
+    }
+}
+
+/// Checks a fetched manifest against the digest asked for and the digest the
+/// upstream announced, and settles its media type.
+fn verify(
+    upstream: &Upstream,
+    fetched: crate::upstream::FetchedManifest,
+    expected: Option<&Digest>,
+) -> Result<Manifest> {
+    let invalid = |message: String| Error::UpstreamInvalid {
+        upstream: upstream.name().to_string(),
+        message,
+    };
+    let algorithm = expected
+        .or(fetched.digest.as_ref())
+        .map(Digest::algorithm)
+        .unwrap_or(crate::oci::Algorithm::Sha256);
+    let mut hasher = Hasher::new(algorithm);
+    hasher.update(&fetched.bytes);
+    let actual = hasher.finish();
+    for claimed in [expected, fetched.digest.as_ref()].into_iter().flatten() {
+        if claimed.algorithm() == algorithm && *claimed != actual {
+            return Err(invalid(format!(
+                "manifest bytes hash to {actual}, not {claimed}"
+            )));
+        }
+    }
+    let declared = fetched
+        .media_type
+        .as_deref()
+        .map(|t| media_type::essence(t).to_string())
+        .filter(|t| media_type::is_manifest_type(t));
+    let media_type = declared
+        .or_else(|| media_type::sniff_manifest_type(&fetched.bytes))
+        .ok_or_else(|| invalid("the manifest is not JSON of a known manifest type".into()))?;
+    Ok(Manifest {
+        digest: actual,
+        media_type,
+        bytes: fetched.bytes,
+    })
+}
+
+/// What lasti sends upstream as `Accept`: the client's list, else every
+/// modern manifest type.
+fn accept_header(accept: &AcceptList) -> String {
+    accept
+        .header_value()
+        .unwrap_or_else(|| DEFAULT_MANIFEST_ACCEPT.to_string())
+}

@@ -1,0 +1,92 @@
+//! The pull-through logic: answer from the cache when it can, otherwise fetch
+//! from the upstream once, verify, store and stream at the same time.
+//!
+//! This layer speaks in registry terms (repositories, references, digests,
+//! accepted media types) and returns typed answers; `server` turns them into
+//! HTTP.
+
+mod blobs;
+mod manifests;
+mod single_flight;
+
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::error::Result;
+use crate::oci::RepoName;
+use crate::upstream::{TagList, Upstream, Upstreams};
+
+pub use blobs::BlobAnswer;
+pub use manifests::ManifestAnswer;
+
+/// How a request was answered, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the cache, nothing asked upstream.
+    Hit,
+    /// From the cache after the upstream confirmed the tag.
+    Revalidated,
+    /// From the cache although the tag is past its TTL: the upstream failed.
+    Stale,
+    /// Fetched from the upstream by this request.
+    Miss,
+    /// Joined a fetch another request started.
+    Coalesced,
+    /// Passed through from the upstream without caching.
+    Passthrough,
+}
+
+impl Outcome {
+    /// A fixed label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Stale => "stale",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// The proxy: upstreams plus cache.
+#[derive(Debug)]
+pub struct Proxy {
+    upstreams: Upstreams,
+    cache: Cache,
+    max_manifest_size: u64,
+    manifest_flights: manifests::Flights,
+}
+
+impl Proxy {
+    /// Assembles the proxy.
+    pub fn new(upstreams: Upstreams, cache: Cache, max_manifest_size: u64) -> Proxy {
+        Proxy {
+            upstreams,
+            cache,
+            max_manifest_size,
+            manifest_flights: Default::default(),
+        }
+    }
+
+    /// The configured upstreams, for routing.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// A tag list, passed through from the upstream.
+    pub async fn tags(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        query: Option<&str>,
+    ) -> Result<TagList> {
+        upstream.tags(repo, query).await
+    }
+}

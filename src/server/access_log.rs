@@ -1,0 +1,102 @@
+//! One structured event per request, written when its body is finished (or
+//! dropped), so it carries the bytes actually sent and whether the stream
+//! completed.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::body::{Body, BodyError};
+use crate::pull_through::Outcome;
+
+/// What the access event reports besides bytes.
+#[derive(Debug)]
+pub struct Record {
+    /// Request method.
+    pub method: Method,
+    /// Request path (never the query, which may carry tokens).
+    pub path: String,
+    /// Response status.
+    pub status: StatusCode,
+    /// How the request was answered, when it reached the proxy.
+    pub outcome: Option<Outcome>,
+    /// The error kind of a failed request.
+    pub error: Option<&'static str>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+/// A response body that counts what it sends and logs when done.
+pub struct LoggedBody {
+    inner: Body,
+    record: Option<Record>,
+    bytes: u64,
+    failed: bool,
+    ended: bool,
+}
+
+impl LoggedBody {
+    /// Wraps a response body.
+    pub fn new(inner: Body, record: Record) -> Self {
+        LoggedBody {
+            inner,
+            record: Some(record),
+            bytes: 0,
+            failed: false,
+            ended: false,
+        }
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.failed = true,
+            Poll::Ready(None) => self.ended = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let Some(r) = self.record.take() else { return };
+        let complete = !self.failed && (self.ended || self.inner.is_end_stream());
+        tracing::info!(
+            target: "lasti::access",
+            method = %r.method,
+            path = %r.path,
+            status = r.status.as_u16(),
+            bytes = self.bytes,
+            outcome = r.outcome.map(Outcome::as_str).unwrap_or("-"),
+            error = r.error.unwrap_or("-"),
+            complete,
+            ms = r.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Turns a parsed request into a call on the proxy and its answer into a
+//! response: validation of every client-supplied piece happens here, once.
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap, Method, Request, Response};
+
+use super::response;
+use super::router::{self, Route};
+use crate::body::Body;
+use crate::error::{Error, Result};
+use crate::oci::{AcceptList, Digest, DigestError, RangeSpec, Reference, RepoName};
+use crate::pull_through::Proxy;
+use crate::upstream::Upstream;
+
+/// Answers one registry API request.
+pub async fn handle<B>(proxy: &Proxy, request: &Request<B>) -> Response<Body> {
+    match dispatch(proxy, request).await {
+        Ok(response) => response,
+        Err(err) => response::error(&err),
+    }
+}
+
+async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Body>> {
+    let route = router::route(request.uri().path());
+    let head = match *request.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ if route == Route::NotFound => return Err(Error::NameUnknown),
+        _ => {
+            return Err(Error::Unsupported(
+                "lasti is a pull-through cache: only GET and HEAD are supported",
+            ))
+        }
+    };
+    let query = request.uri().query();
+    match route {
+        Route::Base => Ok(response::base()),
+        Route::Catalog => Err(Error::Unsupported(
+            "the catalog is not offered by a pull-through cache",
+        )),
+        Route::UnknownApi | Route::NotFound => Err(Error::NameUnknown),
+        Route::Manifest { name, reference } => {
+            let (upstream, repo) = resolve(proxy, name, query)?;
+            let reference = parse_reference(reference)?;
+            let accept = AcceptList::parse(header_values(request.headers(), header::ACCEPT));
+            let answer = proxy
+                .manifest(upstream, &repo, &reference, &accept, head)
+                .await?;
+            Ok(response::manifest(&answer, head))
+        }
+        Route::Blob { name, digest } => {
+            let (upstream, repo) = resolve(proxy, name, query)?;
+            let digest = parse_digest(digest)?;
+            let range = parse_range(request.headers())?;
+            let answer = proxy.blob(upstream, &repo, &digest, range, head).await?;
+            Ok(response::blob(answer, digest.as_str()))
+        }
+        Route::Tags { name } => {
+            let (upstream, repo) = resolve(proxy, name, query)?;
+            let list = proxy
+                .tags(upstream, &repo, pagination(query).as_deref())
+                .await?;
+            Ok(response::tags(list))
+        }
+    }
+}
+
+/// Chooses the upstream and validates the repository name it will see.
+fn resolve<'p>(
+    proxy: &'p Proxy,
+    raw: &str,
+    query: Option<&str>,
+) -> Result<(&'p Arc<Upstream>, RepoName)> {
+    let ns = query_param(query, "ns");
+    let (upstream, name) = proxy
+        .upstreams()
+        .route(raw, ns.as_deref())
+        .map_err(|e| Error::NameInvalid(e.0))?;
+    let repo = RepoName::parse(name).map_err(|e| Error::NameInvalid(e.to_string()))?;
+    Ok((upstream, upstream.upstream_repo(repo)))
+}
+
+fn parse_reference(raw: &str) -> Result<Reference> {
+    Reference::parse(raw).map_err(|e| match e {
+        crate::oci::ReferenceError::Digest(d) => Error::DigestInvalid(d.to_string()),
+        other => Error::ReferenceInvalid(other.to_string()),
+    })
+}
+
+fn parse_digest(raw: &str) -> Result<Digest> {
+    Digest::parse(raw).map_err(|e: DigestError| Error::DigestInvalid(e.to_string()))
+}
+
+/// A malformed or multi-part `Range` is refused; RFC 9110 lets a server
+/// ignore it, but an explicit error shows a broken client its mistake.
+fn parse_range(headers: &HeaderMap) -> Result<Option<RangeSpec>> {
+    let Some(value) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| Error::RangeInvalid("Range header is not ASCII".into()))?;
+    RangeSpec::parse(text)
+        .map(Some)
+        .map_err(|e| Error::RangeInvalid(e.to_string()))
+}
+
+fn header_values(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Only `n` and `last` go upstream; `ns` and anything else stay here.
+fn pagination(query: Option<&str>) -> Option<String> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query?.as_bytes())
+        .filter(|(k, _)| k == "n" || k == "last")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    Some(
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination_keeps_only_n_and_last() {
+        assert_eq!(
+            pagination(Some("ns=docker.io&n=10&last=a%2Fb")).as_deref(),
+            Some("n=10&last=a%2Fb")
+        );
+        assert_eq!(pagination(Some("ns=docker.io")), None);
+        assert_eq!(pagination(None), None);
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        let mut headers = HeaderMap::new();
+        assert!(parse_range(&headers).unwrap().is_none());
+        headers.insert(header::RANGE, "bytes=0-1,3-4".parse().unwrap());
+        assert!(parse_range(&headers).is_err());
+        headers.insert(header::RANGE, "bytes=5-1".parse().unwrap());
+        assert!(parse_range(&headers).is_err());
+        headers.insert(header::RANGE, "bytes=2-".parse().unwrap());
+        assert!(parse_range(&headers).unwrap().is_some());
+    }
+}

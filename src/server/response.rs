@@ -1,0 +1,132 @@
+//! Builds every HTTP response lasti sends; errors become the spec's JSON
+//! body here and nowhere else.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body, BodyError};
+use crate::error::{Error, Origin};
+use crate::oci::range::unsatisfied_content_range;
+use crate::oci::ErrorBody;
+use crate::pull_through::{BlobAnswer, ManifestAnswer, Outcome};
+
+/// Sent on every API response, as distribution does.
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
+const DIGEST_HEADER: &str = "docker-content-digest";
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+fn builder(status: StatusCode) -> http::response::Builder {
+    Response::builder()
+        .status(status)
+        .header(API_VERSION_HEADER, API_VERSION)
+}
+
+fn finish(builder: http::response::Builder, body: Body) -> Response<Body> {
+    builder.body(body).expect("headers built from valid values")
+}
+
+/// `GET /v2/`: the version check clients start with.
+pub fn base() -> Response<Body> {
+    finish(
+        builder(StatusCode::OK).header(header::CONTENT_TYPE, JSON),
+        body::full(Bytes::from_static(b"{}")),
+    )
+}
+
+/// The OCI error body for any error, with the status and headers it implies.
+pub fn error(err: &Error) -> Response<Body> {
+    match err.origin() {
+        Origin::Internal => tracing::error!(error = %err, "request failed"),
+        Origin::Upstream => tracing::info!(error = %err, "request failed upstream"),
+        Origin::Client => tracing::debug!(error = %err, "bad request"),
+    }
+    let message = match err.origin() {
+        // Internal details (paths, store errors) stay in the log.
+        Origin::Internal => "internal error".to_string(),
+        _ => err.to_string(),
+    };
+    let mut builder = builder(err.status()).header(header::CONTENT_TYPE, JSON);
+    match err {
+        Error::UpstreamTooManyRequests {
+            retry_after: Some(after),
+            ..
+        } => {
+            builder = builder.header(header::RETRY_AFTER, after.as_secs().max(1));
+        }
+        Error::RangeNotSatisfiable { size } => {
+            builder = builder.header(header::CONTENT_RANGE, unsatisfied_content_range(*size));
+        }
+        _ => {}
+    }
+    let body = ErrorBody::new(err.code(), message).to_json();
+    let mut response = finish(builder, body::full(body));
+    response.extensions_mut().insert(ErrorKind(err.kind()));
+    response
+}
+
+/// The error kind of a failed response, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorKind(pub &'static str);
+
+/// A manifest (or, for HEAD, only its headers).
+pub fn manifest(answer: &ManifestAnswer, head: bool) -> Response<Body> {
+    let digest = answer.digest().to_string();
+    let builder = builder(StatusCode::OK)
+        .header(header::CONTENT_TYPE, answer.media_type())
+        .header(header::CONTENT_LENGTH, answer.size())
+        .header(DIGEST_HEADER, &digest)
+        .header(header::ETAG, format!("\"{digest}\""));
+    let body = match (head, answer.bytes()) {
+        (false, Some(bytes)) => body::full(bytes),
+        _ => body::empty(),
+    };
+    with_outcome(finish(builder, body), answer.outcome())
+}
+
+/// A blob, a range of it, or (for HEAD) its headers.
+pub fn blob(answer: BlobAnswer, digest: &str) -> Response<Body> {
+    let status = if answer.range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut builder = builder(status)
+        .header(header::CONTENT_TYPE, answer.media_type.as_str())
+        .header(DIGEST_HEADER, digest)
+        .header(header::ETAG, format!("\"{digest}\""))
+        .header(header::ACCEPT_RANGES, "bytes");
+    match (answer.range, answer.size) {
+        (Some(range), Some(size)) => {
+            builder = builder
+                .header(header::CONTENT_LENGTH, range.len())
+                .header(header::CONTENT_RANGE, range.content_range(size));
+        }
+        (None, Some(size)) => builder = builder.header(header::CONTENT_LENGTH, size),
+        _ => {}
+    }
+    let body = match answer.reader {
+        Some(reader) => body::stream(
+            reader
+                .into_stream()
+                .map(|chunk| chunk.map_err(|e| Box::new(e) as BodyError)),
+        ),
+        None => body::empty(),
+    };
+    with_outcome(finish(builder, body), answer.outcome)
+}
+
+/// A tag list page, passed through.
+pub fn tags(list: crate::upstream::TagList) -> Response<Body> {
+    let mut builder = builder(StatusCode::OK).header(header::CONTENT_TYPE, JSON);
+    if let Some(link) = list.link {
+        builder = builder.header(header::LINK, link);
+    }
+    with_outcome(finish(builder, body::full(list.body)), Outcome::Passthrough)
+}
+
+fn with_outcome(mut response: Response<Body>, outcome: Outcome) -> Response<Body> {
+    response.extensions_mut().insert(outcome);
+    response
+}

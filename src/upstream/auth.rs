@@ -1,0 +1,339 @@
+//! Credentials for one upstream: anonymous, Basic, or the registry Bearer
+//! token flow (`WWW-Authenticate` challenge -> token realm -> cached token).
+//!
+//! Tokens are cached per scope until shortly before they expire. The realm
+//! learned from the first challenge is remembered, so later scopes fetch
+//! their token before the request instead of after a 401. Credentials go
+//! only to a realm on the upstream's own registrable domain (or a host the
+//! configuration allows); never the client's credentials, never to a redirect.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, StatusCode};
+use http_body_util::Empty;
+use serde::Deserialize;
+use url::Url;
+
+use super::client::{self, HttpClient, SendError};
+use crate::config::UpstreamConfig;
+use crate::error::{Error, Result};
+use crate::oci::{Challenge, Scheme};
+use crate::secret::Secret;
+
+/// Lifetime assumed for a token whose response gives none (distribution's rule).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A token is renewed this long before it expires.
+const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(10);
+/// Largest token response read.
+const TOKEN_RESPONSE_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+enum Known {
+    Basic,
+    Bearer { realm: Url, service: Option<String> },
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    value: Secret,
+    renew_at: Instant,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+/// The credentials and token cache of one upstream.
+#[derive(Debug)]
+pub struct Auth {
+    upstream: String,
+    base: Url,
+    username: Option<String>,
+    password: Option<Secret>,
+    realm_hosts: Vec<String>,
+    timeout: Duration,
+    known: Mutex<Option<Known>>,
+    tokens: Mutex<HashMap<String, Token>>,
+}
+
+impl Auth {
+    /// The auth state of an upstream as configured.
+    pub fn new(config: &UpstreamConfig) -> Auth {
+        Auth {
+            upstream: config.name.clone(),
+            base: config.url.clone(),
+            username: config.username.clone(),
+            password: config.password.clone(),
+            realm_hosts: config.token_realm_hosts.clone(),
+            timeout: config.header_timeout,
+            known: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The `Authorization` to send with a request for `scope`, if any is known
+    /// to be needed; fetches a token when the realm is known but no valid
+    /// token for the scope is cached.
+    pub async fn header(&self, client: &HttpClient, scope: &str) -> Result<Option<HeaderValue>> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match known {
+            None => Ok(None),
+            Some(Known::Basic) => Ok(self.basic()),
+            Some(Known::Bearer { realm, service }) => {
+                if let Some(token) = self.cached(scope) {
+                    return Ok(Some(token));
+                }
+                self.fetch_token(client, &realm, service.as_deref(), scope)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Answers a 401: learns the challenge and returns the header to retry
+    /// with, or `None` when there is nothing better to send.
+    pub async fn challenge(
+        &self,
+        client: &HttpClient,
+        www_authenticate: &[&str],
+        scope: &str,
+    ) -> Result<Option<HeaderValue>> {
+        let challenges: Vec<Challenge> = www_authenticate
+            .iter()
+            .filter_map(|v| Challenge::parse(v).ok())
+            .flatten()
+            .collect();
+        if let Some(bearer) = challenges.iter().find(|c| c.scheme == Scheme::Bearer) {
+            let realm = self.check_realm(bearer.realm())?;
+            let service = bearer.service().map(str::to_string);
+            self.invalidate(scope);
+            let token = self
+                .fetch_token(client, &realm, service.as_deref(), scope)
+                .await?;
+            *self.known.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Known::Bearer { realm, service });
+            return Ok(Some(token));
+        }
+        if challenges.iter().any(|c| c.scheme == Scheme::Basic) && self.username.is_some() {
+            *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(Known::Basic);
+            return Ok(self.basic());
+        }
+        Ok(None)
+    }
+
+    fn basic(&self) -> Option<HeaderValue> {
+        let user = self.username.as_deref()?;
+        let password = self.password.as_ref().map(Secret::expose).unwrap_or("");
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+
+    fn cached(&self, scope: &str) -> Option<HeaderValue> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let token = tokens.get(scope).filter(|t| t.renew_at > Instant::now())?;
+        bearer_header(token.value.expose())
+    }
+
+    fn invalidate(&self, scope: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(scope);
+    }
+
+    /// Accepts a realm only on the upstream's own registrable domain or an
+    /// allowed host, and only over https unless the upstream itself is http.
+    fn check_realm(&self, realm: Option<&str>) -> Result<Url> {
+        let refuse = |why: String| Error::UpstreamInvalid {
+            upstream: self.upstream.clone(),
+            message: why,
+        };
+        let realm = realm.ok_or_else(|| refuse("Bearer challenge without a realm".into()))?;
+        let url = Url::parse(realm).map_err(|_| refuse("token realm is not a URL".into()))?;
+        let secure = url.scheme() == "https" || self.base.scheme() == "http";
+        if !secure || !matches!(url.scheme(), "http" | "https") {
+            return Err(refuse("token realm must use https".into()));
+        }
+        let host = url.host_str().unwrap_or_default();
+        let base_host = self.base.host_str().unwrap_or_default();
+        let allowed = host == base_host
+            || same_site(host, base_host)
+            || self
+                .realm_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host));
+        if !allowed {
+            return Err(refuse(format!(
+                "token realm host {host} is not on {base_host}'s domain nor in token_realm_hosts"
+            )));
+        }
+        Ok(url)
+    }
+
+    async fn fetch_token(
+        &self,
+        client: &HttpClient,
+        realm: &Url,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<HeaderValue> {
+        let mut url = realm.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+        }
+        let mut request = Request::get(url.as_str());
+        if let Some(basic) = self.basic() {
+            request = request.header(header::AUTHORIZATION, basic);
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| self.invalid(format!("token request: {e}")))?;
+        let response = match client::send(client, request, self.timeout).await {
+            Ok(r) => r,
+            Err(SendError::Timeout) => {
+                return Err(Error::UpstreamTimeout {
+                    upstream: self.upstream.clone(),
+                    message: "token realm".into(),
+                })
+            }
+            Err(SendError::Failed(e)) => {
+                return Err(Error::UpstreamUnavailable {
+                    upstream: self.upstream.clone(),
+                    message: format!("token realm: {e}"),
+                })
+            }
+        };
+        let status = response.status();
+        let body = client::read_small(response.into_body(), TOKEN_RESPONSE_LIMIT, self.timeout)
+            .await
+            .map_err(|e| self.invalid(format!("token response {e}")))?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(Error::UpstreamDenied {
+                upstream: self.upstream.clone(),
+                message: "the token realm refused the configured credentials".into(),
+            });
+        }
+        if !status.is_success() {
+            return Err(Error::UpstreamUnavailable {
+                upstream: self.upstream.clone(),
+                message: format!("token realm answered {status}"),
+            });
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| self.invalid("token response is not JSON".into()))?;
+        let value = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| self.invalid("token response has no token".into()))?;
+        let header = bearer_header(&value)
+            .ok_or_else(|| self.invalid("token is not a valid header value".into()))?;
+        let lifetime = parsed
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_RENEW_MARGIN);
+        let token = Token {
+            value: Secret::new(value),
+            renew_at,
+        };
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(scope.to_string(), token);
+        Ok(header)
+    }
+
+    fn invalid(&self, message: String) -> Error {
+        Error::UpstreamInvalid {
+            upstream: self.upstream.clone(),
+            message,
+        }
+    }
+}
+
+fn bearer_header(token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// Whether two DNS names share their last two labels (`auth.docker.io` and
+/// `registry-1.docker.io`). IP addresses only match themselves.
+fn same_site(a: &str, b: &str) -> bool {
+    let is_ip = |h: &str| h.parse::<std::net::IpAddr>().is_ok() || h.starts_with('[');
+    if is_ip(a) || is_ip(b) {
+        return false;
+    }
+    let site = |h: &str| {
+        let labels: Vec<&str> = h.trim_end_matches('.').rsplitn(3, '.').collect();
+        (labels.len() >= 2).then(|| format!("{}.{}", labels[1], labels[0]).to_ascii_lowercase())
+    };
+    matches!((site(a), site(b)), (Some(x), Some(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(url: &str, hosts: &[&str]) -> Auth {
+        let mut config = UpstreamConfig::new("test", Url::parse(url).unwrap());
+        config.token_realm_hosts = hosts.iter().map(|h| h.to_string()).collect();
+        Auth::new(&config)
+    }
+
+    #[test]
+    fn realms_on_the_same_site_are_accepted() {
+        let a = auth("https://registry-1.docker.io", &[]);
+        assert!(a.check_realm(Some("https://auth.docker.io/token")).is_ok());
+        assert!(a.check_realm(Some("https://evil.example/token")).is_err());
+        assert!(
+            a.check_realm(Some("http://auth.docker.io/token")).is_err(),
+            "https only"
+        );
+        assert!(a.check_realm(None).is_err());
+        assert!(a.check_realm(Some("not a url")).is_err());
+    }
+
+    #[test]
+    fn ip_upstreams_match_only_their_own_host_or_the_allow_list() {
+        let a = auth("http://127.0.0.1:5001", &["127.0.0.2"]);
+        assert!(a.check_realm(Some("http://127.0.0.1:9999/token")).is_ok());
+        assert!(a.check_realm(Some("http://127.0.0.2/token")).is_ok());
+        assert!(a.check_realm(Some("http://127.0.0.3/token")).is_err());
+    }
+
+    #[test]
+    fn same_site_rules() {
+        assert!(same_site("auth.docker.io", "registry-1.docker.io"));
+        assert!(same_site("ghcr.io", "ghcr.io"));
+        assert!(!same_site("docker.io.evil.com", "docker.io"));
+        assert!(!same_site("localhost", "localhost"));
+        assert!(!same_site("10.0.0.1", "10.0.0.2"));
+    }
+
+    #[test]
+    fn basic_header_is_sensitive_and_absent_without_user() {
+        let mut config = UpstreamConfig::new("t", Url::parse("http://x").unwrap());
+        assert!(Auth::new(&config).basic().is_none());
+        config.username = Some("u".into());
+        config.password = Some(Secret::new("p".into()));
+        let header = Auth::new(&config).basic().unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header.to_str().unwrap(), "Basic dTpw");
+    }
+}

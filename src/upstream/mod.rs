@@ -1,0 +1,79 @@
+//! Registry clients for the configured upstreams, and the choice among them.
+//!
+//! An [`Upstream`] sends registry API requests with the right credentials,
+//! retries transient failures while nothing has reached a client yet,
+//! follows redirects to blob storage without credentials, and maps the
+//! upstream's answers onto [`Error`].
+
+pub mod auth;
+pub mod client;
+mod requests;
+pub mod routing;
+
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher};
+
+use crate::config::UpstreamConfig;
+use crate::oci::RepoName;
+use auth::Auth;
+use client::HttpClient;
+
+pub use requests::{BlobHead, BlobResponse, FetchedManifest, ManifestHead, TagList};
+pub use routing::Upstreams;
+
+/// One upstream registry.
+#[derive(Debug)]
+pub struct Upstream {
+    config: UpstreamConfig,
+    client: HttpClient,
+    auth: Auth,
+    tag_rules: Vec<(GlobMatcher, GlobMatcher, Duration)>,
+}
+
+impl Upstream {
+    /// Builds the client and auth state of an upstream.
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+        let client =
+            client::build(&config).map_err(|e| format!("upstream {}: {e}", config.name))?;
+        let auth = Auth::new(&config);
+        let mut tag_rules = Vec::new();
+        for rule in &config.tag_rules {
+            let glob = |p: &str| {
+                Glob::new(p)
+                    .map(|g| g.compile_matcher())
+                    .map_err(|e| e.to_string())
+            };
+            tag_rules.push((glob(&rule.repository)?, glob(&rule.tag)?, rule.ttl));
+        }
+        Ok(Upstream {
+            config,
+            client,
+            auth,
+            tag_rules,
+        })
+    }
+
+    /// The configured name (`docker.io`).
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The repository as the upstream knows it (`alpine` -> `library/alpine` on Docker Hub).
+    pub fn upstream_repo(&self, repo: RepoName) -> RepoName {
+        if self.config.uses_library_prefix() {
+            repo.with_library_prefix()
+        } else {
+            repo
+        }
+    }
+
+    /// How long an answer for this tag is trusted.
+    pub fn tag_ttl(&self, repo: &RepoName, tag: &str) -> Duration {
+        self.tag_rules
+            .iter()
+            .find(|(r, t, _)| r.is_match(repo.as_str()) && t.is_match(tag))
+            .map(|(_, _, ttl)| *ttl)
+            .unwrap_or(self.config.tag_ttl)
+    }
+}

@@ -1,0 +1,105 @@
+//! Shared harness for lasti's integration tests.
+//!
+//! - [`registry`] runs a real CNCF distribution registry (`/usr/bin/docker-registry`)
+//!   on a loopback port inside its own temporary directory.
+//! - [`oci_layout`] writes deterministic OCI image layouts (single images and
+//!   multi-platform indexes) to disk.
+//! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back.
+//!
+//! Everything here talks to 127.0.0.1 only. A missing tool is a test failure,
+//! never a skip: the README's test command installs the tools.
+#![allow(dead_code)]
+
+pub mod oci_layout;
+pub mod registry;
+pub mod skopeo;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+/// How long a hand-written HTTP probe may take to connect, write and read.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Returns a loopback port that was free a moment ago.
+///
+/// The port is found by binding `127.0.0.1:0` and dropping the listener, so
+/// another process may take it before the caller binds it: callers that spawn
+/// a server retry with a new port when the server fails to bind.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("local_addr of probe listener")
+        .port()
+}
+
+/// Fails the test unless the external tool at `path` exists.
+///
+/// The message points at the README's test command, which installs the
+/// Debian packages the interop tests need.
+pub fn require_tool(path: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: these integration tests need the Debian packages \
+         `docker-registry` and `skopeo` (and `apache2-utils` for htpasswd auth); \
+         run the test command from the README, which installs them"
+    );
+}
+
+/// Sends `GET <path>` over a plain TCP connection and returns the HTTP status.
+///
+/// The request is written by hand so tests need neither curl nor an HTTP
+/// client crate. `basic` adds an `Authorization: Basic` header.
+pub fn http_get_status(
+    addr: SocketAddr,
+    path: &str,
+    basic: Option<(&str, &str)>,
+) -> io::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    let auth = basic
+        .map(|(user, password)| {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lasti-tests\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    parse_status_line(&read_head(&mut stream)?)
+}
+
+/// Reads from `stream` until the end of the status line (or EOF).
+fn read_head(stream: &mut TcpStream) -> io::Result<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Extracts the status code from `HTTP/1.1 200 OK`.
+fn parse_status_line(head: &str) -> io::Result<u16> {
+    head.lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not an HTTP response: {head:?}"),
+            )
+        })
+}
