@@ -436,6 +436,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let config = Config::from_toml(include_str!("../config/lasti.toml")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.upstreams[0].name, "docker.io");
+        assert_eq!(config.upstreams[0].tag_rules.len(), 2);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(Config::from_toml("lisen = \"0.0.0.0:1\"").is_err());
         assert!(Config::from_toml("[cache]\nmax = \"1GB\"").is_err());

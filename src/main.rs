@@ -13,7 +13,7 @@ use url::Url;
 ///
 /// With no arguments, serves Docker Hub on 0.0.0.0:5000 with its cache in ./data.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     /// TOML configuration file (see config/lasti.toml).
     #[arg(long, global = true, env = "LASTI_CONFIG")]

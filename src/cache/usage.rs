@@ -196,7 +196,11 @@ mod tests {
         drop(lease);
         let later = SystemTime::now() + Duration::from_secs(3600);
         usage.insert(digest(2), 80, later);
-        assert_eq!(usage.take_victims(), vec![digest(0)], "released, so evictable");
+        assert_eq!(
+            usage.take_victims(),
+            vec![digest(0)],
+            "released, so evictable"
+        );
     }
 
     #[test]

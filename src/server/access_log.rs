@@ -28,6 +28,8 @@ pub struct Record {
     pub error: Option<&'static str>,
     /// When the request arrived.
     pub started: Instant,
+    /// The `Content-Length` announced, to tell a complete stream from a cut one.
+    pub expected_bytes: Option<u64>,
 }
 
 /// A response body that counts what it sends and logs when done.
@@ -37,12 +39,14 @@ pub struct LoggedBody {
     bytes: u64,
     failed: bool,
     ended: bool,
+    expected: Option<u64>,
 }
 
 impl LoggedBody {
     /// Wraps a response body.
     pub fn new(inner: Body, record: Record) -> Self {
         LoggedBody {
+            expected: record.expected_bytes,
             inner,
             record: Some(record),
             bytes: 0,
@@ -86,7 +90,8 @@ impl HttpBody for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let Some(r) = self.record.take() else { return };
-        let complete = !self.failed && (self.ended || self.inner.is_end_stream());
+        let complete = !self.failed
+            && (self.ended || self.inner.is_end_stream() || self.expected == Some(self.bytes));
         tracing::info!(
             target: "lasti::access",
             method = %r.method,

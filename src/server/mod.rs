@@ -140,6 +140,10 @@ async fn serve(proxy: &Proxy, request: Request<Incoming>) -> Response<LoggedBody
             .get::<response::ErrorKind>()
             .map(|k| k.0),
         started,
+        expected_bytes: response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok()),
     };
     response.map(|body| LoggedBody::new(body, record))
 }

@@ -4,12 +4,15 @@
 //!   on a loopback port inside its own temporary directory.
 //! - [`oci_layout`] writes deterministic OCI image layouts (single images and
 //!   multi-platform indexes) to disk.
+//! - [`lasti`] runs lasti in-process on a loopback port; [`http`] talks to it.
 //! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back.
 //!
 //! Everything here talks to 127.0.0.1 only. A missing tool is a test failure,
 //! never a skip: the README's test command installs the tools.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod lasti;
 pub mod oci_layout;
 pub mod registry;
 pub mod skopeo;

@@ -1,0 +1,113 @@
+//! Runs lasti in-process on a loopback port, the way `main` does, so tests
+//! reach every layer through real HTTP.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use lasti::config::{Config, UpstreamConfig};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use url::Url;
+
+/// A running lasti with its own data directory.
+pub struct Lasti {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    data: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The configuration tests start from: one upstream per `(name, url)`, the
+/// first the default, data in a fresh directory.
+pub fn config(upstreams: &[(&str, &str)]) -> Config {
+    let mut config = Config::default();
+    config.upstreams = upstreams
+        .iter()
+        .map(|(name, url)| {
+            let mut u = UpstreamConfig::new(name, Url::parse(url).expect("test url"));
+            u.retries = 1;
+            u
+        })
+        .collect();
+    config
+}
+
+/// Installs a log subscriber once; `RUST_LOG` chooses the level (default warn).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+impl Lasti {
+    /// Starts lasti with one upstream named `docker.io`.
+    pub async fn start(upstream_url: &str) -> Lasti {
+        Lasti::start_with(config(&[("docker.io", upstream_url)]), None).await
+    }
+
+    /// Starts lasti with a configuration; `data` reuses a directory (restart tests).
+    pub async fn start_with(mut config: Config, data: Option<TempDir>) -> Lasti {
+        init_logs();
+        let data = data.unwrap_or_else(|| tempfile::tempdir().expect("temp data dir"));
+        config.data_dir = data.path().to_path_buf();
+        config.validate().expect("test config is valid");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            lasti::server::run(listener, config, shutdown)
+                .await
+                .expect("lasti runs");
+        });
+        Lasti {
+            addr,
+            data: Some(data),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:port`, as skopeo wants it.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.as_ref().expect("data dir present").path()
+    }
+
+    /// Stops lasti gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("lasti task ends cleanly");
+        }
+        self.data.take().expect("data dir present")
+    }
+}
+
+impl Drop for Lasti {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
