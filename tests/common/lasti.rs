@@ -22,8 +22,7 @@ pub struct Lasti {
 /// The configuration tests start from: one upstream per `(name, url)`, the
 /// first the default, data in a fresh directory.
 pub fn config(upstreams: &[(&str, &str)]) -> Config {
-    let mut config = Config::default();
-    config.upstreams = upstreams
+    let upstreams = upstreams
         .iter()
         .map(|(name, url)| {
             let mut u = UpstreamConfig::new(name, Url::parse(url).expect("test url"));
@@ -31,7 +30,10 @@ pub fn config(upstreams: &[(&str, &str)]) -> Config {
             u
         })
         .collect();
-    config
+    Config {
+        upstreams,
+        ..Config::default()
+    }
 }
 
 /// Installs a log subscriber once; `RUST_LOG` chooses the level (default warn).
