@@ -14,12 +14,16 @@
 //! - [`oci`]: pure protocol types (names, references, digests, ranges,
 //!   challenges, media types, the error body), validated at the edge.
 //!
+//! - [`backfill`]: the durable queue that pushes every pulled image into the
+//!   Rahti project's registry, and the image stream naming rule.
+//!
 //! Around them: [`config`] (TOML + flags, validated), [`error`] (one error
 //! type that knows its origin and whether to retry), [`body`] (the one
 //! response body type), [`secret`] (redacted credentials) and [`telemetry`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backfill;
 pub mod body;
 pub mod cache;
 pub mod config;

@@ -30,6 +30,21 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
+    /// Address of the admin listener (back-fill status).
+    #[arg(long, global = true)]
+    admin_listen: Option<SocketAddr>,
+    /// Registry to back-fill pulled images into (the Rahti project's registry).
+    #[arg(long = "target", global = true)]
+    target_url: Option<Url>,
+    /// Project (namespace) whose image streams receive the images.
+    #[arg(long, global = true)]
+    target_project: Option<String>,
+    /// File holding the target's token (re-read when it changes).
+    #[arg(long, global = true)]
+    target_token_file: Option<PathBuf>,
+    /// User name for the target (OpenShift ignores it; default `unused`).
+    #[arg(long, global = true)]
+    target_username: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,6 +64,11 @@ fn main() -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         upstreams: cli.upstreams,
         log_format: cli.log_format,
+        admin_listen: cli.admin_listen,
+        target_url: cli.target_url,
+        target_project: cli.target_project,
+        target_token_file: cli.target_token_file,
+        target_username: cli.target_username,
     };
     let config = Config::load(cli.config.as_deref(), overrides)?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -68,10 +88,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let listeners = lasti::server::Listeners::bind(&config)
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        lasti::server::run(listener, config, shutdown_signal()).await?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} / {:?}",
+                    config.listen, config.admin_listen
+                )
+            })?;
+        lasti::server::run(listeners, config, shutdown_signal()).await?;
         Ok(())
     })
 }

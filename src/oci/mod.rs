@@ -24,6 +24,7 @@ pub mod challenge;
 pub mod digest;
 pub mod error_code;
 mod http_syntax;
+pub mod manifest;
 pub mod media_type;
 pub mod name;
 pub mod range;

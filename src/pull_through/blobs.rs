@@ -165,7 +165,7 @@ async fn fill(upstream: Arc<Upstream>, repo: RepoName, digest: Digest, mut write
     loop {
         match fetch_into(&upstream, &repo, &digest, &mut writer).await {
             Ok(()) => break,
-            Err(err) if writer.written() > 0 && err.is_retryable() && resumes < RESUME_ATTEMPTS => {
+            Err(err) if err.is_retryable() && resumes < RESUME_ATTEMPTS => {
                 resumes += 1;
                 tracing::warn!(upstream = upstream.name(), %digest, at = writer.written(), error = %err, "upstream body broke off; resuming");
             }

@@ -118,17 +118,37 @@ impl Proxy {
     ) -> Result<ManifestAnswer> {
         match reference {
             Reference::Digest(digest) => {
-                self.manifest_by_digest(upstream, repo, digest, accept)
+                self.manifest_answer_by_digest(upstream, repo, digest, accept)
                     .await
             }
             Reference::Tag(tag) => {
-                self.manifest_by_tag(upstream, repo, tag, accept, head)
-                    .await
+                let answer = self
+                    .manifest_by_tag(upstream, repo, tag, accept, head)
+                    .await?;
+                self.offer(upstream, repo, tag.as_str(), answer.digest());
+                Ok(answer)
             }
         }
     }
 
-    async fn manifest_by_digest(
+    /// A manifest by digest through the cache, for back-fill: any media type.
+    pub async fn manifest_by_digest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        accept: &AcceptList,
+    ) -> Result<Arc<Manifest>> {
+        match self
+            .manifest_answer_by_digest(upstream, repo, digest, accept)
+            .await?
+        {
+            ManifestAnswer::Body { manifest, .. } => Ok(manifest),
+            ManifestAnswer::Head { .. } => Err(Error::ManifestUnknown),
+        }
+    }
+
+    async fn manifest_answer_by_digest(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,

@@ -11,6 +11,7 @@ mod single_flight;
 
 use std::sync::Arc;
 
+use crate::backfill::{Backfill, Offer};
 use crate::cache::Cache;
 use crate::error::Result;
 use crate::oci::RepoName;
@@ -57,16 +58,40 @@ pub struct Proxy {
     cache: Cache,
     max_manifest_size: u64,
     manifest_flights: manifests::Flights,
+    backfill: Option<Backfill>,
 }
 
 impl Proxy {
     /// Assembles the proxy.
-    pub fn new(upstreams: Upstreams, cache: Cache, max_manifest_size: u64) -> Proxy {
+    pub fn new(
+        upstreams: Upstreams,
+        cache: Cache,
+        max_manifest_size: u64,
+        backfill: Option<Backfill>,
+    ) -> Proxy {
         Proxy {
             upstreams,
             cache,
             max_manifest_size,
             manifest_flights: Default::default(),
+            backfill,
+        }
+    }
+
+    /// The back-fill queue, when a target is configured.
+    pub fn backfill(&self) -> Option<&Backfill> {
+        self.backfill.as_ref()
+    }
+
+    /// Offers a tag just served for back-fill (cheap, never blocks).
+    fn offer(&self, upstream: &Upstream, repo: &RepoName, tag: &str, digest: &crate::oci::Digest) {
+        if let Some(backfill) = &self.backfill {
+            backfill.offer(Offer {
+                upstream: upstream.name().to_string(),
+                repo: repo.clone(),
+                tag: tag.to_string(),
+                digest: digest.clone(),
+            });
         }
     }
 

@@ -4,6 +4,7 @@
 //! [`run`] holds the whole daemon, so tests start it in-process on port 0.
 
 pub mod access_log;
+pub mod admin;
 pub mod handlers;
 pub mod response;
 pub mod router;
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::backfill::{self, Backfill};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::pull_through::{Outcome, Proxy};
@@ -47,25 +49,56 @@ pub enum StartError {
     Upstream(String),
 }
 
-/// Builds the proxy from the configuration.
-pub async fn build_proxy(config: &Config) -> Result<Proxy, StartError> {
-    let upstreams = Upstreams::new(&config.upstreams).map_err(StartError::Upstream)?;
-    let cache = Cache::open(&config.data_dir, &config.cache).await?;
-    Ok(Proxy::new(
-        upstreams,
-        cache,
-        config.cache.max_manifest_size.as_u64(),
-    ))
+/// The sockets lasti serves on, bound by the caller (port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The registry API.
+    pub api: TcpListener,
+    /// The admin endpoints, if wanted.
+    pub admin: Option<TcpListener>,
 }
 
-/// Serves the registry API on `listener` until `shutdown` completes, then
-/// lets in-flight requests finish (up to a grace period).
+impl Listeners {
+    /// Binds the addresses of the configuration.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let api = TcpListener::bind(config.listen).await?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { api, admin })
+    }
+}
+
+/// Builds the proxy from the configuration and starts back-fill, if configured.
+pub async fn build_proxy(config: &Config) -> Result<Arc<Proxy>, StartError> {
+    let upstreams = Upstreams::new(&config.upstreams).map_err(StartError::Upstream)?;
+    let cache = Cache::open(&config.data_dir, &config.cache).await?;
+    let (data_dir, config_copy) = (config.data_dir.clone(), config.clone());
+    let pending = tokio::task::spawn_blocking(move || Backfill::open(&data_dir, &config_copy))
+        .await
+        .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
+    let handle = pending.as_ref().map(backfill::Pending::handle);
+    let max_manifest = config.cache.max_manifest_size.as_u64();
+    let proxy = Arc::new(Proxy::new(upstreams, cache, max_manifest, handle));
+    if let Some(pending) = pending {
+        pending.start(Arc::clone(&proxy));
+    }
+    Ok(proxy)
+}
+
+/// Serves the registry API (and the admin endpoints) until `shutdown`
+/// completes, then lets in-flight requests finish (up to a grace period).
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let proxy = Arc::new(build_proxy(&config).await?);
+    let proxy = build_proxy(&config).await?;
+    let listener = listeners.api;
+    let admin_task = listeners
+        .admin
+        .map(|admin| tokio::spawn(admin::serve(admin, Arc::clone(&proxy))));
     let addr = listener.local_addr().ok();
     tracing::info!(
         ?addr,
@@ -115,6 +148,9 @@ pub async fn run(
     }
     tracing::info!("shutting down: no new connections");
     drop(listener);
+    if let Some(task) = admin_task {
+        task.abort();
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()

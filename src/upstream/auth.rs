@@ -8,13 +8,12 @@
 //! configuration allows); never the client's credentials, never to a redirect.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, StatusCode};
-use http_body_util::Empty;
 use serde::Deserialize;
 use url::Url;
 
@@ -50,13 +49,102 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
-/// The credentials and token cache of one upstream.
+/// Where a password comes from.
+#[derive(Debug)]
+pub enum Password {
+    /// No password.
+    None,
+    /// Given once (inline or from the environment).
+    Fixed(Secret),
+    /// Read from a file, and read again whenever the file changes: a pod's
+    /// service account token is rotated in place.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The last value read and the file's modification time then.
+        last: Mutex<Option<(SystemTime, Secret)>>,
+    },
+}
+
+impl Password {
+    /// A password read from `path`, re-read when it changes.
+    pub fn file(path: PathBuf) -> Password {
+        Password::File {
+            path,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The current value.
+    pub fn current(&self) -> Option<Secret> {
+        match self {
+            Password::None => None,
+            Password::Fixed(secret) => Some(secret.clone()),
+            Password::File { path, last } => {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                if let (Some((seen, secret)), Some(now)) = (last.as_ref(), modified) {
+                    if *seen == now {
+                        return Some(secret.clone());
+                    }
+                }
+                match std::fs::read_to_string(path) {
+                    Ok(text) => {
+                        let secret = Secret::new(text.trim_end().to_string());
+                        *last = modified.map(|m| (m, secret.clone()));
+                        Some(secret)
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot read a password file");
+                        last.as_ref().map(|(_, s)| s.clone())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Who to authenticate as, against which registry.
+#[derive(Debug)]
+pub struct Credentials {
+    /// The registry's name, for errors and logs.
+    pub registry: String,
+    /// Its base URL: credentials stay with its origin and site.
+    pub base: Url,
+    /// User name, if any.
+    pub username: Option<String>,
+    /// Password or token.
+    pub password: Password,
+    /// Extra hosts allowed to serve the token realm.
+    pub realm_hosts: Vec<String>,
+    /// Timeout of a token request.
+    pub timeout: Duration,
+}
+
+impl Credentials {
+    /// The credentials of a configured upstream.
+    pub fn of_upstream(config: &UpstreamConfig) -> Credentials {
+        Credentials {
+            registry: config.name.clone(),
+            base: config.url.clone(),
+            username: config.username.clone(),
+            password: match &config.password {
+                Some(secret) => Password::Fixed(secret.clone()),
+                None => Password::None,
+            },
+            realm_hosts: config.token_realm_hosts.clone(),
+            timeout: config.header_timeout,
+        }
+    }
+}
+
+/// The credentials and token cache of one registry.
 #[derive(Debug)]
 pub struct Auth {
     upstream: String,
     base: Url,
     username: Option<String>,
-    password: Option<Secret>,
+    password: Password,
     realm_hosts: Vec<String>,
     timeout: Duration,
     known: Mutex<Option<Known>>,
@@ -64,18 +152,23 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// The auth state of an upstream as configured.
-    pub fn new(config: &UpstreamConfig) -> Auth {
+    /// The auth state of a registry.
+    pub fn new(credentials: Credentials) -> Auth {
         Auth {
-            upstream: config.name.clone(),
-            base: config.url.clone(),
-            username: config.username.clone(),
-            password: config.password.clone(),
-            realm_hosts: config.token_realm_hosts.clone(),
-            timeout: config.header_timeout,
+            upstream: credentials.registry,
+            base: credentials.base,
+            username: credentials.username,
+            password: credentials.password,
+            realm_hosts: credentials.realm_hosts,
+            timeout: credentials.timeout,
             known: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Forgets a cached token, after the registry refused it.
+    pub fn forget(&self, scope: &str) {
+        self.invalidate(scope);
     }
 
     /// The `Authorization` to send with a request for `scope`, if any is known
@@ -130,7 +223,8 @@ impl Auth {
 
     fn basic(&self) -> Option<HeaderValue> {
         let user = self.username.as_deref()?;
-        let password = self.password.as_ref().map(Secret::expose).unwrap_or("");
+        let password = self.password.current();
+        let password = password.as_ref().map(Secret::expose).unwrap_or("");
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
@@ -193,14 +287,17 @@ impl Auth {
             if let Some(service) = service {
                 query.append_pair("service", service);
             }
-            query.append_pair("scope", scope);
+            // Several scopes (a cross-repository mount) are several parameters.
+            for one in scope.split(' ').filter(|s| !s.is_empty()) {
+                query.append_pair("scope", one);
+            }
         }
         let mut request = Request::get(url.as_str());
         if let Some(basic) = self.basic() {
             request = request.header(header::AUTHORIZATION, basic);
         }
         let request = request
-            .body(Empty::<Bytes>::new())
+            .body(crate::body::empty())
             .map_err(|e| self.invalid(format!("token request: {e}")))?;
         let response = match client::send(client, request, self.timeout).await {
             Ok(r) => r,
@@ -293,7 +390,7 @@ mod tests {
     fn auth(url: &str, hosts: &[&str]) -> Auth {
         let mut config = UpstreamConfig::new("test", Url::parse(url).unwrap());
         config.token_realm_hosts = hosts.iter().map(|h| h.to_string()).collect();
-        Auth::new(&config)
+        Auth::new(Credentials::of_upstream(&config))
     }
 
     #[test]
@@ -318,6 +415,30 @@ mod tests {
     }
 
     #[test]
+    fn a_password_file_is_read_again_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "one\n").unwrap();
+        let password = Password::file(path.clone());
+        assert_eq!(password.current().unwrap().expose(), "one");
+        std::fs::write(&path, "two").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(password.current().unwrap().expose(), "two");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            password.current().unwrap().expose(),
+            "two",
+            "keeps the last value"
+        );
+    }
+
+    #[test]
     fn same_site_rules() {
         assert!(same_site("auth.docker.io", "registry-1.docker.io"));
         assert!(same_site("ghcr.io", "ghcr.io"));
@@ -329,10 +450,14 @@ mod tests {
     #[test]
     fn basic_header_is_sensitive_and_absent_without_user() {
         let mut config = UpstreamConfig::new("t", Url::parse("http://x").unwrap());
-        assert!(Auth::new(&config).basic().is_none());
+        assert!(Auth::new(Credentials::of_upstream(&config))
+            .basic()
+            .is_none());
         config.username = Some("u".into());
         config.password = Some(Secret::new("p".into()));
-        let header = Auth::new(&config).basic().unwrap();
+        let header = Auth::new(Credentials::of_upstream(&config))
+            .basic()
+            .unwrap();
         assert!(header.is_sensitive());
         assert_eq!(header.to_str().unwrap(), "Basic dTpw");
     }

@@ -7,20 +7,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::body::Body;
 use crate::config::UpstreamConfig;
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The pooled client type shared by an upstream and its token realm.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Builds the client for one upstream.
 pub fn build(config: &UpstreamConfig) -> Result<HttpClient, String> {
@@ -77,7 +78,7 @@ pub enum SendError {
 /// Sends a request and waits for the response headers, at most `timeout`.
 pub async fn send(
     client: &HttpClient,
-    request: Request<Empty<Bytes>>,
+    request: Request<Body>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, SendError> {
     match tokio::time::timeout(timeout, client.request(request)).await {

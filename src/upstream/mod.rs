@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod push;
 mod requests;
 pub mod routing;
 
@@ -34,9 +35,19 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the client and auth state of an upstream.
     pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+        let credentials = auth::Credentials::of_upstream(&config);
+        Upstream::with_credentials(config, credentials)
+    }
+
+    /// Builds a registry client whose credentials come from elsewhere than
+    /// the upstream configuration (the back-fill target's token file).
+    pub fn with_credentials(
+        config: UpstreamConfig,
+        credentials: auth::Credentials,
+    ) -> Result<Upstream, String> {
         let client =
-            client::build(&config).map_err(|e| format!("upstream {}: {e}", config.name))?;
-        let auth = Auth::new(&config);
+            client::build(&config).map_err(|e| format!("registry {}: {e}", config.name))?;
+        let auth = Auth::new(credentials);
         let mut tag_rules = Vec::new();
         for rule in &config.tag_rules {
             let glob = |p: &str| {

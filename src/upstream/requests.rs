@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Empty;
 use hyper::body::Incoming;
 use rand::Rng;
 use url::Url;
 
 use super::client::{self, SendError};
 use super::Upstream;
+use crate::body::{self, Body};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, ErrorBody, ErrorCode, RepoName};
 
@@ -244,15 +244,33 @@ impl Upstream {
         headers: &HeaderMap,
         repo: &RepoName,
     ) -> Result<Response<Incoming>> {
-        let url = self
-            .config
+        let url = self.api_url(path)?;
+        let scope = format!("repository:{repo}:pull");
+        self.call(method, url, headers, &scope, &body::empty).await
+    }
+
+    /// `<base>/v2/<path>`.
+    pub(crate) fn api_url(&self, path: &str) -> Result<Url> {
+        self.config
             .url
             .join(&format!("v2/{path}"))
-            .map_err(|e| self.invalid(e.to_string()))?;
-        let scope = format!("repository:{repo}:pull");
-        let authorization = self.auth.header(&self.client, &scope).await?;
+            .map_err(|e| self.invalid(e.to_string()))
+    }
+
+    /// Sends one request with credentials for `scope`, answers a 401
+    /// challenge once (re-creating the body with `body`), and follows
+    /// redirects of `GET` and `HEAD`.
+    pub(crate) async fn call(
+        &self,
+        method: &Method,
+        url: Url,
+        headers: &HeaderMap,
+        scope: &str,
+        body: &(dyn Fn() -> Body + Sync),
+    ) -> Result<Response<Incoming>> {
+        let authorization = self.auth.header(&self.client, scope).await?;
         let mut response = self
-            .send(method, &url, headers, authorization.as_ref())
+            .send(method, &url, headers, authorization.as_ref(), body())
             .await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let challenges: Vec<&str> = response
@@ -263,13 +281,16 @@ impl Upstream {
                 .collect();
             if let Some(authorization) = self
                 .auth
-                .challenge(&self.client, &challenges, &scope)
+                .challenge(&self.client, &challenges, scope)
                 .await?
             {
                 response = self
-                    .send(method, &url, headers, Some(&authorization))
+                    .send(method, &url, headers, Some(&authorization), body())
                     .await?;
             }
+        }
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return Ok(response);
         }
         self.follow_redirects(method, url, headers, authorization, response)
             .await
@@ -302,7 +323,9 @@ impl Upstream {
             // Credentials stay with the upstream's own origin.
             let same_origin = url.origin() == self.config.url.origin();
             let auth = authorization.as_ref().filter(|_| same_origin);
-            response = self.send(method, &url, headers, auth).await?;
+            response = self
+                .send(method, &url, headers, auth, body::empty())
+                .await?;
         }
         Err(self.invalid(format!("more than {MAX_REDIRECTS} redirects")))
     }
@@ -313,6 +336,7 @@ impl Upstream {
         url: &Url,
         headers: &HeaderMap,
         authorization: Option<&HeaderValue>,
+        body: Body,
     ) -> Result<Response<Incoming>> {
         let mut builder = Request::builder().method(method.clone()).uri(url.as_str());
         for (name, value) in headers {
@@ -322,7 +346,7 @@ impl Upstream {
             builder = builder.header(header::AUTHORIZATION, value);
         }
         let request = builder
-            .body(Empty::<Bytes>::new())
+            .body(body)
             .map_err(|e| self.invalid(format!("request: {e}")))?;
         client::send(&self.client, request, self.config.header_timeout)
             .await
@@ -339,7 +363,7 @@ impl Upstream {
     }
 
     /// Passes a 2xx through; turns anything else into the matching error.
-    async fn expect_success(
+    pub(crate) async fn expect_success(
         &self,
         response: Response<Incoming>,
         missing: Error,
@@ -379,12 +403,12 @@ impl Upstream {
             500..=599 => Error::UpstreamUnavailable { upstream, message },
             _ => Error::UpstreamInvalid {
                 upstream,
-                message: format!("unexpected status {status}"),
+                message: format!("unexpected status {status}: {message}"),
             },
         })
     }
 
-    fn invalid(&self, message: String) -> Error {
+    pub(crate) fn invalid(&self, message: String) -> Error {
         Error::UpstreamInvalid {
             upstream: self.name().to_string(),
             message,

@@ -14,6 +14,9 @@ use url::Url;
 
 use crate::secret::Secret;
 
+mod target;
+pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
+
 /// Where lasti listens when nothing else is said: the port docker expects of a registry.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 /// The data directory when nothing else is said, relative to the working directory.
@@ -22,6 +25,8 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 /// The name clients and containerd's `ns=` use for Docker Hub.
 pub const DOCKER_HUB_NAME: &str = "docker.io";
+/// Where the admin listener (back-fill status, later metrics and health) listens.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
 
 /// The whole configuration of one lasti process.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +34,8 @@ pub const DOCKER_HUB_NAME: &str = "docker.io";
 pub struct Config {
     /// Address of the registry API listener.
     pub listen: SocketAddr,
+    /// Address of the admin listener (`/admin/...`); kept off the public API.
+    pub admin_listen: Option<SocketAddr>,
     /// Root of the cache: blobs, temporary files and the metadata store.
     pub data_dir: PathBuf,
     /// Logging format and filter.
@@ -38,12 +45,15 @@ pub struct Config {
     /// Upstream registries, in order; the first is the default.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// The project that pulled images are back-filled into.
+    pub target: TargetConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log: LogConfig::default(),
             cache: CacheConfig::default(),
@@ -51,6 +61,7 @@ impl Default for Config {
                 DOCKER_HUB_NAME,
                 Url::parse(DOCKER_HUB_URL).expect("valid default url"),
             )],
+            target: TargetConfig::default(),
         }
     }
 }
@@ -220,6 +231,16 @@ pub struct Overrides {
     pub upstreams: Vec<(String, Url)>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--target`.
+    pub target_url: Option<Url>,
+    /// `--target-project`.
+    pub target_project: Option<String>,
+    /// `--target-token-file`.
+    pub target_token_file: Option<PathBuf>,
+    /// `--target-username`.
+    pub target_username: Option<String>,
 }
 
 /// Why a configuration was refused.
@@ -288,6 +309,20 @@ impl Config {
         if let Some(format) = overrides.log_format {
             self.log.format = format;
         }
+        if let Some(addr) = overrides.admin_listen {
+            self.admin_listen = Some(addr);
+        }
+        let target = &mut self.target;
+        target.url = overrides.target_url.or(target.url.take());
+        target.project = overrides.target_project.or(target.project.take());
+        if let Some(file) = overrides.target_token_file {
+            target.token_file = Some(file);
+            target.token = None;
+            target.token_env = None;
+        }
+        if let Some(user) = overrides.target_username {
+            target.username = user;
+        }
         if overrides.upstreams.is_empty() {
             return;
         }
@@ -306,6 +341,7 @@ impl Config {
     }
 
     fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        self.target.resolve_token_source()?;
         for upstream in &mut self.upstreams {
             if let Some(var) = &upstream.password_env {
                 let value = std::env::var(var).map_err(|_| {
@@ -345,6 +381,7 @@ impl Config {
                 self.log.filter
             ));
         }
+        self.target.validate()?;
         let mut names = std::collections::HashSet::new();
         for upstream in &self.upstreams {
             upstream.validate()?;
@@ -437,7 +474,7 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let config = Config::from_toml(include_str!("../config/lasti.toml")).unwrap();
+        let config = Config::from_toml(include_str!("../../config/lasti.toml")).unwrap();
         config.validate().unwrap();
         assert_eq!(config.upstreams[0].name, "docker.io");
         assert_eq!(config.upstreams[0].tag_rules.len(), 2);

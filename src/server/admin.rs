@@ -1,0 +1,83 @@
+//! The admin listener: operator endpoints kept off the public registry API.
+//!
+//! - `GET /healthz`: the process is alive.
+//! - `GET /admin/backfill`: the back-fill queue (pending, failed, recent) as JSON.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::body::{self, Body};
+use crate::pull_through::Proxy;
+
+/// Serves the admin endpoints until the task is dropped.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let proxy = Arc::clone(&proxy);
+        let service = service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(route(&proxy, request).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(connection);
+    }
+}
+
+async fn route<B>(proxy: &Proxy, request: Request<B>) -> Response<Body> {
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/admin/backfill" => backfill(proxy).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn backfill(proxy: &Proxy) -> Response<Body> {
+    let Some(backfill) = proxy.backfill() else {
+        return json(StatusCode::OK, br#"{"enabled":false}"#.to_vec());
+    };
+    match backfill.status().await {
+        Ok(status) => {
+            let mut value = serde_json::to_value(&status).unwrap_or_default();
+            value["enabled"] = serde_json::Value::Bool(true);
+            json(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&value).unwrap_or_default(),
+            )
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the back-fill queue");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the back-fill queue\n",
+            )
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body::full(Bytes::from_static(body.as_bytes())))
+        .expect("static response")
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body::full(body))
+        .expect("static response")
+}
