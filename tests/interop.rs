@@ -236,3 +236,34 @@ async fn head_of_an_uncached_manifest_and_blob_answers_from_the_upstream() {
         "a HEAD must not fetch the blob"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_trusted_through_its_extra_ca_file() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let image = push_image(&registry, &work, "tls", 5).await;
+    let pki = common::tls::TestPki::new();
+    let front = common::tls::TlsFront::start(&pki, registry.addr()).await;
+    let upstream = format!("https://127.0.0.1:{}", front.addr.port());
+
+    // Without the CA the upstream's certificate is refused.
+    let untrusted = Lasti::start(&upstream).await;
+    let url = format!("{}/v2/library/tls/manifests/v1", untrusted.url());
+    let refused = http::get(&url, &[]).await;
+    assert_eq!(refused.status, 502, "{:?}", refused.body);
+    assert_eq!(refused.error_code(), "UNAVAILABLE");
+
+    let mut cfg = common::lasti::config(&[("docker.io", &upstream)]);
+    cfg.upstreams[0].ca_file = Some(pki.write_ca(work.path()));
+    let lasti = Lasti::start_with(cfg, None).await;
+    let pulled = pull_digests(
+        &format!("{}/library/tls:v1", lasti.host()),
+        &work.path().join("tls-out"),
+        false,
+    )
+    .await;
+    let mut expected = image.blob_digests();
+    expected.push(image.manifest_digest.clone());
+    expected.sort();
+    assert_eq!(pulled, expected);
+}

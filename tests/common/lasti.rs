@@ -14,6 +14,8 @@ use url::Url;
 pub struct Lasti {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin endpoints listen.
+    pub admin_addr: SocketAddr,
     data: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -62,17 +64,26 @@ impl Lasti {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let admin_addr = admin.local_addr().expect("local addr");
+        let listeners = lasti::server::Listeners {
+            api: listener,
+            admin: Some(admin),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            lasti::server::run(listener, config, shutdown)
+            lasti::server::run(listeners, config, shutdown)
                 .await
                 .expect("lasti runs");
         });
         Lasti {
             addr,
+            admin_addr,
             data: Some(data),
             stop: Some(stop),
             task: Some(task),
@@ -82,6 +93,11 @@ impl Lasti {
     /// `http://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:port` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
     }
 
     /// `127.0.0.1:port`, as skopeo wants it.

@@ -5,6 +5,8 @@
 //! - [`oci_layout`] writes deterministic OCI image layouts (single images and
 //!   multi-platform indexes) to disk.
 //! - [`lasti`] runs lasti in-process on a loopback port; [`http`] talks to it.
+//! - [`fake_upstream`] is a programmable fake registry that injects faults;
+//!   [`checks`] holds the assertions the fault tests share.
 //! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back.
 //!
 //! Everything here talks to 127.0.0.1 only. A missing tool is a test failure,
@@ -16,6 +18,8 @@ pub mod lasti;
 pub mod oci_layout;
 pub mod registry;
 pub mod skopeo;
+pub mod tls;
+pub mod token_shim;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

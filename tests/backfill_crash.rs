@@ -1,0 +1,153 @@
+//! A SIGKILL in the middle of a push loses nothing: lasti runs as its own
+//! process, is killed while its upload to a slow target is under way, and
+//! after a restart the accepted job resumes and the image lands whole.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::oci_layout::{ImageSpec, Layout};
+use common::registry::Registry;
+use common::skopeo;
+use common::token_shim::TokenShim;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const TOKEN: &str = "crash-token";
+/// The process is killed by its wrapper after this long, whatever happens.
+const HARD_LIFETIME: &str = "120";
+
+/// lasti as a child process, under `timeout` so it cannot outlive the test.
+struct Process {
+    wrapper: Child,
+    api: String,
+    admin: String,
+}
+
+impl Process {
+    fn start(config_path: &Path, api_port: u16, admin_port: u16) -> Process {
+        let wrapper = Command::new("/usr/bin/timeout")
+            .args(["--signal=KILL", HARD_LIFETIME, env!("CARGO_BIN_EXE_lasti"), "--config"])
+            .arg(config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start lasti");
+        let process = Process {
+            wrapper,
+            api: format!("127.0.0.1:{api_port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while common::http_get_status(process.api.parse().unwrap(), "/v2/", None).is_err() {
+            assert!(Instant::now() < deadline, "lasti did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        process
+    }
+
+    /// SIGKILL to lasti itself (the wrapper's child), by PID.
+    fn kill_lasti(mut self) {
+        let children = format!("/proc/{0}/task/{0}/children", self.wrapper.id());
+        let pid = std::fs::read_to_string(children).expect("wrapper's children");
+        let pid = pid.split_whitespace().next().expect("lasti's pid").to_string();
+        let status = Command::new("/bin/kill").args(["-KILL", &pid]).status().expect("kill");
+        assert!(status.success());
+        let _ = self.wrapper.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("/bin/kill")
+            .args(["-TERM", &self.wrapper.id().to_string()])
+            .status();
+        let _ = self.wrapper.wait();
+    }
+}
+
+async fn status(admin: &str) -> Value {
+    let reply = common::http::get(&format!("{admin}/admin/backfill"), &[]).await;
+    serde_json::from_slice(&reply.body).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_push_loses_no_accepted_job() {
+    let upstream = Registry::start();
+    let backend = Registry::start();
+    let shim = TokenShim::start(backend.addr(), TOKEN).await;
+    shim.state.lock().unwrap().upload_delay = Duration::from_millis(700);
+    let work = TempDir::new().unwrap();
+    let spec = ImageSpec::linux_amd64(9, &[1024, 6 * 1024 * 1024]);
+    let (layout, image) = Layout::single(&work.path().join("img"), &spec, "v1");
+    skopeo::push_layout(&layout.dir, "v1", &format!("{}/library/big:v1", upstream.host()), false)
+        .await
+        .unwrap();
+
+    let (api_port, admin_port) = (common::free_port(), common::free_port());
+    let data = work.path().join("data");
+    let config = format!(
+        "listen = \"127.0.0.1:{api_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = {data:?}\n\
+         [log]\nfilter = \"warn\"\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n\
+         [target]\nurl = \"{}\"\nproject = \"proj\"\ntoken = \"{TOKEN}\"\n\
+         monolithic_limit = \"1 MiB\"\nchunk_size = \"1 MiB\"\nmax_backoff = \"2s\"\n",
+        upstream.url(),
+        shim.url()
+    );
+    let config_path = work.path().join("lasti.toml");
+    std::fs::write(&config_path, config).unwrap();
+
+    let lasti = Process::start(&config_path, api_port, admin_port);
+    skopeo::pull_to_dir(&format!("{}/library/big:v1", lasti.api), &work.path().join("p"), false)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shim.state.lock().unwrap().uploads < 3 {
+        assert!(Instant::now() < deadline, "the push never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = status(&lasti.admin).await;
+    assert_eq!(before["pending"].as_array().map(Vec::len), Some(1), "{before:#}");
+    lasti.kill_lasti();
+    assert_eq!(shim.state.lock().unwrap().manifest_puts, 0, "killed before the manifest went up");
+
+    shim.state.lock().unwrap().upload_delay = Duration::ZERO;
+    let lasti = Process::start(&config_path, api_port, admin_port);
+    assert_eq!(
+        std::fs::read_dir(data.join("tmp")).unwrap().count(),
+        0,
+        "no temporary file survives a restart"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(&lasti.admin).await;
+        if s["recent"].as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never finished after the restart: {s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = work.path().join("target");
+    let args: Vec<String> = [
+        "copy",
+        "--retry-times",
+        "0",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &format!("unused:{TOKEN}"),
+        &format!("docker://{}/proj/big:v1", backend.host()),
+        &format!("dir:{}", out.display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    skopeo::run(&args).await.expect("pull from target");
+    let mut expected = image.blob_digests();
+    expected.push(image.manifest_digest.clone());
+    expected.sort();
+    assert_eq!(skopeo::dir_digests(&out), expected);
+}
