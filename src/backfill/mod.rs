@@ -61,14 +61,15 @@ pub struct Backfill {
     store: Arc<JobStore>,
     wake: Arc<Notify>,
     config: Arc<TargetConfig>,
+    target: Arc<Upstream>,
+    namer: Namer,
+    names: moka::sync::Cache<String, RepoName>,
 }
 
 /// What is needed to start the tasks once the proxy exists.
 pub struct Pending {
     handle: Backfill,
     offers: mpsc::Receiver<Offer>,
-    target: Arc<Upstream>,
-    namer: Namer,
 }
 
 impl Backfill {
@@ -90,18 +91,41 @@ impl Backfill {
             store,
             wake: Arc::new(Notify::new()),
             config: Arc::new(target.clone()),
-        };
-        let default_upstream = config
-            .upstreams
-            .first()
-            .map(|u| u.name.as_str())
-            .unwrap_or("");
-        Ok(Some(Pending {
-            handle,
-            offers: rx,
             target: Arc::new(client),
-            namer: Namer::new(target.naming.clone(), default_upstream),
-        }))
+            namer: Namer::new(target.naming.clone(), default_upstream(config)),
+            names: moka::sync::Cache::new(10_000),
+        };
+        Ok(Some(Pending { handle, offers: rx }))
+    }
+
+    /// The target registry, for reads through the project.
+    pub fn target(&self) -> &Arc<Upstream> {
+        &self.target
+    }
+
+    /// The project repository that back-fill gives `repo` of `upstream`
+    /// (whether or not this instance pushed it), when reading through the
+    /// project is on.
+    pub async fn read_through_repo(&self, upstream: &str, repo: &RepoName) -> Option<RepoName> {
+        if !self.config.read_through {
+            return None;
+        }
+        let source = Namer::source(upstream, repo);
+        if let Some(found) = self.names.get(&source) {
+            return Some(found);
+        }
+        let store = Arc::clone(&self.store);
+        let (namer, project) = (self.namer.clone(), self.config.project.clone()?);
+        let (up, r) = (upstream.to_string(), repo.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let name = namer.stream_name(&up, &r, |n| store.stream_holder(n).ok().flatten());
+            RepoName::parse(&format!("{project}/{name}")).ok()
+        })
+        .await
+        .ok()
+        .flatten()?;
+        self.names.insert(source, found.clone());
+        Some(found)
     }
 
     /// Offers a served image; never blocks, never fails the request.
@@ -171,13 +195,22 @@ impl Pending {
     pub fn start(self, proxy: Arc<Proxy>) {
         let ctx = job::Context {
             proxy,
-            target: self.target,
+            target: Arc::clone(&self.handle.target),
             store: Arc::clone(&self.handle.store),
             config: Arc::clone(&self.handle.config),
         };
-        tokio::spawn(worker::intake(self.offers, self.namer, self.handle.clone()));
+        let namer = self.handle.namer.clone();
+        tokio::spawn(worker::intake(self.offers, namer, self.handle.clone()));
         tokio::spawn(worker::dispatch(ctx, Arc::clone(&self.handle.wake)));
     }
+}
+
+fn default_upstream(config: &Config) -> &str {
+    config
+        .upstreams
+        .first()
+        .map(|u| u.name.as_str())
+        .unwrap_or("")
 }
 
 /// A registry client for the target, with its token re-read from its file.
@@ -188,7 +221,9 @@ fn target_client(target: &TargetConfig, url: url::Url) -> std::result::Result<Up
     config.token_realm_hosts = target.token_realm_hosts.clone();
     config.connect_timeout = target.connect_timeout;
     config.header_timeout = target.header_timeout;
-    config.retries = 1;
+    // Reads through the project must not delay a miss when the project's
+    // registry is down; pushes are retried by the queue instead.
+    config.retries = 0;
     let password = match (&target.token_file, &target.token) {
         (Some(file), _) => Password::file(file.clone()),
         (None, Some(token)) => Password::Fixed(token.clone()),

@@ -56,12 +56,8 @@ impl Proxy {
             BlobLookup::Stored(blob) => stored_answer(blob, range),
             BlobLookup::Filling(sub) => filling_answer(sub, range, Outcome::Coalesced).await,
             BlobLookup::Missing(writer, sub) => {
-                tokio::spawn(fill(
-                    Arc::clone(upstream),
-                    repo.clone(),
-                    digest.clone(),
-                    *writer,
-                ));
+                let sources = self.sources(upstream, repo).await;
+                tokio::spawn(fill(sources, digest.clone(), *writer));
                 filling_answer(sub, range, Outcome::Miss).await
             }
         }
@@ -159,29 +155,63 @@ async fn filling_answer(
     })
 }
 
-/// Feeds a fill from the upstream, resuming after a broken body.
-async fn fill(upstream: Arc<Upstream>, repo: RepoName, digest: Digest, mut writer: FillWriter) {
-    let mut resumes = 0;
-    loop {
-        match fetch_into(&upstream, &repo, &digest, &mut writer).await {
-            Ok(()) => break,
-            Err(err) if err.is_retryable() && resumes < RESUME_ATTEMPTS => {
-                resumes += 1;
-                tracing::warn!(upstream = upstream.name(), %digest, at = writer.written(), error = %err, "upstream body broke off; resuming");
+/// Where a blob may come from, in order of preference.
+pub(super) type Sources = Vec<(Arc<Upstream>, RepoName)>;
+
+impl Proxy {
+    /// The project first (when reading through it is on and back-fill has
+    /// named this repository there), then the upstream.
+    pub(super) async fn sources(&self, upstream: &Arc<Upstream>, repo: &RepoName) -> Sources {
+        let mut sources = Vec::with_capacity(2);
+        if let Some(backfill) = &self.backfill {
+            if let Some(target_repo) = backfill.read_through_repo(upstream.name(), repo).await {
+                sources.push((Arc::clone(backfill.target()), target_repo));
             }
-            Err(err) => {
-                tracing::warn!(upstream = upstream.name(), %digest, error = %err, "blob fetch failed");
-                writer.fail(err);
-                return;
+        }
+        sources.push((Arc::clone(upstream), repo.clone()));
+        sources
+    }
+}
+
+/// Feeds a fill from its sources, resuming after a broken body (from the
+/// same source, then from the next one, which serves the same digest).
+async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter) {
+    let mut last_error = None;
+    'sources: for (source, repo) in &sources {
+        let mut resumes = 0;
+        loop {
+            match fetch_into(source, repo, &digest, &mut writer).await {
+                Ok(()) => {
+                    last_error = None;
+                    break 'sources;
+                }
+                Err(err) if err.is_retryable() && resumes < RESUME_ATTEMPTS => {
+                    resumes += 1;
+                    tracing::warn!(source = source.name(), %digest, at = writer.written(), error = %err, "blob body broke off; resuming");
+                }
+                Err(err) => {
+                    tracing::debug!(source = source.name(), %digest, error = %err, "blob source failed");
+                    last_error = Some(err);
+                    continue 'sources;
+                }
             }
         }
     }
+    if let Some(err) = last_error {
+        tracing::warn!(%digest, error = %err, "blob fetch failed");
+        writer.fail(err);
+        return;
+    }
+    let upstream = sources
+        .last()
+        .map(|(u, _)| u.name().to_string())
+        .unwrap_or_default();
     match writer.finish().await {
-        Ok(size) => tracing::debug!(upstream = upstream.name(), %digest, size, "blob stored"),
+        Ok(size) => tracing::debug!(%upstream, %digest, size, "blob stored"),
         Err(reason) => {
-            tracing::warn!(upstream = upstream.name(), %digest, %reason, "upstream blob rejected");
+            tracing::warn!(%upstream, %digest, %reason, "blob rejected");
             writer.fail(Error::UpstreamInvalid {
-                upstream: upstream.name().to_string(),
+                upstream,
                 message: reason,
             });
         }

@@ -226,9 +226,23 @@ impl Proxy {
                 return Ok(answer);
             }
         }
-        let (manifest, outcome) = self
+        let fetched = self
             .fetch_manifest(upstream, repo, tag.as_str(), accept, None)
-            .await?;
+            .await;
+        let (manifest, outcome) = match fetched {
+            Err(err) if unreachable(&err) => {
+                let Some(manifest) = self.tag_from_project(upstream, repo, tag, accept).await
+                else {
+                    return Err(err);
+                };
+                tracing::warn!(upstream = upstream.name(), %repo, %tag, error = %err, "upstream unreachable; serving the project's tag");
+                return Ok(ManifestAnswer::Body {
+                    manifest,
+                    outcome: Outcome::Stale,
+                });
+            }
+            other => other?,
+        };
         let record = TagRecord {
             digest: manifest.digest.clone(),
             media_type: manifest.media_type.clone(),
@@ -249,9 +263,14 @@ impl Proxy {
         accept: &AcceptList,
         key: &str,
     ) -> Result<Option<ManifestAnswer>> {
-        let found = upstream
+        let found = match upstream
             .head_manifest(repo, tag.as_str(), &accept_header(accept))
-            .await?;
+            .await
+        {
+            // Let the GET path try the project's copy.
+            Err(err) if unreachable(&err) => return Ok(None),
+            other => other?,
+        };
         let (Some(digest), Some(media_type), Some(size)) =
             (found.digest, found.media_type, found.size)
         else {
@@ -320,31 +339,54 @@ impl Proxy {
         accept: &AcceptList,
         expected: Option<&Digest>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
+        // Content by digest may come from the project; a tag always asks the upstream.
+        let sources = match expected {
+            Some(_) => self.sources(upstream, repo).await,
+            None => vec![(Arc::clone(upstream), repo.clone())],
+        };
+        self.fetch_manifest_from(sources, reference, accept, expected)
+            .await
+    }
+
+    /// Fetches a manifest from the first source that has it, once for all
+    /// concurrent askers; verifies and stores it.
+    async fn fetch_manifest_from(
+        &self,
+        sources: super::blobs::Sources,
+        reference: &str,
+        accept: &AcceptList,
+        expected: Option<&Digest>,
+    ) -> Result<(Arc<Manifest>, Outcome)> {
         let accept = accept_header(accept);
+        let (first, first_repo) = sources.first().expect("at least one source");
         let key = FlightKey {
-            upstream: upstream.name().to_string(),
-            repo: repo.clone(),
+            upstream: first.name().to_string(),
+            repo: first_repo.clone(),
             reference: reference.to_string(),
             accept: accept.clone(),
         };
-        let work = {
-            let (upstream, repo, reference) =
-                (Arc::clone(upstream), repo.clone(), reference.to_string());
-            let (cache, limit, expected) = (
-                self.cache.clone(),
-                self.max_manifest_size,
-                expected.cloned(),
-            );
-            move || async move {
-                let fetched = upstream
-                    .get_manifest(&repo, &reference, &accept, limit)
-                    .await?;
-                let manifest = Arc::new(verify(&upstream, fetched, expected.as_ref())?);
-                if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
-                    tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
+        let (cache, limit, expected) = (
+            self.cache.clone(),
+            self.max_manifest_size,
+            expected.cloned(),
+        );
+        let reference = reference.to_string();
+        let work = move || async move {
+            let mut last = Error::ManifestUnknown;
+            for (source, repo) in &sources {
+                let fetched = source.get_manifest(repo, &reference, &accept, limit).await;
+                match fetched.and_then(|f| verify(source, f, expected.as_ref())) {
+                    Ok(manifest) => {
+                        let manifest = Arc::new(manifest);
+                        if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
+                            tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
+                        }
+                        return Ok(manifest);
+                    }
+                    Err(err) => last = err,
                 }
-                Ok(manifest)
             }
+            Err(last)
         };
         let (result, joined) = self.manifest_flights.run(key, work).await;
         let outcome = if joined {
@@ -353,6 +395,25 @@ impl Proxy {
             Outcome::Miss
         };
         result.map(|m| (m, outcome))
+    }
+
+    /// When the upstream cannot be reached and lasti has never seen the
+    /// tag, the project's copy of it serves.
+    async fn tag_from_project(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        tag: &Tag,
+        accept: &AcceptList,
+    ) -> Option<Arc<Manifest>> {
+        let backfill = self.backfill.as_ref()?;
+        let target_repo = backfill.read_through_repo(upstream.name(), repo).await?;
+        let sources = vec![(Arc::clone(backfill.target()), target_repo)];
+        let (manifest, _) = self
+            .fetch_manifest_from(sources, tag.as_str(), accept, None)
+            .await
+            .ok()?;
+        Some(manifest)
     }
 }
 
