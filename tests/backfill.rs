@@ -221,13 +221,12 @@ async fn an_openshift_token_realm_is_used_like_docker_login() {
         count(s, "recent") == 1
     })
     .await;
-    let state = shim.state.lock().unwrap();
-    assert!(state.realm_granted >= 1, "lasti logged in at the realm");
-    assert_eq!(
-        state.realm_granted, state.realm_requests,
-        "never with a wrong password"
-    );
-    drop(state);
+    let (granted, requests) = {
+        let state = shim.state.lock().unwrap();
+        (state.realm_granted, state.realm_requests)
+    };
+    assert!(granted >= 1, "lasti logged in at the realm");
+    assert_eq!(granted, requests, "never with a wrong password");
     let pushed = target_digests(
         &backend.host(),
         "proj/app:v1",
