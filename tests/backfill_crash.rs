@@ -29,7 +29,12 @@ struct Process {
 impl Process {
     fn start(config_path: &Path, api_port: u16, admin_port: u16) -> Process {
         let wrapper = Command::new("/usr/bin/timeout")
-            .args(["--signal=KILL", HARD_LIFETIME, env!("CARGO_BIN_EXE_lasti"), "--config"])
+            .args([
+                "--signal=KILL",
+                HARD_LIFETIME,
+                env!("CARGO_BIN_EXE_lasti"),
+                "--config",
+            ])
             .arg(config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -53,8 +58,15 @@ impl Process {
     fn kill_lasti(mut self) {
         let children = format!("/proc/{0}/task/{0}/children", self.wrapper.id());
         let pid = std::fs::read_to_string(children).expect("wrapper's children");
-        let pid = pid.split_whitespace().next().expect("lasti's pid").to_string();
-        let status = Command::new("/bin/kill").args(["-KILL", &pid]).status().expect("kill");
+        let pid = pid
+            .split_whitespace()
+            .next()
+            .expect("lasti's pid")
+            .to_string();
+        let status = Command::new("/bin/kill")
+            .args(["-KILL", &pid])
+            .status()
+            .expect("kill");
         assert!(status.success());
         let _ = self.wrapper.wait();
     }
@@ -83,9 +95,14 @@ async fn a_sigkill_mid_push_loses_no_accepted_job() {
     let work = TempDir::new().unwrap();
     let spec = ImageSpec::linux_amd64(9, &[1024, 6 * 1024 * 1024]);
     let (layout, image) = Layout::single(&work.path().join("img"), &spec, "v1");
-    skopeo::push_layout(&layout.dir, "v1", &format!("{}/library/big:v1", upstream.host()), false)
-        .await
-        .unwrap();
+    skopeo::push_layout(
+        &layout.dir,
+        "v1",
+        &format!("{}/library/big:v1", upstream.host()),
+        false,
+    )
+    .await
+    .unwrap();
 
     let (api_port, admin_port) = (common::free_port(), common::free_port());
     let data = work.path().join("data");
@@ -102,18 +119,30 @@ async fn a_sigkill_mid_push_loses_no_accepted_job() {
     std::fs::write(&config_path, config).unwrap();
 
     let lasti = Process::start(&config_path, api_port, admin_port);
-    skopeo::pull_to_dir(&format!("{}/library/big:v1", lasti.api), &work.path().join("p"), false)
-        .await
-        .unwrap();
+    skopeo::pull_to_dir(
+        &format!("{}/library/big:v1", lasti.api),
+        &work.path().join("p"),
+        false,
+    )
+    .await
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while shim.state.lock().unwrap().uploads < 3 {
         assert!(Instant::now() < deadline, "the push never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = status(&lasti.admin).await;
-    assert_eq!(before["pending"].as_array().map(Vec::len), Some(1), "{before:#}");
+    assert_eq!(
+        before["pending"].as_array().map(Vec::len),
+        Some(1),
+        "{before:#}"
+    );
     lasti.kill_lasti();
-    assert_eq!(shim.state.lock().unwrap().manifest_puts, 0, "killed before the manifest went up");
+    assert_eq!(
+        shim.state.lock().unwrap().manifest_puts,
+        0,
+        "killed before the manifest went up"
+    );
 
     shim.state.lock().unwrap().upload_delay = Duration::ZERO;
     let lasti = Process::start(&config_path, api_port, admin_port);
@@ -128,7 +157,10 @@ async fn a_sigkill_mid_push_loses_no_accepted_job() {
         if s["recent"].as_array().map(Vec::len) == Some(1) {
             break;
         }
-        assert!(Instant::now() < deadline, "the job never finished after the restart: {s:#}");
+        assert!(
+            Instant::now() < deadline,
+            "the job never finished after the restart: {s:#}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let out = work.path().join("target");

@@ -185,7 +185,10 @@ async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter) {
                     last_error = None;
                     break 'sources;
                 }
-                Err(err) if err.is_retryable() && resumes < RESUME_ATTEMPTS => {
+                // Before the first byte, `Upstream::request` already retried.
+                Err(err)
+                    if writer.written() > 0 && err.is_retryable() && resumes < RESUME_ATTEMPTS =>
+                {
                     resumes += 1;
                     tracing::warn!(source = source.name(), %digest, at = writer.written(), error = %err, "blob body broke off; resuming");
                 }

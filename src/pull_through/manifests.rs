@@ -165,7 +165,14 @@ impl Proxy {
             });
         }
         let (manifest, outcome) = self
-            .fetch_manifest(upstream, repo, &digest.to_string(), accept, Some(digest))
+            .fetch_manifest(
+                upstream,
+                repo,
+                &digest.to_string(),
+                accept,
+                Some(digest),
+                None,
+            )
             .await?;
         Ok(ManifestAnswer::Body { manifest, outcome })
     }
@@ -227,7 +234,7 @@ impl Proxy {
             }
         }
         let fetched = self
-            .fetch_manifest(upstream, repo, tag.as_str(), accept, None)
+            .fetch_manifest(upstream, repo, tag.as_str(), accept, None, Some(key))
             .await;
         let (manifest, outcome) = match fetched {
             Err(err) if unreachable(&err) => {
@@ -243,13 +250,6 @@ impl Proxy {
             }
             other => other?,
         };
-        let record = TagRecord {
-            digest: manifest.digest.clone(),
-            media_type: manifest.media_type.clone(),
-            size: manifest.bytes.len() as u64,
-            checked_at: unix_now(),
-        };
-        self.record_tag(&key, record).await;
         Ok(ManifestAnswer::Body { manifest, outcome })
     }
 
@@ -316,7 +316,14 @@ impl Proxy {
         }
         let reference = record.digest.to_string();
         let (manifest, _) = self
-            .fetch_manifest(upstream, repo, &reference, accept, Some(&record.digest))
+            .fetch_manifest(
+                upstream,
+                repo,
+                &reference,
+                accept,
+                Some(&record.digest),
+                None,
+            )
             .await?;
         Ok(ManifestAnswer::Body {
             manifest,
@@ -330,7 +337,8 @@ impl Proxy {
         }
     }
 
-    /// Fetches a manifest once for all concurrent askers, verifies and stores it.
+    /// Fetches a manifest once for all concurrent askers, verifies and
+    /// stores it, and records the tag (`tag_key`) it was fetched by.
     async fn fetch_manifest(
         &self,
         upstream: &Arc<Upstream>,
@@ -338,24 +346,27 @@ impl Proxy {
         reference: &str,
         accept: &AcceptList,
         expected: Option<&Digest>,
+        tag_key: Option<String>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
         // Content by digest may come from the project; a tag always asks the upstream.
         let sources = match expected {
             Some(_) => self.sources(upstream, repo).await,
             None => vec![(Arc::clone(upstream), repo.clone())],
         };
-        self.fetch_manifest_from(sources, reference, accept, expected)
+        self.fetch_manifest_from(sources, reference, accept, expected, tag_key)
             .await
     }
 
     /// Fetches a manifest from the first source that has it, once for all
-    /// concurrent askers; verifies and stores it.
+    /// concurrent askers; verifies and stores it. The tag record is written
+    /// inside the flight, so a request arriving just after it finds the tag.
     async fn fetch_manifest_from(
         &self,
         sources: super::blobs::Sources,
         reference: &str,
         accept: &AcceptList,
         expected: Option<&Digest>,
+        tag_key: Option<String>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
         let accept = accept_header(accept);
         let (first, first_repo) = sources.first().expect("at least one source");
@@ -380,6 +391,17 @@ impl Proxy {
                         let manifest = Arc::new(manifest);
                         if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
                             tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
+                        }
+                        if let Some(key) = &tag_key {
+                            let record = TagRecord {
+                                digest: manifest.digest.clone(),
+                                media_type: manifest.media_type.clone(),
+                                size: manifest.bytes.len() as u64,
+                                checked_at: unix_now(),
+                            };
+                            if let Err(err) = cache.put_tag(key, record).await {
+                                tracing::error!(error = %err, "cannot record a tag");
+                            }
                         }
                         return Ok(manifest);
                     }
@@ -410,7 +432,7 @@ impl Proxy {
         let target_repo = backfill.read_through_repo(upstream.name(), repo).await?;
         let sources = vec![(Arc::clone(backfill.target()), target_repo)];
         let (manifest, _) = self
-            .fetch_manifest_from(sources, tag.as_str(), accept, None)
+            .fetch_manifest_from(sources, tag.as_str(), accept, None, None)
             .await
             .ok()?;
         Some(manifest)

@@ -150,6 +150,8 @@ pub async fn run(
     drop(listener);
     if let Some(task) = admin_task {
         task.abort();
+        // Wait for it to drop its handle on the proxy (and so on the stores).
+        let _ = task.await;
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await

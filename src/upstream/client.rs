@@ -88,12 +88,34 @@ pub async fn send(
     }
 }
 
+/// Why a small body could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// It did not arrive within the time allowed.
+    Timeout,
+    /// It broke off, or was larger than allowed.
+    Failed(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Timeout => f.write_str("timed out reading the body"),
+            ReadError::Failed(e) => write!(f, "body: {e}"),
+        }
+    }
+}
+
 /// Reads a small body whole: at most `limit` bytes within `timeout`.
-pub async fn read_small(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, String> {
+pub async fn read_small(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ReadError> {
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(timeout, collect).await {
-        Err(_) => Err("timed out reading the body".into()),
-        Ok(Err(e)) => Err(format!("body: {e}")),
+        Err(_) => Err(ReadError::Timeout),
+        Ok(Err(e)) => Err(ReadError::Failed(e.to_string())),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }

@@ -124,7 +124,7 @@ impl Upstream {
             self.config.body_idle_timeout,
         )
         .await
-        .map_err(|e| self.invalid(format!("manifest {e}")))?;
+        .map_err(|e| self.read_error("manifest", e))?;
         Ok(FetchedManifest {
             bytes,
             media_type,
@@ -197,7 +197,7 @@ impl Upstream {
             self.config.body_idle_timeout,
         )
         .await
-        .map_err(|e| self.invalid(format!("tag list {e}")))?;
+        .map_err(|e| self.read_error("tag list", e))?;
         Ok(TagList { body, link })
     }
 
@@ -268,7 +268,7 @@ impl Upstream {
         scope: &str,
         body: &(dyn Fn() -> Body + Sync),
     ) -> Result<Response<Incoming>> {
-        let authorization = self.auth.header(&self.client, scope).await?;
+        let mut authorization = self.auth.header(&self.client, scope).await?;
         let mut response = self
             .send(method, &url, headers, authorization.as_ref(), body())
             .await?;
@@ -279,14 +279,16 @@ impl Upstream {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            if let Some(authorization) = self
+            if let Some(fresh) = self
                 .auth
                 .challenge(&self.client, &challenges, scope)
                 .await?
             {
                 response = self
-                    .send(method, &url, headers, Some(&authorization), body())
+                    .send(method, &url, headers, Some(&fresh), body())
                     .await?;
+                // Same-origin redirects below carry the token that worked.
+                authorization = Some(fresh);
             }
         }
         if !matches!(*method, Method::GET | Method::HEAD) {
@@ -406,6 +408,20 @@ impl Upstream {
                 message: format!("unexpected status {status}: {message}"),
             },
         })
+    }
+
+    fn read_error(&self, what: &str, err: client::ReadError) -> Error {
+        let upstream = self.name().to_string();
+        match err {
+            client::ReadError::Timeout => Error::UpstreamTimeout {
+                upstream,
+                message: format!("{what} body stalled"),
+            },
+            client::ReadError::Failed(e) => Error::UpstreamInvalid {
+                upstream,
+                message: format!("{what} body: {e}"),
+            },
+        }
     }
 
     pub(crate) fn invalid(&self, message: String) -> Error {

@@ -13,6 +13,8 @@
 //! never a skip: the README's test command installs the tools.
 #![allow(dead_code)]
 
+pub mod checks;
+pub mod fake_upstream;
 pub mod http;
 pub mod lasti;
 pub mod oci_layout;

@@ -68,10 +68,18 @@ impl TokenShim {
             while let Ok((stream, _)) = listener.accept().await {
                 let (state, token, client) = (Arc::clone(&shared), token.clone(), client.clone());
                 let service = service_fn(move |req| {
-                    let (state, token, client) = (Arc::clone(&state), token.clone(), client.clone());
-                    async move { Ok::<_, Infallible>(handle(req, addr, backend, &token, &state, &client).await) }
+                    let (state, token, client) =
+                        (Arc::clone(&state), token.clone(), client.clone());
+                    async move {
+                        Ok::<_, Infallible>(
+                            handle(req, addr, backend, &token, &state, &client).await,
+                        )
+                    }
                 });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
             }
         });
         TokenShim { addr, state, task }
@@ -93,7 +101,11 @@ fn reply(status: StatusCode, body: &str) -> Response<ShimBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).map_err(|n| match n {}).boxed())
+        .body(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|n| match n {})
+                .boxed(),
+        )
         .expect("response")
 }
 
@@ -105,41 +117,72 @@ async fn handle(
     state: &Mutex<ShimState>,
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Incoming>,
 ) -> Response<ShimBody> {
-    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let path = req.uri().path().to_string();
     if path == "/openshift/token" {
         let granted = auth
             .strip_prefix("Basic ")
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .and_then(|raw| String::from_utf8(raw).ok())
-            .is_some_and(|pair| pair.split_once(':').is_some_and(|(_, password)| password == token));
+            .is_some_and(|pair| {
+                pair.split_once(':')
+                    .is_some_and(|(_, password)| password == token)
+            });
         let mut s = state.lock().unwrap();
         s.realm_requests += 1;
         if !granted {
-            return reply(StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad token"}]}"#);
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad token"}]}"#,
+            );
         }
         s.realm_granted += 1;
-        return reply(StatusCode::OK, &format!(r#"{{"token":"{ISSUED}","expires_in":300}}"#));
+        return reply(
+            StatusCode::OK,
+            &format!(r#"{{"token":"{ISSUED}","expires_in":300}}"#),
+        );
     }
     if auth != format!("Bearer {ISSUED}") {
-        let challenge = format!(r#"Bearer realm="http://{me}/openshift/token",service="token-service""#);
-        let mut response = reply(StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#);
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+        let challenge =
+            format!(r#"Bearer realm="http://{me}/openshift/token",service="token-service""#);
+        let mut response = reply(
+            StatusCode::UNAUTHORIZED,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge.parse().unwrap());
         return response;
     }
     if state.lock().unwrap().down {
-        return reply(StatusCode::SERVICE_UNAVAILABLE, r#"{"errors":[{"code":"UNAVAILABLE","message":"down"}]}"#);
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"errors":[{"code":"UNAVAILABLE","message":"down"}]}"#,
+        );
     }
     let push = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     let upload = push && path.contains("/blobs/uploads/");
     let delay = {
         let mut s = state.lock().unwrap();
         if push && s.deny_pushes {
-            return reply(StatusCode::FORBIDDEN, r#"{"errors":[{"code":"DENIED","message":"quota exceeded"}]}"#);
+            return reply(
+                StatusCode::FORBIDDEN,
+                r#"{"errors":[{"code":"DENIED","message":"quota exceeded"}]}"#,
+            );
         }
         s.uploads += usize::from(upload);
-        s.manifest_puts += usize::from(*req.method() == Method::PUT && path.contains("/manifests/"));
-        if upload && *req.method() != Method::POST { s.upload_delay } else { Duration::ZERO }
+        s.manifest_puts +=
+            usize::from(*req.method() == Method::PUT && path.contains("/manifests/"));
+        if upload && *req.method() != Method::POST {
+            s.upload_delay
+        } else {
+            Duration::ZERO
+        }
     };
     tokio::time::sleep(delay).await;
     forward(req, backend, client).await
@@ -151,11 +194,19 @@ async fn forward(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Incoming>,
 ) -> Response<ShimBody> {
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
     parts.uri = Uri::try_from(format!("http://{backend}{path}")).expect("uri");
     parts.headers.remove(header::AUTHORIZATION);
     match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => response.map(|b| b.boxed()),
-        Err(e) => reply(StatusCode::BAD_GATEWAY, &format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"{e}"}}]}}"#)),
+        Err(e) => reply(
+            StatusCode::BAD_GATEWAY,
+            &format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"{e}"}}]}}"#),
+        ),
     }
 }
