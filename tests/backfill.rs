@@ -379,3 +379,55 @@ async fn misses_read_through_the_project_and_survive_a_lost_upstream() {
         .unwrap();
     assert_eq!(skopeo::dir_digests(&out), expected_digests(&image));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_index_falls_back_to_the_default_platform_and_says_so() {
+    let upstream = Registry::start();
+    let backend = Registry::start();
+    let shim = TokenShim::start(backend.addr(), TOKEN).await;
+    shim.state.lock().unwrap().refuse_indexes = true;
+    let work = TempDir::new().unwrap();
+    let specs = [
+        ImageSpec::new(15, &[2 * KIB], "linux", "arm64"),
+        ImageSpec::new(16, &[3 * KIB], "linux", "amd64"),
+    ];
+    let (layout, index) = Layout::multi(&work.path().join("multi"), &specs, "m");
+    let dest = format!("{}/library/fall:1", upstream.host());
+    skopeo::push_layout(&layout.dir, &layout.tag, &dest, true)
+        .await
+        .unwrap();
+    let lasti = Lasti::start_with(
+        with_target(config(&[("docker.io", &upstream.url())]), &shim.url()),
+        None,
+    )
+    .await;
+
+    skopeo::pull_to_dir(
+        &format!("{}/fall:1", lasti.host()),
+        &work.path().join("p"),
+        false,
+    )
+    .await
+    .unwrap();
+    let status = wait_status(&lasti.admin_url(), Duration::from_secs(30), |s| {
+        count(s, "recent") == 1
+    })
+    .await;
+    let notes = status["recent"][0]["notes"].to_string();
+    assert!(
+        notes.contains("refused the index") && notes.contains("linux/amd64"),
+        "{notes}"
+    );
+    let amd64 = &index.images[1];
+    let raw = skopeo::run(&[
+        "inspect".to_string(),
+        "--raw".into(),
+        "--tls-verify=false".into(),
+        "--creds".into(),
+        format!("unused:{TOKEN}"),
+        format!("docker://{}/proj/fall:1", backend.host()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(raw, amd64.manifest_bytes, "the tag names the amd64 image");
+}

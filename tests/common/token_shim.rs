@@ -32,6 +32,8 @@ pub struct ShimState {
     pub deny_pushes: bool,
     /// Answer every API request with 503, as a registry being restarted.
     pub down: bool,
+    /// Refuse image indexes with a 500, as some older OpenShift registries do.
+    pub refuse_indexes: bool,
     /// Wait this long before forwarding each upload request (PATCH/PUT of a blob).
     pub upload_delay: Duration,
     /// Token requests seen, and how many carried the right password.
@@ -173,6 +175,17 @@ async fn handle(
             return reply(
                 StatusCode::FORBIDDEN,
                 r#"{"errors":[{"code":"DENIED","message":"quota exceeded"}]}"#,
+            );
+        }
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if s.refuse_indexes && *req.method() == Method::PUT && content_type.contains("index") {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"errors":[{"code":"UNKNOWN","message":"unknown error"}]}"#,
             );
         }
         s.uploads += usize::from(upload);
