@@ -20,7 +20,7 @@
 //! Around them: [`config`] (TOML + flags, validated), [`error`] (one error
 //! type that knows its origin and whether to retry), [`body`] (the one
 //! response body type), [`secret`] (redacted credentials) and [`telemetry`].
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod backfill;

@@ -19,12 +19,12 @@
 //! length verify, so no reader ever completes a blob that fails its check.
 
 use std::fs::File;
-use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
+use super::sink;
 use super::store::TempBlob;
 use super::Cache;
 use crate::error::Error;
@@ -94,15 +94,22 @@ impl Fill {
         let writer = FillWriter {
             fill: Arc::clone(&fill),
             cache,
-            hasher: Some(Hasher::new(digest.algorithm())),
+            pending: Some((temp, Hasher::new(digest.algorithm()))),
             digest,
-            temp: Some(temp),
+            sink: None,
             written: 0,
-            held: None,
             size: None,
             finished: false,
         };
         Ok((fill, writer))
+    }
+
+    /// Releases a chunk that is in the file to every reader.
+    pub(super) fn publish(&self, chunk: Bytes) {
+        let len = chunk.len() as u64;
+        // Progress first, then the channel: see `Fill::subscribe`.
+        self.progress.send_modify(|p| p.published += len);
+        let _ = self.live.send(LiveMsg::Data(chunk));
     }
 
     /// Joins the fill as a reader.
@@ -146,15 +153,18 @@ impl Subscription {
 }
 
 /// Feeds a fill. Dropping it without [`FillWriter::finish`] fails the fill.
+///
+/// Chunks go to a [`sink`] on a blocking thread that writes, hashes and
+/// publishes them, so reading the next chunk from the network overlaps with
+/// the disk write and the hash of this one.
 #[derive(Debug)]
 pub struct FillWriter {
     fill: Arc<Fill>,
     cache: Cache,
     digest: Digest,
-    temp: Option<TempBlob>,
-    hasher: Option<Hasher>,
+    pending: Option<(TempBlob, Hasher)>,
+    sink: Option<sink::Handle>,
     written: u64,
-    held: Option<Bytes>,
     size: Option<u64>,
     finished: bool,
 }
@@ -169,6 +179,9 @@ impl FillWriter {
             p.media_type = media_type;
             p.state = FillState::Running;
         });
+        if let Some((temp, hasher)) = self.pending.take() {
+            self.sink = Some(sink::spawn(Arc::clone(&self.fill), temp, hasher, size));
+        }
     }
 
     /// The size the upstream announced, if it did.
@@ -181,77 +194,64 @@ impl FillWriter {
         self.written
     }
 
-    /// Writes and hashes one chunk off the async threads, then publishes it
-    /// (or holds it back if it is the last one).
+    /// Hands one chunk to the sink; waits only when the sink is
+    /// [`sink::QUEUE`] chunks behind (back-pressure on the upstream).
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), String> {
         if let Some(size) = self.size {
             if self.written + chunk.len() as u64 > size {
                 return Err(format!("sent more than the {size} bytes it announced"));
             }
         }
-        let (temp, mut hasher) = (self.temp.take(), self.hasher.take());
-        let piece = chunk.clone();
-        let (temp, hasher, result) = tokio::task::spawn_blocking(move || {
-            let result = temp.as_ref().map(|t| t.file().write_all(&piece));
-            if let Some(h) = hasher.as_mut() {
-                h.update(&piece);
-            }
-            (temp, hasher, result)
-        })
-        .await
-        .map_err(|e| format!("writer task: {e}"))?;
-        (self.temp, self.hasher) = (temp, hasher);
-        match result {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(format!("cannot write the cache file: {e}")),
-            None => return Err("fill already closed".into()),
+        if self.sink.is_none() {
+            self.start(None, None);
         }
-        self.written += chunk.len() as u64;
-        match self.size {
-            Some(size) if self.written == size => self.held = Some(chunk),
-            Some(_) => self.publish(chunk),
-            None => {
-                if let Some(previous) = self.held.replace(chunk) {
-                    self.publish(previous);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn publish(&self, chunk: Bytes) {
         let len = chunk.len() as u64;
-        // Progress first, then the channel: see `Fill::subscribe`.
-        self.fill.progress.send_modify(|p| p.published += len);
-        let _ = self.fill.live.send(LiveMsg::Data(chunk));
+        let sink = self.sink.as_mut().ok_or("fill already closed")?;
+        if sink.send(chunk).await.is_err() {
+            let output = self.sink.take().expect("sink present").finish().await;
+            return Err(output
+                .error
+                .unwrap_or_else(|| "cache writer stopped".into()));
+        }
+        self.written += len;
+        Ok(())
     }
 
     /// Verifies length and digest; on success releases the last chunk, stores
     /// the blob and returns its size. On failure the caller must
     /// [`FillWriter::fail`] the fill (dropping the writer does it too).
     pub async fn finish(&mut self) -> Result<u64, String> {
+        if self.sink.is_none() {
+            self.start(self.size, None);
+        }
+        let output = self
+            .sink
+            .take()
+            .ok_or("fill already closed")?
+            .finish()
+            .await;
+        if let Some(error) = output.error {
+            return Err(error);
+        }
         if let Some(size) = self.size.filter(|s| *s != self.written) {
             return Err(format!(
                 "ended after {} of the {size} bytes it announced",
                 self.written
             ));
         }
-        let actual = self
-            .hasher
-            .take()
-            .expect("hasher present until finish")
-            .finish();
+        let actual = output.hasher.finish();
         if actual != self.digest {
             return Err(format!(
                 "sent bytes that hash to {actual}, not to the digest asked for"
             ));
         }
-        if let Some(last) = self.held.take() {
-            self.publish(last);
+        if let Some(last) = output.held {
+            self.fill.publish(last);
         }
         let size = self.written;
-        let temp = self.temp.take().expect("temp present until finish");
-        self.cache.commit_fill(temp, &self.digest, size).await;
+        self.cache
+            .commit_fill(output.temp, &self.digest, size)
+            .await;
         self.finished = true;
         self.fill.progress.send_modify(|p| {
             p.size = Some(size);
@@ -273,7 +273,9 @@ impl FillWriter {
             .progress
             .send_modify(|p| p.state = FillState::Failed(failed));
         let _ = self.fill.live.send(LiveMsg::Failed(err));
-        self.temp = None;
+        // Dropping the sink's queue ends it; it drops the temporary file.
+        self.sink = None;
+        self.pending = None;
         self.cache.end_fill(&self.digest);
     }
 }

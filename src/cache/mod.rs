@@ -6,7 +6,9 @@
 
 pub mod fill;
 pub mod index;
+mod mapped;
 pub mod reader;
+mod sink;
 pub mod store;
 pub mod usage;
 

@@ -121,7 +121,11 @@ impl BlobReader {
                 return Some(Err(io::Error::other(err.to_string())));
             }
             if self.offset < available {
-                return Some(self.read(available.min(self.end)).await);
+                let limit = available.min(self.end);
+                return Some(match self.follow {
+                    None => self.map(limit).await,
+                    Some(_) => self.read(limit).await,
+                });
             }
             if matches!(state, FillState::Complete) {
                 if self.end != u64::MAX && self.offset < self.end {
@@ -139,6 +143,18 @@ impl BlobReader {
         }
     }
 
+    /// The next window of a stored (immutable) blob, memory-mapped.
+    async fn map(&mut self, limit: u64) -> io::Result<Bytes> {
+        let len = (limit - self.offset).min(super::mapped::WINDOW) as usize;
+        let (file, offset) = (Arc::clone(&self.file), self.offset);
+        let chunk = tokio::task::spawn_blocking(move || super::mapped::window(&file, offset, len))
+            .await
+            .map_err(io::Error::other)??;
+        self.offset += chunk.len() as u64;
+        Ok(chunk)
+    }
+
+    /// The next piece of a file still being filled, read with `pread`.
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
         let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
         let (file, offset) = (Arc::clone(&self.file), self.offset);
