@@ -1,7 +1,9 @@
-//! The blocking half of a fill: writes each chunk to the temporary file,
-//! hashes it, and publishes it to readers, on one blocking thread per fill.
-//! The chunk that completes the blob (or, when the size is unknown, the
-//! latest chunk) is held back for the writer to release after verification.
+//! The blocking half of a fill: one blocking thread writes each chunk to the
+//! temporary file and publishes it to readers, while a second one hashes the
+//! same `Bytes`, so the digest check overlaps with the disk write (SHA-256
+//! is the slowest stage of a cold fetch). The chunk that completes the blob
+//! (or, when the size is unknown, the latest chunk) is held back for the
+//! writer to release after verification.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -35,6 +37,7 @@ pub struct Output {
 pub struct Handle {
     queue: mpsc::Sender<Bytes>,
     task: JoinHandle<Output>,
+    hash: JoinHandle<Hasher>,
 }
 
 impl Handle {
@@ -43,30 +46,45 @@ impl Handle {
         self.queue.send(chunk).await.map_err(drop)
     }
 
-    /// Closes the queue and waits for the sink to write what it holds.
+    /// Closes the queue and waits for the sink to write and hash what it holds.
     pub async fn finish(self) -> Output {
         drop(self.queue);
-        self.task.await.expect("fill sink panicked")
+        let mut output = self.task.await.expect("fill sink panicked");
+        output.hasher = self.hash.await.expect("fill hasher panicked");
+        output
     }
 }
 
 /// Starts the sink of a fill whose size is `size` (if known).
 pub fn spawn(fill: Arc<Fill>, temp: TempBlob, hasher: Hasher, size: Option<u64>) -> Handle {
     let (queue, mut chunks) = mpsc::channel::<Bytes>(QUEUE);
+    let (to_hash, mut hash_chunks) = mpsc::channel::<Bytes>(QUEUE);
+    let algorithm = hasher.algorithm();
+    let hash = tokio::task::spawn_blocking(move || {
+        let mut hasher = hasher;
+        while let Some(chunk) = hash_chunks.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        hasher
+    });
     let task = tokio::task::spawn_blocking(move || {
         let mut out = Output {
             temp,
-            hasher,
+            // Replaced by the hashing thread's result in `Handle::finish`.
+            hasher: Hasher::new(algorithm),
             held: None,
             error: None,
         };
         let mut written = 0u64;
         while let Some(chunk) = chunks.blocking_recv() {
+            if to_hash.blocking_send(chunk.clone()).is_err() {
+                out.error = Some("the hashing thread stopped".into());
+                break;
+            }
             if let Err(e) = out.temp.file().write_all(&chunk) {
                 out.error = Some(format!("cannot write the cache file: {e}"));
                 break;
             }
-            out.hasher.update(&chunk);
             written += chunk.len() as u64;
             match size {
                 Some(size) if written == size => out.held = Some(chunk),
@@ -80,5 +98,5 @@ pub fn spawn(fill: Arc<Fill>, temp: TempBlob, hasher: Hasher, size: Option<u64>)
         }
         out
     });
-    Handle { queue, task }
+    Handle { queue, task, hash }
 }
