@@ -29,7 +29,7 @@ fn fill(c: &mut Criterion) {
             let (data, digest) = (data.clone(), digest.clone());
             async move {
                 let dir = tempfile::tempdir().unwrap();
-                let cache = Cache::open(dir.path(), &CacheConfig::default())
+                let cache = Cache::open(dir.path(), &CacheConfig::default(), Default::default())
                     .await
                     .unwrap();
                 let BlobLookup::Missing(mut writer, sub) = cache.lookup(&digest).await.unwrap()

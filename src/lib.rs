@@ -19,7 +19,8 @@
 //!
 //! Around them: [`config`] (TOML + flags, validated), [`error`] (one error
 //! type that knows its origin and whether to retry), [`body`] (the one
-//! response body type), [`secret`] (redacted credentials) and [`telemetry`].
+//! response body type), [`secret`] (redacted credentials), [`metrics`]
+//! (Prometheus) and [`telemetry`].
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -28,6 +29,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod oci;
 pub mod pull_through;
 pub mod secret;

@@ -170,6 +170,7 @@ impl Push<'_> {
                 plan,
             )
             .await?;
+        self.ctx.proxy.cache().metrics().backfill_pushed(blob.size);
         self.remember(digest).await
     }
 

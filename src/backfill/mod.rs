@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Config, TargetConfig, UpstreamConfig};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::pull_through::Proxy;
 use crate::upstream::auth::{Credentials, Password};
@@ -74,13 +75,17 @@ pub struct Pending {
 
 impl Backfill {
     /// Opens the store and builds the target client, when a target is configured.
-    pub fn open(data_dir: &Path, config: &Config) -> Result<Option<Pending>> {
+    pub fn open(
+        data_dir: &Path,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Pending>> {
         let target = &config.target;
         let (Some(url), Some(_)) = (&target.url, &target.project) else {
             return Ok(None);
         };
         let store = Arc::new(JobStore::open(&data_dir.join("backfill.redb"))?);
-        let client = target_client(target, url.clone()).map_err(Error::Storage)?;
+        let client = target_client(target, url.clone(), metrics).map_err(Error::Storage)?;
         let (tx, rx) = mpsc::channel(OFFER_CHANNEL_CAPACITY);
         let handle = Backfill {
             offers: tx,
@@ -138,6 +143,15 @@ impl Backfill {
             tracing::debug!(
                 "back-fill intake is full; the image will be offered again on its next pull"
             );
+        }
+    }
+
+    /// Jobs waiting or retrying, for the queue-depth gauge.
+    pub async fn pending_count(&self) -> usize {
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.pending()).await {
+            Ok(Ok(pending)) => pending.len(),
+            _ => 0,
         }
     }
 
@@ -214,7 +228,11 @@ fn default_upstream(config: &Config) -> &str {
 }
 
 /// A registry client for the target, with its token re-read from its file.
-fn target_client(target: &TargetConfig, url: url::Url) -> std::result::Result<Upstream, String> {
+fn target_client(
+    target: &TargetConfig,
+    url: url::Url,
+    metrics: Arc<Metrics>,
+) -> std::result::Result<Upstream, String> {
     let mut config = UpstreamConfig::new("target", url);
     config.username = Some(target.username.clone());
     config.ca_file = target.ca_file.clone();
@@ -231,5 +249,5 @@ fn target_client(target: &TargetConfig, url: url::Url) -> std::result::Result<Up
     };
     let mut credentials = Credentials::of_upstream(&config);
     credentials.password = password;
-    Upstream::with_credentials(config, credentials)
+    Upstream::with_credentials(config, credentials, metrics)
 }

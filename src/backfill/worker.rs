@@ -125,6 +125,13 @@ async fn execute(ctx: &Context, mut job: Job) {
     let outcome = job::run(ctx, &job).await;
     let now = unix_now();
     job.updated = now;
+    let metrics = ctx.proxy.cache().metrics();
+    let label = match &outcome {
+        Ok(_) => "done",
+        Err(err) if job::is_permanent(err) => "failed",
+        Err(_) => "retry",
+    };
+    metrics.backfill_attempt(label, started.elapsed());
     match outcome {
         Ok(notes) => {
             job.state = JobState::Done;

@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 use fill::{Fill, FillWriter, Subscription};
 use index::{Index, TagRecord};
@@ -84,20 +85,29 @@ struct Inner {
     manifests: moka::sync::Cache<Digest, Arc<Manifest>>,
     manifest_types: moka::sync::Cache<Digest, Arc<str>>,
     tags: moka::sync::Cache<String, TagRecord>,
+    metrics: Arc<Metrics>,
 }
 
 impl Cache {
     /// Opens the cache in `data_dir`: cleans temporary files, rebuilds the
     /// usage table from the blob files, opens the index.
-    pub async fn open(data_dir: &Path, config: &CacheConfig) -> Result<Cache> {
+    pub async fn open(
+        data_dir: &Path,
+        config: &CacheConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Cache> {
         let data_dir = data_dir.to_path_buf();
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Cache::open_blocking(&data_dir, &config))
+        tokio::task::spawn_blocking(move || Cache::open_blocking(&data_dir, &config, metrics))
             .await
             .map_err(|e| Error::storage("open", e))?
     }
 
-    fn open_blocking(data_dir: &Path, config: &CacheConfig) -> Result<Cache> {
+    fn open_blocking(
+        data_dir: &Path,
+        config: &CacheConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Cache> {
         let store = BlobStore::open(data_dir).map_err(|e| Error::storage("open blob store", e))?;
         let usage = Usage::new(config.max_size.as_u64());
         for blob in store
@@ -129,6 +139,7 @@ impl Cache {
             manifests,
             manifest_types,
             tags: moka::sync::Cache::new(TAG_MEMORY_ENTRIES),
+            metrics,
         };
         Ok(Cache {
             inner: Arc::new(inner),
@@ -237,6 +248,7 @@ impl Cache {
         if victims.is_empty() {
             return;
         }
+        self.inner.metrics.evicted(victims.len());
         let inner = Arc::clone(&self.inner);
         let _ = tokio::task::spawn_blocking(move || {
             for digest in victims {
@@ -348,6 +360,26 @@ impl Cache {
     /// Bytes and objects stored.
     pub fn usage(&self) -> (u64, usize) {
         (self.inner.usage.total_bytes(), self.inner.usage.count())
+    }
+
+    /// Whether the cache can serve: the data directory is writable and the
+    /// index answers. For `/readyz`.
+    pub async fn check_ready(&self) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            inner
+                .store
+                .probe()
+                .map_err(|e| Error::storage("data directory", e))?;
+            inner.index.tag("readiness probe").map(drop)
+        })
+        .await
+        .map_err(|e| Error::storage("readiness", e))?
+    }
+
+    /// The metrics handles, for the cache's callers.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Fills in progress.

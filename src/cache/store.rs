@@ -130,6 +130,12 @@ impl BlobStore {
         })
     }
 
+    /// Proves the data directory is writable: creates and removes a file.
+    pub fn probe(&self) -> io::Result<()> {
+        let temp = self.temp()?;
+        temp.file().sync_data()
+    }
+
     /// Syncs a verified temporary file and renames it into place.
     pub fn commit(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
         temp.file.sync_data()?;

@@ -16,6 +16,7 @@ use crate::cache::fill::{FillWriter, Subscription};
 use crate::cache::reader::BlobReader;
 use crate::cache::{BlobLookup, StoredBlob};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::oci::media_type::OCTET_STREAM;
 use crate::oci::range::RangeError;
 use crate::oci::{ByteRange, Digest, RangeSpec, RepoName};
@@ -57,7 +58,8 @@ impl Proxy {
             BlobLookup::Filling(sub) => filling_answer(sub, range, Outcome::Coalesced).await,
             BlobLookup::Missing(writer, sub) => {
                 let sources = self.sources(upstream, repo).await;
-                tokio::spawn(fill(sources, digest.clone(), *writer));
+                let metrics = Arc::clone(self.cache.metrics());
+                tokio::spawn(fill(sources, digest.clone(), *writer, metrics));
                 filling_answer(sub, range, Outcome::Miss).await
             }
         }
@@ -175,7 +177,7 @@ impl Proxy {
 
 /// Feeds a fill from its sources, resuming after a broken body (from the
 /// same source, then from the next one, which serves the same digest).
-async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter) {
+async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter, metrics: Arc<Metrics>) {
     let mut last_error = None;
     'sources: for (source, repo) in &sources {
         let mut resumes = 0;
@@ -213,6 +215,7 @@ async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter) {
         Ok(size) => tracing::debug!(%upstream, %digest, size, "blob stored"),
         Err(reason) => {
             tracing::warn!(%upstream, %digest, %reason, "blob rejected");
+            metrics.digest_failure();
             writer.fail(Error::UpstreamInvalid {
                 upstream,
                 message: reason,

@@ -10,7 +10,10 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
+use std::sync::Arc;
+
 use crate::body::{Body, BodyError};
+use crate::metrics::Metrics;
 use crate::pull_through::Outcome;
 
 /// What the access event reports besides bytes.
@@ -30,6 +33,8 @@ pub struct Record {
     pub started: Instant,
     /// The `Content-Length` announced, to tell a complete stream from a cut one.
     pub expected_bytes: Option<u64>,
+    /// Where to count the bytes served.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// A response body that counts what it sends and logs when done.
@@ -90,6 +95,13 @@ impl HttpBody for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let Some(r) = self.record.take() else { return };
+        if let (Some(metrics), Some(outcome)) = (&r.metrics, r.outcome) {
+            let from_cache = matches!(
+                outcome,
+                Outcome::Hit | Outcome::Revalidated | Outcome::Stale
+            );
+            metrics.served(from_cache, self.bytes);
+        }
         let complete = !self.failed
             && (self.ended || self.inner.is_end_stream() || self.expected == Some(self.bytes));
         tracing::info!(

@@ -1,6 +1,9 @@
 //! The admin listener: operator endpoints kept off the public registry API.
 //!
 //! - `GET /healthz`: the process is alive.
+//! - `GET /readyz`: the data directory is writable and the stores answer
+//!   (the listeners are up, or this would not answer at all).
+//! - `GET /metrics`: Prometheus text format.
 //! - `GET /admin/backfill`: the back-fill queue (pending, failed, recent) as JSON.
 
 use std::convert::Infallible;
@@ -38,9 +41,38 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
 async fn route<B>(proxy: &Proxy, request: Request<B>) -> Response<Body> {
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match proxy.cache().check_ready().await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(err) => {
+                tracing::warn!(error = %err, "not ready");
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        },
+        "/metrics" => metrics(proxy).await,
         "/admin/backfill" => backfill(proxy).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+async fn metrics(proxy: &Proxy) -> Response<Body> {
+    let cache = proxy.cache();
+    let (bytes, objects) = cache.usage();
+    cache
+        .metrics()
+        .cache_state(bytes, objects, cache.fills_in_flight());
+    if let Some(backfill) = proxy.backfill() {
+        cache
+            .metrics()
+            .backfill_pending(backfill.pending_count().await);
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(body::full(cache.metrics().render()))
+        .expect("static response")
 }
 
 async fn backfill(proxy: &Proxy) -> Response<Body> {

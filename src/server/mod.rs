@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::backfill::{self, Backfill};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pull_through::{Outcome, Proxy};
 use crate::upstream::Upstreams;
 use access_log::{LoggedBody, Record};
@@ -72,12 +73,15 @@ impl Listeners {
 
 /// Builds the proxy from the configuration and starts back-fill, if configured.
 pub async fn build_proxy(config: &Config) -> Result<Arc<Proxy>, StartError> {
-    let upstreams = Upstreams::new(&config.upstreams).map_err(StartError::Upstream)?;
-    let cache = Cache::open(&config.data_dir, &config.cache).await?;
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+    let upstreams =
+        Upstreams::new(&config.upstreams, Arc::clone(&metrics)).map_err(StartError::Upstream)?;
+    let cache = Cache::open(&config.data_dir, &config.cache, Arc::clone(&metrics)).await?;
     let (data_dir, config_copy) = (config.data_dir.clone(), config.clone());
-    let pending = tokio::task::spawn_blocking(move || Backfill::open(&data_dir, &config_copy))
-        .await
-        .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
+    let pending =
+        tokio::task::spawn_blocking(move || Backfill::open(&data_dir, &config_copy, metrics))
+            .await
+            .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
     let handle = pending.as_ref().map(backfill::Pending::handle);
     let max_manifest = config.cache.max_manifest_size.as_u64();
     let proxy = Arc::new(Proxy::new(upstreams, cache, max_manifest, handle));
@@ -162,17 +166,25 @@ pub async fn run(
     Ok(())
 }
 
-/// Handles one request inside its span and wraps the body for the access log.
+/// Handles one request inside its span, counts it, and wraps the body for
+/// the access log and the served-bytes counter.
 async fn serve(proxy: &Proxy, request: Request<Incoming>) -> Response<LoggedBody> {
     let started = Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let route = router::route(&path).label();
     let span = tracing::info_span!("request", %method, %path);
     let response = handlers::handle(proxy, &request).instrument(span).await;
+    let outcome = response.extensions().get::<Outcome>().copied();
+    let metrics = proxy.cache().metrics();
+    metrics.http_request(route, response.status().as_u16(), started.elapsed());
+    if let Some(outcome) = outcome {
+        metrics.cache_outcome(route, outcome.as_str());
+    }
     let record = Record {
         method,
         path,
         status: response.status(),
-        outcome: response.extensions().get::<Outcome>().copied(),
+        outcome,
         error: response
             .extensions()
             .get::<response::ErrorKind>()
@@ -182,6 +194,7 @@ async fn serve(proxy: &Proxy, request: Request<Incoming>) -> Response<LoggedBody
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok()),
+        metrics: Some(Arc::clone(metrics)),
     };
     response.map(|body| LoggedBody::new(body, record))
 }

@@ -38,6 +38,20 @@ pub enum Route<'a> {
     NotFound,
 }
 
+impl Route<'_> {
+    /// A fixed label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Tags { .. } => "tags",
+            Route::UnknownApi | Route::NotFound => "other",
+        }
+    }
+}
+
 /// Splits a request path into a [`Route`].
 pub fn route(path: &str) -> Route<'_> {
     let Some(rest) = path.strip_prefix("/v2") else {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
@@ -20,6 +20,7 @@ use url::Url;
 use super::client::{self, HttpClient, SendError};
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::oci::{Challenge, Scheme};
 use crate::secret::Secret;
 
@@ -149,11 +150,12 @@ pub struct Auth {
     timeout: Duration,
     known: Mutex<Option<Known>>,
     tokens: Mutex<HashMap<String, Token>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Auth {
     /// The auth state of a registry.
-    pub fn new(credentials: Credentials) -> Auth {
+    pub fn new(credentials: Credentials, metrics: Arc<Metrics>) -> Auth {
         Auth {
             upstream: credentials.registry,
             base: credentials.base,
@@ -163,6 +165,7 @@ impl Auth {
             timeout: credentials.timeout,
             known: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -330,6 +333,7 @@ impl Auth {
                 message: format!("token realm answered {status}"),
             });
         }
+        self.metrics.token_fetched(&self.upstream);
         let parsed: TokenResponse = serde_json::from_slice(&body)
             .map_err(|_| self.invalid("token response is not JSON".into()))?;
         let value = parsed
@@ -390,7 +394,7 @@ mod tests {
     fn auth(url: &str, hosts: &[&str]) -> Auth {
         let mut config = UpstreamConfig::new("test", Url::parse(url).unwrap());
         config.token_realm_hosts = hosts.iter().map(|h| h.to_string()).collect();
-        Auth::new(Credentials::of_upstream(&config))
+        Auth::new(Credentials::of_upstream(&config), Arc::default())
     }
 
     #[test]
@@ -450,12 +454,12 @@ mod tests {
     #[test]
     fn basic_header_is_sensitive_and_absent_without_user() {
         let mut config = UpstreamConfig::new("t", Url::parse("http://x").unwrap());
-        assert!(Auth::new(Credentials::of_upstream(&config))
+        assert!(Auth::new(Credentials::of_upstream(&config), Arc::default())
             .basic()
             .is_none());
         config.username = Some("u".into());
         config.password = Some(Secret::new("p".into()));
-        let header = Auth::new(Credentials::of_upstream(&config))
+        let header = Auth::new(Credentials::of_upstream(&config), Arc::default())
             .basic()
             .unwrap();
         assert!(header.is_sensitive());

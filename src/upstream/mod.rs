@@ -11,11 +11,13 @@ pub mod push;
 mod requests;
 pub mod routing;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
 
 use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
 use crate::oci::RepoName;
 use auth::Auth;
 use client::HttpClient;
@@ -30,13 +32,14 @@ pub struct Upstream {
     client: HttpClient,
     auth: Auth,
     tag_rules: Vec<(GlobMatcher, GlobMatcher, Duration)>,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
     /// Builds the client and auth state of an upstream.
-    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+    pub fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, String> {
         let credentials = auth::Credentials::of_upstream(&config);
-        Upstream::with_credentials(config, credentials)
+        Upstream::with_credentials(config, credentials, metrics)
     }
 
     /// Builds a registry client whose credentials come from elsewhere than
@@ -44,10 +47,11 @@ impl Upstream {
     pub fn with_credentials(
         config: UpstreamConfig,
         credentials: auth::Credentials,
+        metrics: Arc<Metrics>,
     ) -> Result<Upstream, String> {
         let client =
             client::build(&config).map_err(|e| format!("registry {}: {e}", config.name))?;
-        let auth = Auth::new(credentials);
+        let auth = Auth::new(credentials, Arc::clone(&metrics));
         let mut tag_rules = Vec::new();
         for rule in &config.tag_rules {
             let glob = |p: &str| {
@@ -62,6 +66,7 @@ impl Upstream {
             client,
             auth,
             tag_rules,
+            metrics,
         })
     }
 

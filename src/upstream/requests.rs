@@ -350,9 +350,13 @@ impl Upstream {
         let request = builder
             .body(body)
             .map_err(|e| self.invalid(format!("request: {e}")))?;
-        client::send(&self.client, request, self.config.header_timeout)
-            .await
-            .map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let sent = client::send(&self.client, request, self.config.header_timeout).await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        self.metrics
+            .upstream_request(self.name(), method.as_str(), status, started.elapsed());
+        let response = sent.map_err(|e| {
+            let err = match e {
                 SendError::Timeout => Error::UpstreamTimeout {
                     upstream: self.name().to_string(),
                     message: "no response headers in time".into(),
@@ -361,7 +365,27 @@ impl Upstream {
                     upstream: self.name().to_string(),
                     message,
                 },
-            })
+            };
+            self.metrics.upstream_error(self.name(), err.kind());
+            err
+        })?;
+        self.note_ratelimit(response.headers());
+        Ok(response)
+    }
+
+    /// Docker Hub reports the pull quota on manifest responses.
+    fn note_ratelimit(&self, headers: &HeaderMap) {
+        let value = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::metrics::ratelimit_value)
+        };
+        let (limit, remaining) = (value("ratelimit-limit"), value("ratelimit-remaining"));
+        if limit.is_some() || remaining.is_some() {
+            self.metrics
+                .upstream_ratelimit(self.name(), limit, remaining);
+        }
     }
 
     /// Passes a 2xx through; turns anything else into the matching error.
@@ -394,7 +418,7 @@ impl Upstream {
             .map(|e| e.message.chars().take(200).collect())
             .unwrap_or_else(|| format!("status {status}"));
         let upstream = self.name().to_string();
-        Err(match status.as_u16() {
+        let err = match status.as_u16() {
             404 if code == Some(ErrorCode::NameUnknown) => Error::NameUnknown,
             404 => missing,
             401 | 403 => Error::UpstreamDenied { upstream, message },
@@ -407,7 +431,14 @@ impl Upstream {
                 upstream,
                 message: format!("unexpected status {status}: {message}"),
             },
-        })
+        };
+        if !matches!(
+            err,
+            Error::ManifestUnknown | Error::BlobUnknown | Error::NameUnknown
+        ) {
+            self.metrics.upstream_error(self.name(), err.kind());
+        }
+        Err(err)
     }
 
     fn read_error(&self, what: &str, err: client::ReadError) -> Error {

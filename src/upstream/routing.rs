@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::Upstream;
 use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
 
 /// All configured upstreams.
 #[derive(Debug)]
@@ -21,14 +22,17 @@ pub struct NoUpstream(pub String);
 
 impl Upstreams {
     /// Builds every upstream's client.
-    pub fn new(configs: &[UpstreamConfig]) -> Result<Upstreams, String> {
+    pub fn new(configs: &[UpstreamConfig], metrics: Arc<Metrics>) -> Result<Upstreams, String> {
         let mut list = Vec::new();
         let mut by_name = HashMap::new();
         for (i, config) in configs.iter().enumerate() {
             for name in std::iter::once(&config.name).chain(&config.aliases) {
                 by_name.insert(name.to_ascii_lowercase(), i);
             }
-            list.push(Arc::new(Upstream::new(config.clone())?));
+            list.push(Arc::new(Upstream::new(
+                config.clone(),
+                Arc::clone(&metrics),
+            )?));
         }
         if list.is_empty() {
             return Err("no upstream configured".into());
@@ -93,7 +97,7 @@ mod tests {
         let ghcr = UpstreamConfig::new("ghcr.io", Url::parse("http://127.0.0.1:2").unwrap());
         let local =
             UpstreamConfig::new("localhost:5001", Url::parse("http://127.0.0.1:3").unwrap());
-        Upstreams::new(&[hub, ghcr, local]).unwrap()
+        Upstreams::new(&[hub, ghcr, local], Arc::default()).unwrap()
     }
 
     #[test]

@@ -1,0 +1,317 @@
+//! Prometheus metrics: one [`Metrics`] struct of typed handles, registered
+//! into a registry passed in (never the global one, so tests are isolated),
+//! and served as text on the admin listener's `/metrics`.
+//!
+//! Label values are bounded: routes, statuses and outcomes are fixed sets,
+//! upstream names come from the configuration, and no repository name or
+//! credential from a client ever becomes a label.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets for request and upstream latencies, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets for back-fill push durations, in seconds.
+const PUSH_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+];
+
+/// Every metric lasti exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    cache_outcomes: IntCounterVec,
+    served_bytes: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    upstream_ratelimit_limit: IntGaugeVec,
+    upstream_ratelimit_remaining: IntGaugeVec,
+    token_fetches: IntCounterVec,
+    digest_failures: IntCounter,
+    cache_size: IntGauge,
+    cache_objects: IntGauge,
+    evictions: IntCounter,
+    fills_in_flight: IntGauge,
+    backfill_pending: IntGauge,
+    backfill_jobs: IntCounterVec,
+    backfill_pushed_bytes: IntCounter,
+    backfill_push_duration: Histogram,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn single(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+impl Metrics {
+    /// Registers every metric into `registry`.
+    pub fn new(registry: Registry) -> Metrics {
+        let r = &registry;
+        Metrics {
+            http_requests: counter(r, "lasti_http_requests_total", "Registry API requests by route and status.", &["route", "status"]),
+            http_duration: histogram(r, "lasti_http_request_duration_seconds", "Time to the response headers, by route.", &["route"], LATENCY_BUCKETS),
+            cache_outcomes: counter(r, "lasti_cache_requests_total", "Manifest and blob requests by outcome (hit, miss, coalesced, stale, revalidated, passthrough).", &["kind", "outcome"]),
+            served_bytes: counter(r, "lasti_served_bytes_total", "Blob and manifest bytes sent to clients, by where they came from (cache or upstream).", &["source"]),
+            upstream_requests: counter(r, "lasti_upstream_requests_total", "Requests to upstreams and the back-fill target, by registry, method and status class.", &["upstream", "method", "status"]),
+            upstream_duration: histogram(r, "lasti_upstream_request_duration_seconds", "Time to an upstream's response headers.", &["upstream", "method"], LATENCY_BUCKETS),
+            upstream_errors: counter(r, "lasti_upstream_errors_total", "Upstream failures by kind.", &["upstream", "kind"]),
+            upstream_ratelimit_limit: gauge_vec(r, "lasti_upstream_ratelimit_limit", "The pull quota an upstream reports (Docker Hub's RateLimit-Limit).", &["upstream"]),
+            upstream_ratelimit_remaining: gauge_vec(r, "lasti_upstream_ratelimit_remaining", "Pulls left in the upstream's window (Docker Hub's RateLimit-Remaining).", &["upstream"]),
+            token_fetches: counter(r, "lasti_token_fetches_total", "Tokens fetched from registries' token realms.", &["upstream"]),
+            digest_failures: single(r, "lasti_digest_failures_total", "Blobs from an upstream that failed their digest or length check (never stored)."),
+            cache_size: gauge(r, "lasti_cache_size_bytes", "Bytes held in the blob store."),
+            cache_objects: gauge(r, "lasti_cache_objects", "Blobs and manifests held in the blob store."),
+            evictions: single(r, "lasti_cache_evictions_total", "Blobs evicted to stay under the quota."),
+            fills_in_flight: gauge(r, "lasti_fetches_in_flight", "Blob fetches from upstreams in progress."),
+            backfill_pending: gauge(r, "lasti_backfill_queue_depth", "Back-fill jobs waiting or retrying."),
+            backfill_jobs: counter(r, "lasti_backfill_jobs_total", "Back-fill job attempts by outcome (done, retry, failed).", &["outcome"]),
+            backfill_pushed_bytes: single(r, "lasti_backfill_pushed_bytes_total", "Blob bytes uploaded to the back-fill target."),
+            backfill_push_duration: histogram(r, "lasti_backfill_push_duration_seconds", "Duration of back-fill job attempts.", &[], PUSH_BUCKETS)
+                .with_label_values(&[] as &[&str]),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    /// One registry API request answered.
+    pub fn http_request(&self, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .with_label_values(&[route, status_label(status)])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// How a manifest or blob request was answered.
+    pub fn cache_outcome(&self, kind: &str, outcome: &str) {
+        self.cache_outcomes
+            .with_label_values(&[kind, outcome])
+            .inc();
+    }
+
+    /// Bytes sent to a client, from the cache or fetched upstream.
+    pub fn served(&self, from_cache: bool, bytes: u64) {
+        let source = if from_cache { "cache" } else { "upstream" };
+        self.served_bytes.with_label_values(&[source]).inc_by(bytes);
+    }
+
+    /// One request to a registry, with its status (`None`: no response).
+    pub fn upstream_request(
+        &self,
+        upstream: &str,
+        method: &str,
+        status: Option<u16>,
+        elapsed: Duration,
+    ) {
+        let status = status.map(status_class).unwrap_or("error");
+        self.upstream_requests
+            .with_label_values(&[upstream, method, status])
+            .inc();
+        self.upstream_duration
+            .with_label_values(&[upstream, method])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// An upstream failure, by the error's kind.
+    pub fn upstream_error(&self, upstream: &str, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[upstream, kind])
+            .inc();
+    }
+
+    /// The pull quota an upstream reported.
+    pub fn upstream_ratelimit(&self, upstream: &str, limit: Option<i64>, remaining: Option<i64>) {
+        if let Some(limit) = limit {
+            self.upstream_ratelimit_limit
+                .with_label_values(&[upstream])
+                .set(limit);
+        }
+        if let Some(remaining) = remaining {
+            self.upstream_ratelimit_remaining
+                .with_label_values(&[upstream])
+                .set(remaining);
+        }
+    }
+
+    /// A token fetched from a realm.
+    pub fn token_fetched(&self, upstream: &str) {
+        self.token_fetches.with_label_values(&[upstream]).inc();
+    }
+
+    /// A blob rejected for its digest or length.
+    pub fn digest_failure(&self) {
+        self.digest_failures.inc();
+    }
+
+    /// Blobs evicted.
+    pub fn evicted(&self, count: usize) {
+        self.evictions.inc_by(count as u64);
+    }
+
+    /// The cache's size and the fetches in flight, set at scrape time.
+    pub fn cache_state(&self, bytes: u64, objects: usize, fills: usize) {
+        self.cache_size.set(bytes as i64);
+        self.cache_objects.set(objects as i64);
+        self.fills_in_flight.set(fills as i64);
+    }
+
+    /// The back-fill queue's depth, set at scrape time.
+    pub fn backfill_pending(&self, pending: usize) {
+        self.backfill_pending.set(pending as i64);
+    }
+
+    /// One back-fill job attempt ended.
+    pub fn backfill_attempt(&self, outcome: &str, elapsed: Duration) {
+        self.backfill_jobs.with_label_values(&[outcome]).inc();
+        self.backfill_push_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Blob bytes uploaded to the target.
+    pub fn backfill_pushed(&self, bytes: u64) {
+        self.backfill_pushed_bytes.inc_by(bytes);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(Registry::new())
+    }
+}
+
+/// A status code as a bounded label: the exact code for the ones lasti
+/// sends, else its class.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        206 => "206",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        416 => "416",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => status_class(other),
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Reads Docker Hub's `RateLimit-Limit` / `RateLimit-Remaining` value
+/// (`100;w=21600`): the number before any parameter.
+pub fn ratelimit_value(header: &str) -> Option<i64> {
+    header.split(';').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics_with_bounded_labels() {
+        let m = Metrics::default();
+        m.http_request("blob", 200, Duration::from_millis(3));
+        m.http_request("blob", 299, Duration::from_millis(3));
+        m.upstream_request("docker.io", "GET", Some(200), Duration::from_millis(10));
+        m.upstream_request("docker.io", "HEAD", None, Duration::from_millis(10));
+        m.upstream_ratelimit(
+            "docker.io",
+            ratelimit_value("100;w=21600"),
+            ratelimit_value("76;w=21600"),
+        );
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"lasti_http_requests_total{route="blob",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"lasti_http_requests_total{route="blob",status="2xx"} 1"#));
+        assert!(text.contains(
+            r#"lasti_upstream_requests_total{method="HEAD",status="error",upstream="docker.io"} 1"#
+        ));
+        assert!(text.contains(r#"lasti_upstream_ratelimit_remaining{upstream="docker.io"} 76"#));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("lasti_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn ratelimit_headers_parse() {
+        assert_eq!(ratelimit_value("100;w=21600"), Some(100));
+        assert_eq!(ratelimit_value(" 7 "), Some(7));
+        assert_eq!(ratelimit_value("x"), None);
+    }
+}

@@ -1,0 +1,173 @@
+//! The admin listener during real pulls: `/metrics` counters move by exactly
+//! what a cold and then a warm skopeo pull did, every documented metric is
+//! exported, and the health endpoints answer.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::lasti::Lasti;
+use common::oci_layout::{ImageSpec, Layout};
+use common::registry::Registry;
+use common::skopeo;
+use tempfile::TempDir;
+
+/// Every sample of the exposition, keyed by `name{labels}` as printed.
+async fn scrape(lasti: &Lasti) -> HashMap<String, f64> {
+    let reply = common::http::get(&format!("{}/metrics", lasti.admin_url()), &[]).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("content-type").starts_with("text/plain"));
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
+    after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_by_what_a_cold_and_a_warm_pull_did() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let spec = ImageSpec::linux_amd64(60, &[4096, 200 * 1024]);
+    let (layout, image) = Layout::single(&work.path().join("img"), &spec, "v1");
+    skopeo::push_layout(
+        &layout.dir,
+        "v1",
+        &format!("{}/library/m:v1", registry.host()),
+        false,
+    )
+    .await
+    .unwrap();
+    let lasti = Lasti::start(&registry.url()).await;
+    let blobs = image.blob_digests().len() as f64;
+    let blob_bytes =
+        (image.config_bytes.len() as u64 + image.layer_sizes.iter().sum::<u64>()) as f64;
+    let manifest_bytes = image.manifest_bytes.len() as f64;
+
+    let before = scrape(&lasti).await;
+    skopeo::pull_to_dir(
+        &format!("{}/library/m:v1", lasti.host()),
+        &work.path().join("a"),
+        false,
+    )
+    .await
+    .unwrap();
+    let cold = scrape(&lasti).await;
+    let d = |key: &str| delta(&before, &cold, key);
+    assert_eq!(
+        d(r#"lasti_cache_requests_total{kind="blob",outcome="miss"}"#),
+        blobs
+    );
+    assert_eq!(
+        d(r#"lasti_cache_requests_total{kind="manifest",outcome="miss"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"lasti_upstream_requests_total{method="GET",status="2xx",upstream="docker.io"}"#),
+        blobs + 1.0
+    );
+    assert_eq!(
+        d(r#"lasti_served_bytes_total{source="upstream"}"#),
+        blob_bytes + manifest_bytes
+    );
+    assert_eq!(
+        d(r#"lasti_http_requests_total{route="blob",status="200"}"#),
+        blobs
+    );
+    assert_eq!(
+        cold[r#"lasti_cache_objects"#],
+        blobs + 1.0,
+        "blobs and the manifest"
+    );
+    assert_eq!(
+        cold[r#"lasti_cache_size_bytes"#],
+        blob_bytes + manifest_bytes
+    );
+    assert_eq!(cold["lasti_fetches_in_flight"], 0.0);
+
+    skopeo::pull_to_dir(
+        &format!("{}/library/m:v1", lasti.host()),
+        &work.path().join("b"),
+        false,
+    )
+    .await
+    .unwrap();
+    let warm = scrape(&lasti).await;
+    let d = |key: &str| delta(&cold, &warm, key);
+    assert_eq!(
+        d(r#"lasti_cache_requests_total{kind="blob",outcome="hit"}"#),
+        blobs
+    );
+    assert_eq!(
+        d(r#"lasti_cache_requests_total{kind="manifest",outcome="hit"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"lasti_served_bytes_total{source="cache"}"#),
+        blob_bytes + manifest_bytes
+    );
+    let upstream_gets =
+        r#"lasti_upstream_requests_total{method="GET",status="2xx",upstream="docker.io"}"#;
+    assert_eq!(d(upstream_gets), 0.0, "a warm pull asks nothing upstream");
+    assert!(warm.contains_key(
+        r#"lasti_upstream_request_duration_seconds_count{method="GET",upstream="docker.io"}"#
+    ));
+    assert!(
+        warm.keys().all(|k| k.starts_with("lasti_")),
+        "only lasti's own metrics"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_metric_is_exported_and_health_answers() {
+    let registry = Registry::start();
+    let cfg = common::lasti::config(&[
+        ("docker.io", &registry.url()),
+        ("dead.example", "http://127.0.0.1:9"),
+    ]);
+    let lasti = Lasti::start_with(cfg, None).await;
+    // A request of each kind makes the labelled families appear.
+    common::http::get(&format!("{}/v2/", lasti.url()), &[]).await;
+    common::http::get(&format!("{}/v2/library/none/manifests/x", lasti.url()), &[]).await;
+    let dead = common::http::get(
+        &format!("{}/v2/dead.example/x/manifests/y", lasti.url()),
+        &[],
+    )
+    .await;
+    assert_eq!(dead.status, 502);
+    let reply = common::http::get(&format!("{}/metrics", lasti.admin_url()), &[]).await;
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    for name in [
+        "lasti_http_requests_total",
+        "lasti_http_request_duration_seconds",
+        "lasti_upstream_requests_total",
+        "lasti_upstream_request_duration_seconds",
+        "lasti_upstream_errors_total",
+        "lasti_cache_size_bytes",
+        "lasti_cache_objects",
+        "lasti_cache_evictions_total",
+        "lasti_fetches_in_flight",
+        "lasti_digest_failures_total",
+        "lasti_backfill_pushed_bytes_total",
+        "lasti_backfill_push_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
+    }
+    for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/nope", 404)] {
+        let reply = common::http::get(&format!("{}{path}", lasti.admin_url()), &[]).await;
+        assert_eq!(reply.status.as_u16(), status, "{path}");
+    }
+    // Admin paths are not on the registry API listener.
+    let public = common::http::get(&format!("{}/metrics", lasti.url()), &[]).await;
+    assert_eq!(public.status, 404);
+}
