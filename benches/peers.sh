@@ -22,9 +22,11 @@ DATA=$(mktemp -d /tmp/lasti-peers-data.XXXXXX)
 # No access log: the peers run with theirs off too.
 RUST_LOG=${RUST_LOG:-warn} timeout 7200 target/release/lasti --listen "127.0.0.1:$LASTI_PORT" --admin-listen 127.0.0.1:0 \
   --data-dir "$DATA" --upstream docker.io=http://127.0.0.1:15000 >"$OUT/lasti.log" 2>&1 &
-LASTI_PID=$!
-trap 'kill $LASTI_PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
+WRAPPER=$!
+trap 'kill $WRAPPER 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$LASTI_PORT/v2/" && break; sleep 0.1; done
+# Measure lasti itself, not the `timeout` that bounds its lifetime.
+LASTI_PID=$(pgrep -P "$WRAPPER")
 
 export REF_PID=$(cat /tmp/peers/nginx.pid)
 echo "== lasti ==" >&2
