@@ -20,7 +20,7 @@
 //! Around them: [`config`] (TOML + flags, validated), [`error`] (one error
 //! type that knows its origin and whether to retry), [`body`] (the one
 //! response body type), [`secret`] (redacted credentials), [`metrics`]
-//! (Prometheus) and [`telemetry`].
+//! (Prometheus), [`telemetry`], and the operator commands in [`tools`].
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -35,4 +35,5 @@ pub mod pull_through;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+pub mod tools;
 pub mod upstream;

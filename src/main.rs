@@ -55,6 +55,28 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print it (secrets redacted), and exit.
     CheckConfig,
+    /// Pre-pull images through a running lasti (cache and back-fill them).
+    Warm {
+        /// Images: name[:tag] or name@digest, with a registry prefix for
+        /// upstreams other than the default (ghcr.io/org/app:v1).
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Only these platforms of a multi-platform image (os/arch[/variant]); default all.
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        /// The lasti to use; default: the configured listen address.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// List what a running lasti's cache holds.
+    Ls {
+        /// Print the JSON of /admin/cache instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The admin endpoint; default: the configured admin address.
+        #[arg(long)]
+        admin: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,7 +100,34 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(config),
+        Command::Warm {
+            images,
+            platforms,
+            server,
+        } => {
+            let server = server.unwrap_or_else(|| lasti::tools::local_url(config.listen));
+            client_runtime()?
+                .block_on(lasti::tools::warm::run(&server, &images, &platforms))
+                .map_err(|e| anyhow::anyhow!(e))
+        }
+        Command::Ls { json, admin } => {
+            let admin = match (admin, config.admin_listen) {
+                (Some(url), _) => url,
+                (None, Some(addr)) => lasti::tools::local_url(addr),
+                (None, None) => anyhow::bail!("no admin listener configured; pass --admin URL"),
+            };
+            client_runtime()?
+                .block_on(lasti::tools::ls::run(&admin, json))
+                .map_err(|e| anyhow::anyhow!(e))
+        }
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

@@ -121,6 +121,29 @@ impl Metrics {
                 .with_label_values(&[] as &[&str]),
             registry,
         }
+        .with_outcomes()
+    }
+
+    /// Creates the fixed label sets at zero, so `rate()` works from the start.
+    fn with_outcomes(self) -> Metrics {
+        for outcome in ["done", "retry", "failed"] {
+            self.backfill_jobs.with_label_values(&[outcome]);
+        }
+        for kind in ["manifest", "blob"] {
+            for outcome in ["hit", "revalidated", "stale", "miss", "coalesced", "passthrough"] {
+                self.cache_outcomes.with_label_values(&[kind, outcome]);
+            }
+        }
+        for source in ["cache", "upstream"] {
+            self.served_bytes.with_label_values(&[source]);
+        }
+        self
+    }
+
+    /// Makes the families labelled by upstream appear for `name` at zero,
+    /// so dashboards and alerts see them before the first event.
+    pub fn register_upstream(&self, name: &str) {
+        self.token_fetches.with_label_values(&[name]);
     }
 
     /// The text exposition of every metric.

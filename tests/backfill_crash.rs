@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::oci_layout::{ImageSpec, Layout};
+use common::process::Process;
 use common::registry::Registry;
 use common::skopeo;
 use common::token_shim::TokenShim;
@@ -16,70 +15,6 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 const TOKEN: &str = "crash-token";
-/// The process is killed by its wrapper after this long, whatever happens.
-const HARD_LIFETIME: &str = "120";
-
-/// lasti as a child process, under `timeout` so it cannot outlive the test.
-struct Process {
-    wrapper: Child,
-    api: String,
-    admin: String,
-}
-
-impl Process {
-    fn start(config_path: &Path, api_port: u16, admin_port: u16) -> Process {
-        let wrapper = Command::new("/usr/bin/timeout")
-            .args([
-                "--signal=KILL",
-                HARD_LIFETIME,
-                env!("CARGO_BIN_EXE_lasti"),
-                "--config",
-            ])
-            .arg(config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start lasti");
-        let process = Process {
-            wrapper,
-            api: format!("127.0.0.1:{api_port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while common::http_get_status(process.api.parse().unwrap(), "/v2/", None).is_err() {
-            assert!(Instant::now() < deadline, "lasti did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        process
-    }
-
-    /// SIGKILL to lasti itself (the wrapper's child), by PID.
-    fn kill_lasti(mut self) {
-        let children = format!("/proc/{0}/task/{0}/children", self.wrapper.id());
-        let pid = std::fs::read_to_string(children).expect("wrapper's children");
-        let pid = pid
-            .split_whitespace()
-            .next()
-            .expect("lasti's pid")
-            .to_string();
-        let status = Command::new("/bin/kill")
-            .args(["-KILL", &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let _ = self.wrapper.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = Command::new("/bin/kill")
-            .args(["-TERM", &self.wrapper.id().to_string()])
-            .status();
-        let _ = self.wrapper.wait();
-    }
-}
 
 async fn status(admin: &str) -> Value {
     let reply = common::http::get(&format!("{admin}/admin/backfill"), &[]).await;

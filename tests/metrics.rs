@@ -171,3 +171,47 @@ async fn every_documented_metric_is_exported_and_health_answers() {
     let public = common::http::get(&format!("{}/metrics", lasti.url()), &[]).await;
     assert_eq!(public.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_uses_only_exported_metrics() {
+    let registry = Registry::start();
+    let cfg = common::lasti::config(&[
+        ("docker.io", &registry.url()),
+        ("dead.example", "http://127.0.0.1:9"),
+    ]);
+    let lasti = Lasti::start_with(cfg, None).await;
+    common::http::get(
+        &format!("{}/v2/dead.example/x/manifests/y", lasti.url()),
+        &[],
+    )
+    .await;
+    let reply = common::http::get(&format!("{}/metrics", lasti.admin_url()), &[]).await;
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/lasti.json"
+    ))
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut used = Vec::new();
+    for panel in json["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("lasti_") {
+                    used.push(word.trim_end_matches("_bucket").to_string());
+                }
+            }
+        }
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    for name in used {
+        // The quota gauges appear once an upstream reports a quota (Docker Hub).
+        let exported = text.contains(&format!("# TYPE {name} "));
+        let quota = name.starts_with("lasti_upstream_ratelimit");
+        assert!(
+            exported || quota,
+            "the dashboard uses {name}, which lasti does not export"
+        );
+    }
+}

@@ -115,6 +115,11 @@ impl Backfill {
         if !self.config.read_through {
             return None;
         }
+        self.read_through_repo_any(upstream, repo).await
+    }
+
+    /// The project repository that back-fill gives `repo` of `upstream`.
+    async fn read_through_repo_any(&self, upstream: &str, repo: &RepoName) -> Option<RepoName> {
         let source = Namer::source(upstream, repo);
         if let Some(found) = self.names.get(&source) {
             return Some(found);
@@ -144,6 +149,20 @@ impl Backfill {
                 "back-fill intake is full; the image will be offered again on its next pull"
             );
         }
+    }
+
+    /// Whether the project holds this tag at this digest (back-filled).
+    pub async fn holds(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) -> bool {
+        let Some(target_repo) = self.read_through_repo_any(upstream, repo).await else {
+            return false;
+        };
+        let store = Arc::clone(&self.store);
+        let (tag, digest) = (tag.to_string(), digest.clone());
+        tokio::task::spawn_blocking(move || store.holds(target_repo.as_str(), &tag, &digest))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or(false)
     }
 
     /// Jobs waiting or retrying, for the queue-depth gauge.

@@ -357,6 +357,19 @@ impl Cache {
             .map_err(|e| Error::storage("write tag", e))?
     }
 
+    /// Every tag record, for listing what the cache holds.
+    pub async fn tag_records(&self) -> Result<Vec<(String, TagRecord)>> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.index.tags())
+            .await
+            .map_err(|e| Error::storage("list tags", e))?
+    }
+
+    /// When a stored blob or manifest was last used, if it is stored.
+    pub fn last_use(&self, digest: &Digest) -> Option<SystemTime> {
+        self.inner.usage.last_use(digest)
+    }
+
     /// Bytes and objects stored.
     pub fn usage(&self) -> (u64, usize) {
         (self.inner.usage.total_bytes(), self.inner.usage.count())

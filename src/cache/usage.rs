@@ -149,6 +149,11 @@ impl Usage {
         self.lock().entries.contains_key(digest)
     }
 
+    /// When a stored blob was last used, if it is stored.
+    pub fn last_use(&self, digest: &Digest) -> Option<SystemTime> {
+        self.lock().entries.get(digest).map(|e| e.last_use)
+    }
+
     /// Bytes held.
     pub fn total_bytes(&self) -> u64 {
         self.lock().total

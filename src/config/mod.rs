@@ -36,6 +36,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the admin listener (`/admin/...`); kept off the public API.
     pub admin_listen: Option<SocketAddr>,
+    /// After SIGTERM, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Root of the cache: blobs, temporary files and the metadata store.
     pub data_dir: PathBuf,
     /// Logging format and filter.
@@ -54,6 +57,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
+            shutdown_grace: Duration::from_secs(30),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log: LogConfig::default(),
             cache: CacheConfig::default(),

@@ -6,6 +6,7 @@
 //! HTTP.
 
 mod blobs;
+mod listing;
 mod manifests;
 mod single_flight;
 
@@ -18,6 +19,7 @@ use crate::oci::RepoName;
 use crate::upstream::{TagList, Upstream, Upstreams};
 
 pub use blobs::BlobAnswer;
+pub use listing::CachedImage;
 pub use manifests::ManifestAnswer;
 
 /// How a request was answered, for logs and metrics.

@@ -5,6 +5,8 @@
 //!   (the listeners are up, or this would not answer at all).
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /admin/backfill`: the back-fill queue (pending, failed, recent) as JSON.
+//! - `GET /admin/cache`: every tag the cache holds, with size, last use and
+//!   whether it was back-filled, as JSON.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -50,6 +52,16 @@ async fn route<B>(proxy: &Proxy, request: Request<B>) -> Response<Body> {
         },
         "/metrics" => metrics(proxy).await,
         "/admin/backfill" => backfill(proxy).await,
+        "/admin/cache" => match proxy.cached_images().await {
+            Ok(images) => json(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&images).unwrap_or_default(),
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot list the cache");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot list the cache\n")
+            }
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

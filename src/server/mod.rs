@@ -36,8 +36,6 @@ use access_log::{LoggedBody, Record};
 const MAX_CONNECTIONS: usize = 10_000;
 /// Time a client gets to send its request headers (slow-client defence).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time in-flight requests get to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +155,7 @@ pub async fn run(
         // Wait for it to drop its handle on the proxy (and so on the stores).
         let _ = task.await;
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {

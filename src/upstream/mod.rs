@@ -52,6 +52,7 @@ impl Upstream {
         let client =
             client::build(&config).map_err(|e| format!("registry {}: {e}", config.name))?;
         let auth = Auth::new(credentials, Arc::clone(&metrics));
+        metrics.register_upstream(&config.name);
         let mut tag_rules = Vec::new();
         for rule in &config.tag_rules {
             let glob = |p: &str| {

@@ -18,6 +18,7 @@ pub mod fake_upstream;
 pub mod http;
 pub mod lasti;
 pub mod oci_layout;
+pub mod process;
 pub mod registry;
 pub mod skopeo;
 pub mod tls;

@@ -1,0 +1,80 @@
+//! Operator commands that talk to a running lasti: `lasti warm` pre-pulls
+//! images through it, `lasti ls` lists what its cache holds.
+
+pub mod ls;
+pub mod warm;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A plain HTTP client for talking to lasti's listeners.
+pub type LocalClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// A client for lasti's own listeners.
+pub fn client() -> LocalClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// `http://host:port` for a listen address; `0.0.0.0` and `::` become loopback.
+pub fn local_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// GETs a URL and returns the status, content type and body.
+pub async fn get(
+    client: &LocalClient,
+    url: &str,
+    accept: Option<&str>,
+) -> Result<(u16, String, Bytes), String> {
+    let mut request = http::Request::get(url);
+    if let Some(accept) = accept {
+        request = request.header(http::header::ACCEPT, accept);
+    }
+    let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok((status, content_type, body.to_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_become_reachable_urls() {
+        assert_eq!(
+            local_url("0.0.0.0:9090".parse().unwrap()),
+            "http://127.0.0.1:9090"
+        );
+        assert_eq!(local_url("[::]:5000".parse().unwrap()), "http://[::1]:5000");
+        assert_eq!(
+            local_url("10.0.0.5:5000".parse().unwrap()),
+            "http://10.0.0.5:5000"
+        );
+    }
+}
