@@ -52,6 +52,21 @@ pub enum Error {
     /// The Range header is malformed or asks for several ranges.
     #[error("unsupported Range header: {0}")]
     RangeInvalid(String),
+    /// The client must authenticate (access mode `authenticated`).
+    #[error("authentication required")]
+    Unauthorized {
+        /// The `WWW-Authenticate` challenge to send.
+        challenge: String,
+    },
+    /// The client may not pull this repository (allow/deny lists).
+    #[error("{0}")]
+    Denied(String),
+    /// The client is over its request rate, or lasti over its fetch cap.
+    #[error("too many requests; retry later")]
+    RateLimited {
+        /// When to retry.
+        retry_after: Duration,
+    },
     /// The stored manifest's type is not among those the client accepts.
     #[error("manifest media type {0} is not acceptable to the client")]
     NotAcceptable(String),
@@ -112,7 +127,10 @@ impl Error {
             | Unsupported(_)
             | RangeNotSatisfiable { .. }
             | RangeInvalid(_)
-            | NotAcceptable(_) => Origin::Client,
+            | NotAcceptable(_)
+            | Unauthorized { .. }
+            | Denied(_)
+            | RateLimited { .. } => Origin::Client,
             ManifestUnknown
             | BlobUnknown
             | NameUnknown
@@ -143,6 +161,9 @@ impl Error {
             BlobUnknown | RangeNotSatisfiable { .. } => ErrorCode::BlobUnknown,
             NameUnknown => ErrorCode::NameUnknown,
             Unsupported(_) | RangeInvalid(_) => ErrorCode::Unsupported,
+            Unauthorized { .. } => ErrorCode::Unauthorized,
+            Denied(_) => ErrorCode::Denied,
+            RateLimited { .. } => ErrorCode::TooManyRequests,
             UpstreamDenied { .. } => ErrorCode::Denied,
             UpstreamTooManyRequests { .. } => ErrorCode::TooManyRequests,
             UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamInvalid { .. } => {
@@ -178,6 +199,9 @@ impl Error {
             Unsupported(_) => "unsupported",
             RangeNotSatisfiable { .. } => "range_not_satisfiable",
             RangeInvalid(_) => "range_invalid",
+            Unauthorized { .. } => "unauthorized",
+            Denied(_) => "denied",
+            RateLimited { .. } => "rate_limited",
             NotAcceptable(_) => "not_acceptable",
             UpstreamDenied { .. } => "upstream_denied",
             UpstreamTooManyRequests { .. } => "upstream_rate_limited",

@@ -130,7 +130,14 @@ impl Metrics {
             self.backfill_jobs.with_label_values(&[outcome]);
         }
         for kind in ["manifest", "blob"] {
-            for outcome in ["hit", "revalidated", "stale", "miss", "coalesced", "passthrough"] {
+            for outcome in [
+                "hit",
+                "revalidated",
+                "stale",
+                "miss",
+                "coalesced",
+                "passthrough",
+            ] {
                 self.cache_outcomes.with_label_values(&[kind, outcome]);
             }
         }

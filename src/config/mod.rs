@@ -14,7 +14,9 @@ use url::Url;
 
 use crate::secret::Secret;
 
+mod access;
 mod target;
+pub use access::{AccessConfig, AccessMode, TlsConfig};
 pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
 
 /// Where lasti listens when nothing else is said: the port docker expects of a registry.
@@ -50,6 +52,10 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// The project that pulled images are back-filled into.
     pub target: TargetConfig,
+    /// Who may pull, and request limits.
+    pub access: AccessConfig,
+    /// TLS for clients; plain HTTP when unset (behind an edge-TLS route).
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -66,6 +72,8 @@ impl Default for Config {
                 Url::parse(DOCKER_HUB_URL).expect("valid default url"),
             )],
             target: TargetConfig::default(),
+            access: AccessConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -164,6 +172,10 @@ pub struct UpstreamConfig {
     pub body_idle_timeout: Duration,
     /// Retries of a request that failed before any byte went to a client.
     pub retries: u32,
+    /// Repository globs that may be pulled (`library/*`); empty allows all.
+    pub allow: Vec<String>,
+    /// Repository globs that may not be pulled; checked after `allow`.
+    pub deny: Vec<String>,
 }
 
 impl UpstreamConfig {
@@ -201,6 +213,8 @@ impl Default for UpstreamConfig {
             header_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
             retries: 2,
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }
@@ -386,6 +400,8 @@ impl Config {
             ));
         }
         self.target.validate()?;
+        self.access.validate()?;
+        self.tls.validate()?;
         let mut names = std::collections::HashSet::new();
         for upstream in &self.upstreams {
             upstream.validate()?;
@@ -432,6 +448,13 @@ impl UpstreamConfig {
         }
         if self.connect_timeout.is_zero() || self.header_timeout.is_zero() {
             return fail("timeouts must be above zero");
+        }
+        for pattern in self.allow.iter().chain(&self.deny) {
+            if globset::Glob::new(pattern).is_err() {
+                return fail(&format!(
+                    "allow/deny pattern {pattern:?} is not a valid glob"
+                ));
+            }
         }
         for rule in &self.tag_rules {
             for pattern in [&rule.repository, &rule.tag] {

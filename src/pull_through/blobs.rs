@@ -56,10 +56,21 @@ impl Proxy {
         match self.cache.lookup(digest).await? {
             BlobLookup::Stored(blob) => stored_answer(blob, range),
             BlobLookup::Filling(sub) => filling_answer(sub, range, Outcome::Coalesced).await,
-            BlobLookup::Missing(writer, sub) => {
+            BlobLookup::Missing(mut writer, sub) => {
+                let permit = match self.fetch_permit() {
+                    Ok(permit) => permit,
+                    Err(err) => {
+                        writer.fail(err.clone());
+                        return Err(err);
+                    }
+                };
                 let sources = self.sources(upstream, repo).await;
                 let metrics = Arc::clone(self.cache.metrics());
-                tokio::spawn(fill(sources, digest.clone(), *writer, metrics));
+                let digest = digest.clone();
+                tokio::spawn(async move {
+                    fill(sources, digest, *writer, metrics).await;
+                    drop(permit);
+                });
                 filling_answer(sub, range, Outcome::Miss).await
             }
         }

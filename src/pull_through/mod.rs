@@ -61,6 +61,7 @@ pub struct Proxy {
     max_manifest_size: u64,
     manifest_flights: manifests::Flights,
     backfill: Option<Backfill>,
+    fetch_permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Proxy {
@@ -77,6 +78,26 @@ impl Proxy {
             max_manifest_size,
             manifest_flights: Default::default(),
             backfill,
+            fetch_permits: None,
+        }
+    }
+
+    /// Caps the blob fetches from upstreams in flight at once (0: no cap).
+    pub fn with_fetch_cap(mut self, cap: usize) -> Proxy {
+        self.fetch_permits = (cap > 0).then(|| Arc::new(tokio::sync::Semaphore::new(cap)));
+        self
+    }
+
+    /// A slot for one more upstream fetch; `Err` when the cap is reached.
+    fn fetch_permit(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>> {
+        match &self.fetch_permits {
+            None => Ok(None),
+            Some(permits) => Arc::clone(permits)
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| crate::error::Error::RateLimited {
+                    retry_after: std::time::Duration::from_secs(1),
+                }),
         }
     }
 

@@ -78,7 +78,14 @@ fn resolve<'p>(
         .route(raw, ns.as_deref())
         .map_err(|e| Error::NameInvalid(e.0))?;
     let repo = RepoName::parse(name).map_err(|e| Error::NameInvalid(e.to_string()))?;
-    Ok((upstream, upstream.upstream_repo(repo)))
+    let repo = upstream.upstream_repo(repo);
+    if !upstream.allows(&repo) {
+        return Err(Error::Denied(format!(
+            "{repo} on {} may not be pulled through this proxy",
+            upstream.name()
+        )));
+    }
+    Ok((upstream, repo))
 }
 
 fn parse_reference(raw: &str) -> Result<Reference> {

@@ -8,9 +8,11 @@ pub mod admin;
 pub mod handlers;
 pub mod response;
 pub mod router;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::access::Access;
 use crate::backfill::{self, Backfill};
 use crate::cache::Cache;
 use crate::config::Config;
@@ -34,6 +37,8 @@ use access_log::{LoggedBody, Record};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 10_000;
+/// Time a client gets to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client gets to send its request headers (slow-client defence).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,7 +87,9 @@ pub async fn build_proxy(config: &Config) -> Result<Arc<Proxy>, StartError> {
             .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
     let handle = pending.as_ref().map(backfill::Pending::handle);
     let max_manifest = config.cache.max_manifest_size.as_u64();
-    let proxy = Arc::new(Proxy::new(upstreams, cache, max_manifest, handle));
+    let proxy = Proxy::new(upstreams, cache, max_manifest, handle)
+        .with_fetch_cap(config.access.max_upstream_fetches);
+    let proxy = Arc::new(proxy);
     if let Some(pending) = pending {
         pending.start(Arc::clone(&proxy));
     }
@@ -97,6 +104,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let proxy = build_proxy(&config).await?;
+    let metrics = Arc::clone(proxy.cache().metrics());
+    let access = Arc::new(Access::new(&config.access, metrics).map_err(StartError::Upstream)?);
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            tls::ReloadingAcceptor::new(cert.clone(), key.clone()).map_err(StartError::Upstream)?,
+        )),
+        _ => None,
+    };
     let listener = listeners.api;
     let admin_task = listeners
         .admin
@@ -132,17 +147,45 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxy = Arc::clone(&proxy);
+        let (proxy, access) = (Arc::clone(&proxy), Arc::clone(&access));
         let service = service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(serve(&proxy, request).await) }
+            let (proxy, access) = (Arc::clone(&proxy), Arc::clone(&access));
+            async move { Ok::<_, Infallible>(serve(&proxy, &access, peer.ip(), request).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let tls = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let ended = match tls {
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let connection = builder
+                                .serve_connection(TokioIo::new(tls), service)
+                                .into_owned();
+                            watcher.watch(connection).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -166,12 +209,28 @@ pub async fn run(
 
 /// Handles one request inside its span, counts it, and wraps the body for
 /// the access log and the served-bytes counter.
-async fn serve(proxy: &Proxy, request: Request<Incoming>) -> Response<LoggedBody> {
+async fn serve(
+    proxy: &Proxy,
+    access: &Access,
+    client: IpAddr,
+    request: Request<Incoming>,
+) -> Response<LoggedBody> {
     let started = Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let route = router::route(&path).label();
     let span = tracing::info_span!("request", %method, %path);
-    let response = handlers::handle(proxy, &request).instrument(span).await;
+    let admitted = match access.admit(client) {
+        Ok(()) => {
+            access
+                .authorize(request.headers().get(http::header::AUTHORIZATION))
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    let response = match admitted {
+        Ok(()) => handlers::handle(proxy, &request).instrument(span).await,
+        Err(err) => response::error(&err),
+    };
     let outcome = response.extensions().get::<Outcome>().copied();
     let metrics = proxy.cache().metrics();
     metrics.http_request(route, response.status().as_u16(), started.elapsed());

@@ -55,6 +55,12 @@ pub fn error(err: &Error) -> Response<Body> {
         } => {
             builder = builder.header(header::RETRY_AFTER, after.as_secs().max(1));
         }
+        Error::RateLimited { retry_after } => {
+            builder = builder.header(header::RETRY_AFTER, retry_after.as_secs().max(1));
+        }
+        Error::Unauthorized { challenge } => {
+            builder = builder.header(header::WWW_AUTHENTICATE, challenge.as_str());
+        }
         Error::RangeNotSatisfiable { size } => {
             builder = builder.header(header::CONTENT_RANGE, unsatisfied_content_range(*size));
         }

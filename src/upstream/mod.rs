@@ -14,7 +14,7 @@ pub mod routing;
 use std::sync::Arc;
 use std::time::Duration;
 
-use globset::{Glob, GlobMatcher};
+use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
@@ -32,6 +32,8 @@ pub struct Upstream {
     client: HttpClient,
     auth: Auth,
     tag_rules: Vec<(GlobMatcher, GlobMatcher, Duration)>,
+    allow: Option<GlobSet>,
+    deny: Option<GlobSet>,
     metrics: Arc<Metrics>,
 }
 
@@ -62,11 +64,14 @@ impl Upstream {
             };
             tag_rules.push((glob(&rule.repository)?, glob(&rule.tag)?, rule.ttl));
         }
+        let (allow, deny) = (globs(&config.allow)?, globs(&config.deny)?);
         Ok(Upstream {
             config,
             client,
             auth,
             tag_rules,
+            allow,
+            deny,
             metrics,
         })
     }
@@ -85,6 +90,20 @@ impl Upstream {
         }
     }
 
+    /// Whether the allow and deny lists let clients pull `repo` (as the
+    /// upstream names it).
+    pub fn allows(&self, repo: &RepoName) -> bool {
+        let allowed = self
+            .allow
+            .as_ref()
+            .is_none_or(|set| set.is_match(repo.as_str()));
+        allowed
+            && !self
+                .deny
+                .as_ref()
+                .is_some_and(|set| set.is_match(repo.as_str()))
+    }
+
     /// How long an answer for this tag is trusted.
     pub fn tag_ttl(&self, repo: &RepoName, tag: &str) -> Duration {
         self.tag_rules
@@ -93,4 +112,16 @@ impl Upstream {
             .map(|(_, _, ttl)| *ttl)
             .unwrap_or(self.config.tag_ttl)
     }
+}
+
+/// A glob set, or `None` for an empty list.
+fn globs(patterns: &[String]) -> Result<Option<GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(Glob::new(pattern).map_err(|e| e.to_string())?);
+    }
+    builder.build().map(Some).map_err(|e| e.to_string())
 }

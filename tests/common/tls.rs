@@ -21,6 +21,10 @@ pub struct TestPki {
     pub cert: CertificateDer<'static>,
     /// The server key (PKCS#8 DER).
     pub key: Vec<u8>,
+    /// The server certificate in PEM.
+    pub cert_pem: String,
+    /// The server key in PEM.
+    pub key_pem: String,
 }
 
 impl TestPki {
@@ -42,6 +46,8 @@ impl TestPki {
             ca_pem: ca_cert.pem(),
             cert: cert.der().clone(),
             key: key.serialize_der(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 

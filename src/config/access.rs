@@ -1,0 +1,111 @@
+//! The front door: who may pull, request limits, and TLS for clients.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::ConfigError;
+
+/// Who may pull, and how many requests a client may make.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// `anonymous` (anyone may pull) or `authenticated` (every registry
+    /// request needs valid credentials).
+    pub mode: AccessMode,
+    /// The realm named in the `WWW-Authenticate: Basic` challenge.
+    pub realm: String,
+    /// An htpasswd file of bcrypt hashes (`htpasswd -B`), read at start.
+    pub htpasswd_file: Option<PathBuf>,
+    /// A file of static bearer tokens, one per line (for CI systems).
+    pub tokens_file: Option<PathBuf>,
+    /// Check Basic credentials (user and OpenShift token, as `docker login`
+    /// sends them) against this registry's token endpoint.
+    pub delegate_url: Option<Url>,
+    /// Extra PEM CA certificates for the delegate registry.
+    pub delegate_ca_file: Option<PathBuf>,
+    /// How long a verdict on a credential is remembered (keyed by its hash).
+    #[serde(with = "humantime_serde")]
+    pub verdict_ttl: Duration,
+    /// Requests per second allowed to one client address (0: no limit).
+    pub rate_limit: u32,
+    /// Requests a client may make in a burst above `rate_limit`.
+    pub rate_burst: u32,
+    /// Upstream fetches (blobs and manifests) in flight at once; a miss
+    /// past it gets TOOMANYREQUESTS (0: no limit).
+    pub max_upstream_fetches: usize,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            mode: AccessMode::Anonymous,
+            realm: "lasti".to_string(),
+            htpasswd_file: None,
+            tokens_file: None,
+            delegate_url: None,
+            delegate_ca_file: None,
+            verdict_ttl: Duration::from_secs(300),
+            rate_limit: 0,
+            rate_burst: 100,
+            max_upstream_fetches: 256,
+        }
+    }
+}
+
+/// Whether clients must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// Anyone may pull (`registry-viewer` for `system:anonymous`).
+    Anonymous,
+    /// Only clients with valid credentials (`system:authenticated`).
+    Authenticated,
+}
+
+/// Serve the registry API over TLS (HTTP/1.1 and HTTP/2 by ALPN).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; reloaded when the file changes.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key; reloaded with the certificate.
+    pub key_file: Option<PathBuf>,
+}
+
+impl AccessConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| Err(ConfigError::Invalid(format!("access: {msg}")));
+        let sources = self.htpasswd_file.is_some()
+            || self.tokens_file.is_some()
+            || self.delegate_url.is_some();
+        if self.mode == AccessMode::Authenticated && !sources {
+            return fail("authenticated mode needs htpasswd_file, tokens_file or delegate_url");
+        }
+        if self.realm.is_empty() || self.realm.contains('"') {
+            return fail("realm must be non-empty and hold no quotes");
+        }
+        if self.rate_limit > 0 && self.rate_burst == 0 {
+            return fail("rate_burst must be above zero when rate_limit is set");
+        }
+        Ok(())
+    }
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls: cert_file and key_file go together".into(),
+            ));
+        }
+        Ok(())
+    }
+}

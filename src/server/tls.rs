@@ -1,0 +1,103 @@
+//! TLS for clients: rustls from PEM files, HTTP/2 and HTTP/1.1 by ALPN, and
+//! the certificate reloaded when its file changes (cert-manager and
+//! OpenShift's service CA rotate them in place).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+/// How often the certificate file's modification time is looked at.
+const RELOAD_CHECK: Duration = Duration::from_secs(10);
+
+/// An acceptor whose certificate follows its files.
+pub struct ReloadingAcceptor {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<State>,
+}
+
+struct State {
+    acceptor: TlsAcceptor,
+    modified: Option<SystemTime>,
+    checked: Instant,
+}
+
+impl std::fmt::Debug for ReloadingAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingAcceptor")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingAcceptor {
+    /// Loads the certificate and key; fails when they do not make a valid pair.
+    pub fn new(cert: PathBuf, key: PathBuf) -> Result<ReloadingAcceptor, String> {
+        let acceptor = load(&cert, &key)?;
+        let modified = modified(&cert);
+        Ok(ReloadingAcceptor {
+            cert,
+            key,
+            state: Mutex::new(State {
+                acceptor,
+                modified,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The current acceptor, reloaded first if the certificate changed. A
+    /// broken new pair is logged and the previous one kept.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = Instant::now();
+            let now = modified(&self.cert);
+            if now != state.modified {
+                match load(&self.cert, &self.key) {
+                    Ok(acceptor) => {
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                        state.acceptor = acceptor;
+                        state.modified = now;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "new TLS certificate rejected; keeping the old one")
+                    }
+                }
+            }
+        }
+        state.acceptor.clone()
+    }
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, String> {
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate PEM in {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| format!("bad key PEM in {}: {e}", key.display()))?
+        .ok_or_else(|| format!("{} holds no private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
