@@ -33,9 +33,16 @@ pub struct AccessConfig {
     pub rate_limit: u32,
     /// Requests a client may make in a burst above `rate_limit`.
     pub rate_burst: u32,
-    /// Upstream fetches (blobs and manifests) in flight at once; a miss
-    /// past it gets TOOMANYREQUESTS (0: no limit).
+    /// Upstream blob fetches in flight at once; a miss past it gets
+    /// TOOMANYREQUESTS (0: no limit).
     pub max_upstream_fetches: usize,
+    /// Client connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a client gets to send its request headers (slow-client defence).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: usize,
 }
 
 impl Default for AccessConfig {
@@ -51,6 +58,9 @@ impl Default for AccessConfig {
             rate_limit: 0,
             rate_burst: 100,
             max_upstream_fetches: 256,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -86,6 +96,12 @@ impl AccessConfig {
         }
         if self.realm.is_empty() || self.realm.contains('"') {
             return fail("realm must be non-empty and hold no quotes");
+        }
+        if self.max_connections == 0 || self.header_read_timeout.is_zero() {
+            return fail("max_connections and header_read_timeout must be above zero");
+        }
+        if self.max_header_bytes < 8192 {
+            return fail("max_header_bytes must be at least 8192");
         }
         if self.rate_limit > 0 && self.rate_burst == 0 {
             return fail("rate_burst must be above zero when rate_limit is set");

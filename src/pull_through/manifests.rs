@@ -464,6 +464,10 @@ fn verify(
             )));
         }
     }
+    // The bytes are served as they are, but they must at least be JSON.
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&fetched.bytes).is_err() {
+        return Err(invalid("the manifest is not valid JSON".into()));
+    }
     let declared = fetched
         .media_type
         .as_deref()

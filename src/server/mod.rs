@@ -35,12 +35,8 @@ use crate::pull_through::{Outcome, Proxy};
 use crate::upstream::Upstreams;
 use access_log::{LoggedBody, Record};
 
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 10_000;
 /// Time a client gets to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client gets to send its request headers (slow-client defence).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -126,9 +122,13 @@ pub async fn run(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(config.access.header_read_timeout)
+        .max_buf_size(config.access.max_header_bytes);
+    builder
+        .http2()
+        .max_header_list_size(config.access.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(config.access.max_connections));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
