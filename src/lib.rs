@@ -2,7 +2,9 @@
 //!
 //! A request travels through these modules, in order:
 //!
-//! - [`server`]: the listener (HTTP/1.1 and HTTP/2), the hand-written router
+//! - [`access`]: the front door: who may pull (htpasswd, tokens, delegation
+//!   to the Rahti registry's login) and per-client rate limits.
+//! - [`server`]: the listener (HTTP/1.1 and HTTP/2, TLS), the hand-written router
 //!   of OCI paths, response building, the access log, graceful shutdown.
 //! - [`pull_through`]: the decisions: hit or miss, tag TTL and revalidation,
 //!   stale-if-error, single-flight fetches.
