@@ -69,6 +69,31 @@ pub struct Job {
 }
 
 impl Job {
+    /// A new pending job; the store gives it its id and times.
+    pub fn new(
+        upstream: String,
+        repo: RepoName,
+        tag: String,
+        digest: Digest,
+        target_repo: String,
+    ) -> Job {
+        Job {
+            id: 0,
+            upstream,
+            repo,
+            tag,
+            digest,
+            target_repo,
+            state: JobState::Pending,
+            attempts: 0,
+            next_attempt: 0,
+            created: 0,
+            updated: 0,
+            last_error: None,
+            notes: Vec::new(),
+        }
+    }
+
     /// The key that makes equal requests coalesce.
     pub fn key(&self) -> String {
         format!("{}:{}@{}", self.target_repo, self.tag, self.digest)
@@ -265,21 +290,14 @@ mod tests {
     use super::*;
 
     fn job(tag: &str, digest: &Digest) -> Job {
-        Job {
-            id: 0,
-            upstream: "docker.io".into(),
-            repo: RepoName::parse("library/centos").unwrap(),
-            tag: tag.into(),
-            digest: digest.clone(),
-            target_repo: "proj/centos".into(),
-            state: JobState::Pending,
-            attempts: 0,
-            next_attempt: 0,
-            created: 0,
-            updated: 0,
-            last_error: None,
-            notes: Vec::new(),
-        }
+        let repo = RepoName::parse("library/centos").unwrap();
+        Job::new(
+            "docker.io".into(),
+            repo,
+            tag.into(),
+            digest.clone(),
+            "proj/centos".into(),
+        )
     }
 
     #[test]

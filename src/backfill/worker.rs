@@ -32,21 +32,14 @@ pub(super) async fn intake(mut offers: mpsc::Receiver<Offer>, namer: Namer, hand
             if store.stream_holder(&stream)?.is_none() {
                 store.claim_stream(&stream, &source)?;
             }
-            store.enqueue(Job {
-                id: 0,
-                upstream: offer.upstream,
-                repo: offer.repo,
-                tag: offer.tag,
-                digest: offer.digest,
-                target_repo: format!("{project}/{stream}"),
-                state: JobState::Pending,
-                attempts: 0,
-                next_attempt: 0,
-                created: 0,
-                updated: 0,
-                last_error: None,
-                notes: Vec::new(),
-            })
+            let target_repo = format!("{project}/{stream}");
+            store.enqueue(Job::new(
+                offer.upstream,
+                offer.repo,
+                offer.tag,
+                offer.digest,
+                target_repo,
+            ))
         })
         .await;
         match accepted {
