@@ -37,6 +37,7 @@ pub struct Metrics {
     upstream_ratelimit_remaining: IntGaugeVec,
     token_fetches: IntCounterVec,
     digest_failures: IntCounter,
+    cache_write_failures: IntCounter,
     cache_size: IntGauge,
     cache_objects: IntGauge,
     evictions: IntCounter,
@@ -110,6 +111,7 @@ impl Metrics {
             upstream_ratelimit_remaining: gauge_vec(r, "lasti_upstream_ratelimit_remaining", "Pulls left in the upstream's window (Docker Hub's RateLimit-Remaining).", &["upstream"]),
             token_fetches: counter(r, "lasti_token_fetches_total", "Tokens fetched from registries' token realms.", &["upstream"]),
             digest_failures: single(r, "lasti_digest_failures_total", "Blobs from an upstream that failed their digest or length check (never stored)."),
+            cache_write_failures: single(r, "lasti_cache_write_failures_total", "Blobs streamed to clients but not cached, because the cache file could not be written (a full disk)."),
             cache_size: gauge(r, "lasti_cache_size_bytes", "Bytes held in the blob store."),
             cache_objects: gauge(r, "lasti_cache_objects", "Blobs and manifests held in the blob store."),
             evictions: single(r, "lasti_cache_evictions_total", "Blobs evicted to stay under the quota."),
@@ -232,6 +234,11 @@ impl Metrics {
     /// A blob rejected for its digest or length.
     pub fn digest_failure(&self) {
         self.digest_failures.inc();
+    }
+
+    /// A blob streamed but not cached (the disk is full).
+    pub fn cache_write_failure(&self) {
+        self.cache_write_failures.inc();
     }
 
     /// Blobs evicted.

@@ -69,6 +69,9 @@ pub struct Progress {
     pub published: u64,
     /// The fill's state.
     pub state: FillState,
+    /// The cache file stopped being written (a full disk); only live
+    /// readers get the rest.
+    pub uncached: bool,
 }
 
 /// One fill in progress.
@@ -104,12 +107,21 @@ impl Fill {
         Ok((fill, writer))
     }
 
-    /// Releases a chunk that is in the file to every reader.
-    pub(super) fn publish(&self, chunk: Bytes) {
+    /// Releases a chunk to every reader: through the file when it is in
+    /// it (`in_file`), else to live readers only.
+    pub(super) fn publish(&self, chunk: Bytes, in_file: bool) {
         let len = chunk.len() as u64;
         // Progress first, then the channel: see `Fill::subscribe`.
-        self.progress.send_modify(|p| p.published += len);
+        if in_file {
+            self.progress.send_modify(|p| p.published += len);
+        }
         let _ = self.live.send(LiveMsg::Data(chunk));
+    }
+
+    /// The cache file could not be written: readers of the file stop at
+    /// what it holds, live readers go on.
+    pub(super) fn stop_caching(&self) {
+        self.progress.send_modify(|p| p.uncached = true);
     }
 
     /// Joins the fill as a reader.
@@ -245,13 +257,22 @@ impl FillWriter {
                 "sent bytes that hash to {actual}, not to the digest asked for"
             ));
         }
+        let cached = output.cache_error.is_none();
         if let Some(last) = output.held {
-            self.fill.publish(last);
+            self.fill.publish(last, cached);
         }
         let size = self.written;
-        self.cache
-            .commit_fill(output.temp, &self.digest, size)
-            .await;
+        match output.cache_error {
+            None => {
+                self.cache
+                    .commit_fill(output.temp, &self.digest, size)
+                    .await
+            }
+            Some(reason) => {
+                tracing::warn!(digest = %self.digest, %reason, "blob streamed but not cached");
+                self.cache.metrics().cache_write_failure();
+            }
+        }
         self.finished = true;
         self.fill.progress.send_modify(|p| {
             p.size = Some(size);

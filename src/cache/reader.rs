@@ -110,13 +110,18 @@ impl BlobReader {
 
     async fn next_from_file(&mut self) -> Option<io::Result<Bytes>> {
         loop {
-            let (available, state) = match self.follow.as_mut() {
-                None => (self.end, FillState::Complete),
+            let (available, state, uncached) = match self.follow.as_mut() {
+                None => (self.end, FillState::Complete, false),
                 Some(rx) => {
                     let p = rx.borrow_and_update();
-                    (p.published, p.state.clone())
+                    (p.published, p.state.clone(), p.uncached)
                 }
             };
+            if uncached && self.offset >= available {
+                return Some(Err(io::Error::other(
+                    "the cache could not be written (disk full?); retry the request",
+                )));
+            }
             if let FillState::Failed(err) = state {
                 return Some(Err(io::Error::other(err.to_string())));
             }

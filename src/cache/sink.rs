@@ -30,6 +30,9 @@ pub struct Output {
     pub held: Option<Bytes>,
     /// Why writing stopped early.
     pub error: Option<String>,
+    /// Why the cache file could not be written (a full disk): the bytes were
+    /// still streamed to live readers, but the blob must not be stored.
+    pub cache_error: Option<String>,
 }
 
 /// The async side of a running sink.
@@ -74,6 +77,7 @@ pub fn spawn(fill: Arc<Fill>, temp: TempBlob, hasher: Hasher, size: Option<u64>)
             hasher: Hasher::new(algorithm),
             held: None,
             error: None,
+            cache_error: None,
         };
         let mut written = 0u64;
         while let Some(chunk) = chunks.blocking_recv() {
@@ -81,17 +85,22 @@ pub fn spawn(fill: Arc<Fill>, temp: TempBlob, hasher: Hasher, size: Option<u64>)
                 out.error = Some("the hashing thread stopped".into());
                 break;
             }
-            if let Err(e) = out.temp.file().write_all(&chunk) {
-                out.error = Some(format!("cannot write the cache file: {e}"));
-                break;
+            if out.cache_error.is_none() {
+                if let Err(e) = out.temp.file().write_all(&chunk) {
+                    // Keep streaming to the clients; only the cache gives up.
+                    tracing::warn!(error = %e, "cannot write the cache file; streaming without caching");
+                    out.cache_error = Some(format!("cannot write the cache file: {e}"));
+                    fill.stop_caching();
+                }
             }
+            let cached = out.cache_error.is_none();
             written += chunk.len() as u64;
             match size {
                 Some(size) if written == size => out.held = Some(chunk),
-                Some(_) => fill.publish(chunk),
+                Some(_) => fill.publish(chunk, cached),
                 None => {
                     if let Some(previous) = out.held.replace(chunk) {
-                        fill.publish(previous);
+                        fill.publish(previous, cached);
                     }
                 }
             }

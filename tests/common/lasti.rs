@@ -16,6 +16,7 @@ pub struct Lasti {
     pub addr: SocketAddr,
     /// Where its admin endpoints listen.
     pub admin_addr: SocketAddr,
+    dir: std::path::PathBuf,
     data: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -56,9 +57,19 @@ impl Lasti {
 
     /// Starts lasti with a configuration; `data` reuses a directory (restart tests).
     pub async fn start_with(mut config: Config, data: Option<TempDir>) -> Lasti {
-        init_logs();
         let data = data.unwrap_or_else(|| tempfile::tempdir().expect("temp data dir"));
         config.data_dir = data.path().to_path_buf();
+        Lasti::launch(config, Some(data)).await
+    }
+
+    /// Starts lasti on the data directory its configuration names.
+    pub async fn start_with_dir(config: Config) -> Lasti {
+        Lasti::launch(config, None).await
+    }
+
+    async fn launch(config: Config, data: Option<TempDir>) -> Lasti {
+        init_logs();
+        let dir = config.data_dir.clone();
         config.validate().expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -84,7 +95,8 @@ impl Lasti {
         Lasti {
             addr,
             admin_addr,
-            data: Some(data),
+            dir,
+            data,
             stop: Some(stop),
             task: Some(task),
         }
@@ -107,7 +119,7 @@ impl Lasti {
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
-        self.data.as_ref().expect("data dir present").path()
+        &self.dir
     }
 
     /// Stops lasti gracefully and hands back its data directory.
