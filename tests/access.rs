@@ -221,3 +221,47 @@ async fn skopeo_pulls_over_tls_trusting_the_test_ca() {
     let untrusted = pull_with(&src, &work.path().join("no"), &[]).await;
     assert!(untrusted.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_picked_up_without_a_restart() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    push(&registry, &work, "library/app", 7).await;
+    let (old, new) = (common::tls::TestPki::new(), common::tls::TestPki::new());
+    let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
+    std::fs::write(&cert, &old.cert_pem).unwrap();
+    std::fs::write(&key, &old.key_pem).unwrap();
+    let mut cfg = config(&[("docker.io", &registry.url())]);
+    cfg.tls.cert_file = Some(cert.clone());
+    cfg.tls.key_file = Some(key.clone());
+    let lasti = Lasti::start_with(cfg, None).await;
+    let trust = |pki: &common::tls::TestPki, name: &str| {
+        let dir = work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.crt"), &pki.ca_pem).unwrap();
+        vec!["--src-cert-dir".to_string(), dir.display().to_string()]
+    };
+    let src = format!("{}/library/app:v1", lasti.host());
+    assert!(pull_with(&src, &work.path().join("a"), &trust(&old, "old"))
+        .await
+        .is_ok());
+
+    std::fs::write(&key, &new.key_pem).unwrap();
+    std::fs::write(&cert, &new.cert_pem).unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&cert)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The first handshake after the check interval reloads; then the new CA holds.
+    let _ = pull_with(&src, &work.path().join("x"), &trust(&new, "new")).await;
+    assert!(pull_with(&src, &work.path().join("b"), &trust(&new, "new"))
+        .await
+        .is_ok());
+    assert!(pull_with(&src, &work.path().join("c"), &trust(&old, "old"))
+        .await
+        .is_err());
+}

@@ -159,3 +159,65 @@ async fn an_upstream_manifest_that_is_not_json_is_refused() {
         .join(format!("blobs/sha256/{}/{hex}", &hex[..2]))
         .exists());
 }
+
+/// A hostile upstream that answers every blob GET with a chunked body that
+/// never ends (and no length); `/v2/` and everything else get 200 `{}`.
+async fn endless_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 8192];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&head[..n]).to_string();
+                if !request.contains("/blobs/") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                        .await;
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = format!("{:x}\r\n{}\r\n", 65536, "x".repeat(65536));
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_upstream_body_is_cut_off_and_nothing_is_stored() {
+    let (addr, upstream) = endless_upstream().await;
+    let mut cfg = config(&[("docker.io", &format!("http://{addr}"))]);
+    cfg.cache.max_blob_size = bytesize::ByteSize::mib(4);
+    let lasti = Lasti::start_with(cfg, None).await;
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let url = format!("{}/v2/library/app/blobs/{digest}", lasti.url());
+    let reply = tokio::time::timeout(Duration::from_secs(20), common::http::get(&url, &[]))
+        .await
+        .expect("lasti does not stream an endless body forever");
+    assert!(
+        reply.body_error.is_some() || reply.status != 200,
+        "the client's stream is aborted, never completed: {} {} bytes",
+        reply.status,
+        reply.body.len()
+    );
+    assert!(reply.body.len() <= 4 * 1024 * 1024);
+    assert!(
+        !lasti.data_dir().join("blobs/sha256/ab").exists(),
+        "nothing stored"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        std::fs::read_dir(lasti.data_dir().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    still_serving(lasti.addr);
+    upstream.abort();
+}

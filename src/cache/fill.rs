@@ -214,6 +214,12 @@ impl FillWriter {
                 return Err(format!("sent more than the {size} bytes it announced"));
             }
         }
+        let limit = self.cache.max_blob_size();
+        if self.written + chunk.len() as u64 > limit || self.size.is_some_and(|s| s > limit) {
+            return Err(format!(
+                "blob larger than cache.max_blob_size ({limit} bytes)"
+            ));
+        }
         if self.sink.is_none() {
             self.start(None, None);
         }

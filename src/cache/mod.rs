@@ -86,6 +86,7 @@ struct Inner {
     manifest_types: moka::sync::Cache<Digest, Arc<str>>,
     tags: moka::sync::Cache<String, TagRecord>,
     metrics: Arc<Metrics>,
+    max_blob_size: u64,
 }
 
 impl Cache {
@@ -140,6 +141,7 @@ impl Cache {
             manifest_types,
             tags: moka::sync::Cache::new(TAG_MEMORY_ENTRIES),
             metrics,
+            max_blob_size: config.max_blob_size.as_u64(),
         };
         Ok(Cache {
             inner: Arc::new(inner),
@@ -388,6 +390,11 @@ impl Cache {
         })
         .await
         .map_err(|e| Error::storage("readiness", e))?
+    }
+
+    /// The largest blob a fill accepts.
+    pub fn max_blob_size(&self) -> u64 {
+        self.inner.max_blob_size
     }
 
     /// The metrics handles, for the cache's callers.

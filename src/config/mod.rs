@@ -117,6 +117,9 @@ pub struct CacheConfig {
     pub manifest_memory: ByteSize,
     /// Largest manifest accepted from an upstream; larger ones are refused, not stored.
     pub max_manifest_size: ByteSize,
+    /// Largest blob accepted from an upstream: one announced larger is
+    /// refused, and one without a length is cut off (an endless body).
+    pub max_blob_size: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -125,6 +128,7 @@ impl Default for CacheConfig {
             max_size: ByteSize::gib(50),
             manifest_memory: ByteSize::mib(64),
             max_manifest_size: ByteSize::mib(4),
+            max_blob_size: ByteSize::gib(64),
         }
     }
 }

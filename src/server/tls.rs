@@ -11,7 +11,7 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 /// How often the certificate file's modification time is looked at.
-const RELOAD_CHECK: Duration = Duration::from_secs(10);
+const RELOAD_CHECK: Duration = Duration::from_secs(2);
 
 /// An acceptor whose certificate follows its files.
 pub struct ReloadingAcceptor {
