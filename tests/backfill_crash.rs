@@ -1,6 +1,7 @@
-//! A SIGKILL in the middle of a push loses nothing: lasti runs as its own
-//! process, is killed while its upload to a slow target is under way, and
-//! after a restart the accepted job resumes and the image lands whole.
+//! SIGKILL in the middle of a push loses nothing: lasti runs as its own
+//! process and is killed while its upload to a slow target is under way,
+//! then three more times at random moments as the job resumes; after the
+//! last restart the accepted job completes and the image lands whole.
 
 mod common;
 
@@ -78,6 +79,13 @@ async fn a_sigkill_mid_push_loses_no_accepted_job() {
         0,
         "killed before the manifest went up"
     );
+    // More kills at random moments while the resumed job is pushing.
+    for _ in 0..3 {
+        let lasti = Process::start(&config_path, api_port, admin_port);
+        let delay = rand::Rng::gen_range(&mut rand::thread_rng(), 100..1500);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        lasti.kill_lasti();
+    }
 
     shim.state.lock().unwrap().upload_delay = Duration::ZERO;
     let lasti = Process::start(&config_path, api_port, admin_port);
