@@ -144,8 +144,19 @@ async fn eviction_never_removes_a_blob_being_read() {
         24 * mib,
         "A cached"
     );
-    // A slow reader holds A open.
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    // The fill commits just after its last byte went out; wait for it, so
+    // the slow reader below reads the stored blob (a reader of a fill in
+    // progress reads the open temporary file, which eviction cannot take away).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !path(a).exists() {
+        assert!(std::time::Instant::now() < deadline, "A was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A slow reader holds A open. A small receive buffer keeps the kernel
+    // from taking the whole blob off lasti's hands (tcp_rmem may be 32 MiB).
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_recv_buffer_size(Some(64 * 1024));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let mut body = client
         .get(url(a).parse().unwrap())
         .await
