@@ -8,7 +8,7 @@
 //! - 64 clients pulling one 1 GiB blob cold at once: one upstream GET, every
 //!   client verifies the whole blob.
 //!
-//! `LASTI_LOAD_SECONDS` (default 180) and `LASTI_LOAD_BIG_MIB` (default 1024)
+//! `LASTI_LOAD_SECONDS` (default 60) and `LASTI_LOAD_BIG_MIB` (default 1024)
 //! change the duration and the big blob's size.
 
 mod common;
@@ -124,7 +124,7 @@ async fn a_thousand_connections_of_hits_misses_and_ranges() {
     .unwrap();
     let (fds_before, rss_idle) = (open_fds(&pid), rss_mib(&pid));
 
-    let seconds = env_u64("LASTI_LOAD_SECONDS", 180);
+    let seconds = env_u64("LASTI_LOAD_SECONDS", 60);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (requests, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut tasks = Vec::new();
