@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::oci_layout::{ImageSpec, Layout};
-use common::process::Process;
+use common::process::Setup;
 use common::registry::Registry;
 use common::skopeo;
 use common::token_shim::TokenShim;
@@ -40,21 +40,15 @@ async fn a_sigkill_mid_push_loses_no_accepted_job() {
     .await
     .unwrap();
 
-    let (api_port, admin_port) = (common::free_port(), common::free_port());
     let data = work.path().join("data");
-    let config = format!(
-        "listen = \"127.0.0.1:{api_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = {data:?}\n\
-         [log]\nfilter = \"warn\"\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n\
-         [target]\nurl = \"{}\"\nproject = \"proj\"\ntoken = \"{TOKEN}\"\n\
-         monolithic_limit = \"1 MiB\"\nchunk_size = \"1 MiB\"\nmax_backoff = \"2s\"\n",
-        upstream.url(),
+    let target = format!(
+        "[target]\nurl = \"{}\"\nproject = \"proj\"\ntoken = \"{TOKEN}\"\n\
+         monolithic_limit = \"1 MiB\"\nchunk_size = \"1 MiB\"\nmax_backoff = \"2s\"",
         shim.url()
     );
-    let config_path = work.path().join("lasti.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let setup = Setup::write(work.path(), &upstream.url(), "", &target);
 
-    let lasti = Process::start(&config_path, api_port, admin_port);
+    let lasti = setup.start();
     skopeo::pull_to_dir(
         &format!("{}/library/big:v1", lasti.api),
         &work.path().join("p"),
@@ -81,14 +75,14 @@ async fn a_sigkill_mid_push_loses_no_accepted_job() {
     );
     // More kills at random moments while the resumed job is pushing.
     for _ in 0..3 {
-        let lasti = Process::start(&config_path, api_port, admin_port);
+        let lasti = setup.start();
         let delay = rand::Rng::gen_range(&mut rand::thread_rng(), 100..1500);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         lasti.kill_lasti();
     }
 
     shim.state.lock().unwrap().upload_delay = Duration::ZERO;
-    let lasti = Process::start(&config_path, api_port, admin_port);
+    let lasti = setup.start();
     assert_eq!(
         std::fs::read_dir(data.join("tmp")).unwrap().count(),
         0,

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::checks::{
     assert_no_partial_files, assert_not_delivered, assert_not_stored, assert_stored, assert_whole,
     eventually, within,
@@ -28,13 +29,35 @@ async fn get_blob(lasti: &Lasti, digest: &str) -> Reply {
     get(&format!("{}{}", lasti.url(), blob_path(REPO, digest)), &[]).await
 }
 
+/// A fake upstream holding one random blob of `size` bytes that it serves
+/// with `fault`; the upstream, the blob and its digest.
+async fn upstream_with(size: usize, fault: Fault) -> (FakeUpstream, Bytes, String) {
+    let fake = FakeUpstream::start().await;
+    let blob = random_blob(size);
+    let digest = fake.put_blob(blob.clone());
+    fake.fault(&digest, fault);
+    (fake, blob, digest)
+}
+
+/// `clients` GETs of one URL at once, each on its own task; their replies.
+async fn concurrent_gets(url: &str, clients: usize) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(clients);
+    for task in tasks {
+        replies.push(task.await.expect("client task"));
+    }
+    replies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_blob_is_aborted_not_stored_and_fetched_again() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(300 * KIB);
-        let digest = fake.put_blob(blob.clone());
-        fake.fault(&digest, Fault::Corrupt);
+        let (fake, blob, digest) = upstream_with(300 * KIB, Fault::Corrupt).await;
         let lasti = Lasti::start(&fake.url()).await;
         let path = blob_path(REPO, &digest);
 
@@ -61,18 +84,12 @@ async fn corrupt_blob_is_aborted_not_stored_and_fetched_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_body_is_resumed_with_a_range_request() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(MIB);
-        let digest = fake.put_blob(blob.clone());
         let cut_at = 300 * KIB;
-        let resume = true;
-        fake.fault(
-            &digest,
-            Fault::CutAfter {
-                bytes: cut_at,
-                resume,
-            },
-        );
+        let fault = Fault::CutAfter {
+            bytes: cut_at,
+            resume: true,
+        };
+        let (fake, blob, digest) = upstream_with(MIB, fault).await;
         let lasti = Lasti::start(&fake.url()).await;
 
         let reply = get_blob(&lasti, &digest).await;
@@ -95,17 +112,12 @@ async fn cut_body_is_resumed_with_a_range_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_body_without_resume_aborts_and_stores_nothing() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(MIB);
-        let digest = fake.put_blob(blob.clone());
-        let (cut_at, resume) = (300 * KIB, false);
-        fake.fault(
-            &digest,
-            Fault::CutAfter {
-                bytes: cut_at,
-                resume,
-            },
-        );
+        let cut_at = 300 * KIB;
+        let fault = Fault::CutAfter {
+            bytes: cut_at,
+            resume: false,
+        };
+        let (fake, blob, digest) = upstream_with(MIB, fault).await;
         let lasti = Lasti::start(&fake.url()).await;
 
         let reply = get_blob(&lasti, &digest).await;
@@ -132,10 +144,7 @@ async fn cut_body_without_resume_aborts_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_body_is_aborted_after_the_idle_timeout() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(64 * KIB);
-        let digest = fake.put_blob(blob.clone());
-        fake.fault(&digest, Fault::Stall);
+        let (fake, blob, digest) = upstream_with(64 * KIB, Fault::Stall).await;
         let mut config = config_for(&fake);
         let idle = Duration::from_secs(1);
         config.upstreams[0].body_idle_timeout = idle;
@@ -162,23 +171,14 @@ async fn stalled_body_is_aborted_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_clients_of_a_cold_blob_share_one_upstream_get() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(2 * MIB);
-        let digest = fake.put_blob(blob.clone());
         let pause = Duration::from_millis(2);
         let chunk = 16 * KIB;
-        fake.fault(&digest, Fault::Slow { chunk, pause });
+        let (fake, blob, digest) = upstream_with(2 * MIB, Fault::Slow { chunk, pause }).await;
         let lasti = Lasti::start(&fake.url()).await;
         let url = format!("{}{}", lasti.url(), blob_path(REPO, &digest));
 
-        let clients: Vec<_> = (0..16)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move { get(&url, &[]).await })
-            })
-            .collect();
-        for client in clients {
-            assert_whole(&client.await.expect("client task"), &blob);
+        for reply in concurrent_gets(&url, 16).await {
+            assert_whole(&reply, &blob);
         }
         assert_eq!(fake.gets(&blob_path(REPO, &digest)), 1);
         assert_stored(lasti.data_dir(), &digest, &blob).await;
@@ -189,11 +189,8 @@ async fn sixteen_clients_of_a_cold_blob_share_one_upstream_get() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_mid_body_is_resumed_with_a_range_request() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(512 * KIB);
-        let digest = fake.put_blob(blob.clone());
         let stall_at = 128 * KIB;
-        fake.fault(&digest, Fault::StallAfter(stall_at));
+        let (fake, blob, digest) = upstream_with(512 * KIB, Fault::StallAfter(stall_at)).await;
         let mut config = config_for(&fake);
         config.upstreams[0].body_idle_timeout = Duration::from_secs(1);
         let lasti = Lasti::start_with(config, None).await;
@@ -215,11 +212,8 @@ async fn stall_mid_body_is_resumed_with_a_range_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_leaving_mid_fill_does_not_cancel_it() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(2 * MIB);
-        let digest = fake.put_blob(blob.clone());
         let (chunk, pause) = (16 * KIB, Duration::from_millis(5));
-        fake.fault(&digest, Fault::Slow { chunk, pause });
+        let (fake, blob, digest) = upstream_with(2 * MIB, Fault::Slow { chunk, pause }).await;
         let lasti = Lasti::start(&fake.url()).await;
 
         let path = blob_path(REPO, &digest);
@@ -243,22 +237,13 @@ async fn client_leaving_mid_fill_does_not_cancel_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_blob_aborts_every_concurrent_client() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(MIB);
-        let digest = fake.put_blob(blob.clone());
         // Clients join the fill or, once it failed, start another: none may get the blob.
-        fake.fault(&digest, Fault::Corrupt);
+        let (fake, blob, digest) = upstream_with(MIB, Fault::Corrupt).await;
         let lasti = Lasti::start(&fake.url()).await;
         let url = format!("{}{}", lasti.url(), blob_path(REPO, &digest));
 
-        let clients: Vec<_> = (0..8)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move { get(&url, &[]).await })
-            })
-            .collect();
-        for client in clients {
-            assert_not_delivered(&client.await.expect("client task"), &blob);
+        for reply in concurrent_gets(&url, 8).await {
+            assert_not_delivered(&reply, &blob);
         }
         assert_not_stored(lasti.data_dir(), &digest);
         assert_no_partial_files(lasti.data_dir()).await;
@@ -269,22 +254,13 @@ async fn corrupt_blob_aborts_every_concurrent_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_see_one_unbroken_stream_across_a_resume() {
     within(async {
-        let fake = FakeUpstream::start().await;
-        let blob = random_blob(2 * MIB);
-        let digest = fake.put_blob(blob.clone());
         let (bytes, resume) = (MIB + 12_345, true);
-        fake.fault(&digest, Fault::CutAfter { bytes, resume });
+        let (fake, blob, digest) = upstream_with(2 * MIB, Fault::CutAfter { bytes, resume }).await;
         let lasti = Lasti::start(&fake.url()).await;
         let url = format!("{}{}", lasti.url(), blob_path(REPO, &digest));
 
-        let clients: Vec<_> = (0..8)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move { get(&url, &[]).await })
-            })
-            .collect();
-        for client in clients {
-            assert_whole(&client.await.expect("client task"), &blob);
+        for reply in concurrent_gets(&url, 8).await {
+            assert_whole(&reply, &blob);
         }
         assert_eq!(
             fake.gets(&blob_path(REPO, &digest)),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::oci_layout::{ImageSpec, Layout};
-use common::process::Process;
+use common::process::Setup;
 use common::registry::Registry;
 use common::skopeo;
 use http_body_util::{BodyExt, Empty};
@@ -49,17 +49,8 @@ async fn sigterm_lets_a_transfer_finish_then_exits_zero() {
     )
     .await
     .unwrap();
-    let (api_port, admin_port) = (common::free_port(), common::free_port());
-    let config = format!(
-        "listen = \"127.0.0.1:{api_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-         data_dir = {:?}\nshutdown_grace = \"20s\"\n[log]\nfilter = \"warn\"\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
-        work.path().join("data"),
-        registry.url()
-    );
-    let config_path = work.path().join("lasti.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut lasti = Process::start(&config_path, api_port, admin_port);
+    let setup = Setup::write(work.path(), &registry.url(), "shutdown_grace = \"20s\"", "");
+    let mut lasti = setup.start();
 
     let layer = image.layer_digests[0].clone();
     let url = format!("http://{}/v2/library/t/blobs/{layer}", lasti.api);

@@ -8,7 +8,7 @@
 //! - 64 clients pulling one 1 GiB blob cold at once: one upstream GET, every
 //!   client verifies the whole blob.
 //!
-//! `LASTI_LOAD_SECONDS` (default 60) and `LASTI_LOAD_BIG_MIB` (default 1024)
+//! `LASTI_LOAD_SECONDS` (default 300) and `LASTI_LOAD_BIG_MIB` (default 1024)
 //! change the duration and the big blob's size.
 
 mod common;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::oci_layout::{ImageSpec, Layout};
-use common::process::Process;
+use common::process::{Process, Setup};
 use common::registry::Registry;
 use common::skopeo;
 use http_body_util::{BodyExt, Empty};
@@ -61,18 +61,13 @@ fn open_fds(pid: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn start_lasti(work: &TempDir, registry: &Registry) -> Process {
-    let (api_port, admin_port) = (common::free_port(), common::free_port());
-    let config = format!(
-        "listen = \"127.0.0.1:{api_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = {:?}\n\
-         [log]\nfilter = \"error\"\n[access]\nmax_upstream_fetches = 0\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
-        work.path().join("data"),
-        registry.url()
-    );
-    let path = work.path().join("lasti.toml");
-    std::fs::write(&path, config).unwrap();
-    Process::start(&path, api_port, admin_port)
+/// lasti with no cap on upstream fetches per client (all load comes from
+/// one address), killed after `lifetime` whatever happens.
+fn start_lasti(work: &TempDir, registry: &Registry, lifetime: Duration) -> Process {
+    let sections = "[access]\nmax_upstream_fetches = 0";
+    Setup::write(work.path(), &registry.url(), "", sections)
+        .lifetime(lifetime)
+        .start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +108,9 @@ async fn a_thousand_connections_of_hits_misses_and_ranges() {
             .collect(),
     );
 
-    let lasti = start_lasti(&work, &registry);
+    let seconds = env_u64("LASTI_LOAD_SECONDS", 300);
+    // The run, plus time to set up and to check the figures afterwards.
+    let lasti = start_lasti(&work, &registry, Duration::from_secs(seconds + 240));
     let pid = lasti.pid();
     skopeo::pull_to_dir(
         &format!("{}/library/hot:v1", lasti.api),
@@ -124,7 +121,6 @@ async fn a_thousand_connections_of_hits_misses_and_ranges() {
     .unwrap();
     let (fds_before, rss_idle) = (open_fds(&pid), rss_mib(&pid));
 
-    let seconds = env_u64("LASTI_LOAD_SECONDS", 60);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (requests, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut tasks = Vec::new();
@@ -245,7 +241,7 @@ async fn sixty_four_clients_of_one_big_cold_blob_share_one_fetch() {
     .await
     .unwrap();
     drop(layout);
-    let lasti = start_lasti(&work, &registry);
+    let lasti = start_lasti(&work, &registry, Duration::from_secs(600));
     let pid = lasti.pid();
     let digest = image.layer_digests[0].clone();
     let url = format!("http://{}/v2/library/big/blobs/{digest}", lasti.api);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::oci_layout::{ImageSpec, Layout};
-use common::process::Process;
+use common::process::Setup;
 use common::registry::Registry;
 use common::skopeo;
 use http_body_util::{BodyExt, Empty};
@@ -57,18 +57,11 @@ async fn sigkill_during_cold_fetches_never_leaves_a_corrupt_cache() {
     )
     .await
     .unwrap();
-    let (api_port, admin_port) = (common::free_port(), common::free_port());
     let data = work.path().join("data");
-    let config = format!(
-        "listen = \"127.0.0.1:{api_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = {data:?}\n\
-         [log]\nfilter = \"error\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
-        registry.url()
-    );
-    let config_path = work.path().join("lasti.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let setup = Setup::write(work.path(), &registry.url(), "", "");
 
     for round in 0..8 {
-        let lasti = Process::start(&config_path, api_port, admin_port);
+        let lasti = setup.start();
         assert_eq!(
             std::fs::read_dir(data.join("tmp")).unwrap().count(),
             0,
@@ -78,7 +71,7 @@ async fn sigkill_during_cold_fetches_never_leaves_a_corrupt_cache() {
         // Evict what the last round stored so every round fetches cold.
         let _ = std::fs::remove_dir_all(data.join("blobs"));
         drop(lasti);
-        let lasti = Process::start(&config_path, api_port, admin_port);
+        let lasti = setup.start();
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         for digest in &image.layer_digests {
             let url = format!("http://{}/v2/library/k/blobs/{digest}", lasti.api);
@@ -93,7 +86,7 @@ async fn sigkill_during_cold_fetches_never_leaves_a_corrupt_cache() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         lasti.kill_lasti();
     }
-    let lasti = Process::start(&config_path, api_port, admin_port);
+    let lasti = setup.start();
     assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
     let out = work.path().join("final");
     skopeo::pull_to_dir(&format!("{}/library/k:v1", lasti.api), &out, false)

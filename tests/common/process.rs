@@ -1,12 +1,55 @@
 //! lasti as a child process (for signals: SIGKILL, SIGTERM), wrapped in
 //! `timeout` so it never outlives a test, and always ended by PID.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The wrapper kills lasti after this long, whatever happens.
-const HARD_LIFETIME: &str = "120";
+/// By default the wrapper kills lasti after this long, whatever happens.
+const HARD_LIFETIME: Duration = Duration::from_secs(120);
+
+/// A lasti config file for a child process: loopback ports, `data/` and
+/// `lasti.toml` inside a test's work directory, one `docker.io` upstream.
+/// Restarts reuse the same file and ports.
+pub struct Setup {
+    path: PathBuf,
+    api_port: u16,
+    admin_port: u16,
+    lifetime: Duration,
+}
+
+impl Setup {
+    /// Writes `lasti.toml` into `work`. `settings` are extra top-level lines;
+    /// `sections` are extra TOML tables, after the upstream.
+    pub fn write(work: &Path, upstream_url: &str, settings: &str, sections: &str) -> Setup {
+        let (api_port, admin_port) = (super::free_port(), super::free_port());
+        let config = format!(
+            "listen = \"127.0.0.1:{api_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             data_dir = {:?}\n{settings}\n[log]\nfilter = \"error\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\n{sections}\n",
+            work.join("data"),
+        );
+        let path = work.join("lasti.toml");
+        std::fs::write(&path, config).expect("write lasti.toml");
+        Setup {
+            path,
+            api_port,
+            admin_port,
+            lifetime: HARD_LIFETIME,
+        }
+    }
+
+    /// Lets lasti live longer than the default two minutes (load tests).
+    pub fn lifetime(mut self, lifetime: Duration) -> Setup {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// Starts lasti on this config and waits until `/v2/` answers.
+    pub fn start(&self) -> Process {
+        Process::start(&self.path, self.api_port, self.admin_port, self.lifetime)
+    }
+}
 
 /// A running lasti process.
 pub struct Process {
@@ -18,15 +61,13 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `lasti --config FILE` and waits until `/v2/` answers.
-    pub fn start(config_path: &Path, api_port: u16, admin_port: u16) -> Process {
+    /// Starts `lasti --config FILE`, to be killed after `lifetime`, and
+    /// waits until `/v2/` answers.
+    fn start(config_path: &Path, api_port: u16, admin_port: u16, lifetime: Duration) -> Process {
         let wrapper = Command::new("/usr/bin/timeout")
-            .args([
-                "--signal=KILL",
-                HARD_LIFETIME,
-                env!("CARGO_BIN_EXE_lasti"),
-                "--config",
-            ])
+            .arg("--signal=KILL")
+            .arg(format!("{}s", lifetime.as_secs()))
+            .args([env!("CARGO_BIN_EXE_lasti"), "--config"])
             .arg(config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
