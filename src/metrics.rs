@@ -30,6 +30,7 @@ pub struct Metrics {
     http_duration: HistogramVec,
     cache_outcomes: IntCounterVec,
     served_bytes: IntCounterVec,
+    sendfile_bytes: IntCounter,
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -104,6 +105,7 @@ impl Metrics {
             http_duration: histogram(r, "lasti_http_request_duration_seconds", "Time to the response headers, by route.", &["route"], LATENCY_BUCKETS),
             cache_outcomes: counter(r, "lasti_cache_requests_total", "Manifest and blob requests by outcome (hit, miss, coalesced, stale, revalidated, passthrough).", &["kind", "outcome"]),
             served_bytes: counter(r, "lasti_served_bytes_total", "Blob and manifest bytes sent to clients, by where they came from (cache or upstream).", &["source"]),
+            sendfile_bytes: single(r, "lasti_sendfile_bytes_total", "Cached blob bytes sent with sendfile, from the page cache to a plain-TCP socket without a copy (part of the cache's served bytes)."),
             upstream_requests: counter(r, "lasti_upstream_requests_total", "Requests to upstreams and the back-fill target, by registry, method and status class.", &["upstream", "method", "status"]),
             upstream_duration: histogram(r, "lasti_upstream_request_duration_seconds", "Time to an upstream's response headers.", &["upstream", "method"], LATENCY_BUCKETS),
             upstream_errors: counter(r, "lasti_upstream_errors_total", "Upstream failures by kind.", &["upstream", "kind"]),
@@ -186,6 +188,11 @@ impl Metrics {
     pub fn served(&self, from_cache: bool, bytes: u64) {
         let source = if from_cache { "cache" } else { "upstream" };
         self.served_bytes.with_label_values(&[source]).inc_by(bytes);
+    }
+
+    /// The counter of bytes sent with `sendfile`, for the connections to add to.
+    pub fn sendfile_bytes(&self) -> IntCounter {
+        self.sendfile_bytes.clone()
     }
 
     /// One request to a registry, with its status (`None`: no response).

@@ -113,6 +113,11 @@ async fn counters_move_by_what_a_cold_and_a_warm_pull_did() {
         d(r#"lasti_served_bytes_total{source="cache"}"#),
         blob_bytes + manifest_bytes
     );
+    assert_eq!(
+        d("lasti_sendfile_bytes_total"),
+        blob_bytes,
+        "cached blobs go out with sendfile on plain HTTP/1.1"
+    );
     let upstream_gets =
         r#"lasti_upstream_requests_total{method="GET",status="2xx",upstream="docker.io"}"#;
     assert_eq!(d(upstream_gets), 0.0, "a warm pull asks nothing upstream");

@@ -1,43 +1,241 @@
-//! Memory-mapped windows of stored blobs: a cache hit goes from the page
-//! cache to the socket without being copied into a user-space buffer.
+//! Memory-mapped windows of stored blobs: a cache hit is handed to hyper as
+//! `Bytes` that point into the page cache, never copied into a user-space
+//! buffer.
 //!
-//! This is the one module with `unsafe`, for `mmap`. Measured on the peers
-//! harness, it cut a cached blob's CPU per request and raised its
-//! requests per second toward nginx's `sendfile`.
+//! Each live window is also listed (address → file and offset), so the
+//! plain-TCP connection can recognise a window's bytes when hyper writes them
+//! and send them with `sendfile(2)` straight from the page cache (see
+//! [`crate::server::sendfile`]); on TLS or HTTP/2 the same `Bytes` are read
+//! like any other memory. Either way the bytes on the wire are the file's.
+//!
+//! This is the one module with `unsafe`, for `mmap` and `mincore`.
 
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use memmap2::MmapOptions;
+use memmap2::{Mmap, MmapOptions};
 
 /// Bytes mapped at a time. Small enough that resident memory stays flat
 /// however large the blob and however many clients read it (a window is
 /// unmapped as soon as hyper has written it).
-pub const WINDOW: u64 = 1024 * 1024;
+pub const WINDOW: u64 = 4 * 1024 * 1024;
 
-/// Maps `[offset, offset + len)` of a stored blob, faulting its pages in
-/// now (this runs on a blocking thread, so the async threads never wait on
-/// the disk), and returns it as `Bytes` that unmap when dropped.
-pub fn window(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
-    if len == 0 {
-        return Ok(Bytes::new());
+/// Where a live window's bytes come from.
+#[derive(Debug)]
+struct Region {
+    len: usize,
+    file: Arc<File>,
+    offset: u64,
+}
+
+/// Every live window, by the address of its first byte.
+static REGIONS: RwLock<BTreeMap<usize, Region>> = RwLock::new(BTreeMap::new());
+
+/// The owner of a window's `Bytes`: unlists the window, then unmaps it.
+struct Window {
+    map: Mmap,
+}
+
+impl AsRef<[u8]> for Window {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
     }
-    // SAFETY: a mapped file must not shrink or change while mapped. Files
-    // under `blobs/` are complete and immutable: they are written in `tmp/`,
-    // verified, synced and renamed into place, and lasti never opens them
-    // for writing again. Eviction unlinks the name only; the inode and the
-    // mapping stay valid until the last window is dropped. Only another
-    // process truncating a cache file could break this, and the data
-    // directory belongs to lasti alone.
-    let map = unsafe {
-        MmapOptions::new()
-            .offset(offset)
-            .len(len)
-            .populate()
-            .map(file)?
-    };
-    Ok(Bytes::from_owner(map))
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // Unlisted before `map` is unmapped, so an address is never listed
+        // for a mapping that no longer exists.
+        let start = self.map.as_ptr() as usize;
+        REGIONS
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&start);
+    }
+}
+
+/// A mapped range of a stored blob, not yet handed out.
+#[derive(Debug)]
+pub struct Mapping {
+    map: Option<Mmap>,
+    file: Arc<File>,
+    offset: u64,
+}
+
+impl Mapping {
+    /// Maps `[offset, offset + len)` of a stored blob. Mapping reads
+    /// nothing, so it is cheap enough for an async thread.
+    pub fn new(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Mapping> {
+        let map = match len {
+            0 => None,
+            // SAFETY: a mapped file must not shrink or change while mapped.
+            // Files under `blobs/` are complete and immutable: they are
+            // written in `tmp/`, verified, synced and renamed into place, and
+            // lasti never opens them for writing again. Eviction unlinks the
+            // name only; the inode and the mapping stay valid until the last
+            // window is dropped. Only another process truncating a cache file
+            // could break this, and the data directory belongs to lasti alone.
+            _ => Some(unsafe {
+                MmapOptions::new()
+                    .offset(offset)
+                    .len(len)
+                    .map(file.as_ref())?
+            }),
+        };
+        Ok(Mapping {
+            map,
+            file: Arc::clone(file),
+            offset,
+        })
+    }
+
+    /// Whether every page is in the page cache, so sending or reading the
+    /// range never waits on the disk.
+    pub fn is_resident(&self) -> bool {
+        self.map.as_ref().is_none_or(resident)
+    }
+
+    /// Reads the range in from the disk, one touch a page. Blocks: call it on
+    /// a blocking thread, for a mapping that is not resident.
+    pub fn read_in(&self) {
+        if let Some(map) = &self.map {
+            let page = rustix::param::page_size();
+            let sum = map.iter().step_by(page).fold(0u8, |a, b| a ^ b);
+            std::hint::black_box(sum);
+        }
+    }
+
+    /// The range as `Bytes` that unmap when dropped, listed for `sendfile`.
+    pub fn into_bytes(self) -> Bytes {
+        let Some(map) = self.map else {
+            return Bytes::new();
+        };
+        let region = Region {
+            len: map.len(),
+            file: self.file,
+            offset: self.offset,
+        };
+        REGIONS
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(map.as_ptr() as usize, region);
+        Bytes::from_owner(Window { map })
+    }
+}
+
+/// Maps `[offset, offset + len)` of a stored blob and returns it once it is
+/// in the page cache, reading it in if need be (so this may block).
+pub fn window(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mapping = Mapping::new(file, offset, len)?;
+    if !mapping.is_resident() {
+        mapping.read_in();
+    }
+    Ok(mapping.into_bytes())
+}
+
+/// Whether every page of `map` is in the page cache (`mincore(2)`), which
+/// costs a lookup a page and touches no page.
+fn resident(map: &Mmap) -> bool {
+    let page = rustix::param::page_size();
+    let start = map.as_ptr() as usize;
+    // memmap2 maps from the page boundary below the offset asked for.
+    let aligned = start - start % page;
+    let len = map.len() + (start - aligned);
+    let mut pages = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `[aligned, aligned + len)` lies inside the mapping `map` owns,
+    // which lives across the call, and `pages` has one byte for each of its
+    // pages, as mincore writes.
+    let rc = unsafe { libc::mincore(aligned as *mut libc::c_void, len, pages.as_mut_ptr()) };
+    rc == 0 && pages.iter().all(|p| p & 1 == 1)
+}
+
+/// The file and offset that `bytes` were mapped from, when they lie wholly
+/// inside one live window; `None` for any other memory.
+///
+/// The caller must hold the `Bytes` that `bytes` borrows from (so the window
+/// stays mapped and listed while the answer is used).
+pub fn source(bytes: &[u8]) -> Option<(Arc<File>, u64)> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let start = bytes.as_ptr() as usize;
+    let regions = REGIONS.read().unwrap_or_else(|e| e.into_inner());
+    let (&base, region) = regions.range(..=start).next_back()?;
+    let skip = start - base;
+    (skip + bytes.len() <= region.len)
+        .then(|| (Arc::clone(&region.file), region.offset + skip as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn blob(len: usize) -> (tempfile::NamedTempFile, Arc<File>, Vec<u8>) {
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&content).unwrap();
+        let file = Arc::new(File::open(tmp.path()).unwrap());
+        (tmp, file, content)
+    }
+
+    #[test]
+    fn a_window_holds_the_file_range_and_knows_its_source() {
+        let (_tmp, file, content) = blob(3 * 4096 + 100);
+        let offset = 4096 + 17;
+        let bytes = window(&file, offset as u64, 5000).unwrap();
+        assert_eq!(&bytes[..], &content[offset..offset + 5000]);
+
+        let (_, at) = source(&bytes).expect("a window is listed");
+        assert_eq!(at, offset as u64);
+        let (_, at) = source(&bytes[100..200]).expect("a part of it too");
+        assert_eq!(at, offset as u64 + 100);
+    }
+
+    #[test]
+    fn a_window_out_of_the_page_cache_is_read_in_before_it_is_handed_out() {
+        let (tmp, file, content) = blob(256 * 4096);
+        tmp.as_file().sync_all().unwrap();
+        rustix::fs::fadvise(file.as_ref(), 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        // SAFETY: the test's own file, not changed while mapped.
+        let probe = unsafe { MmapOptions::new().map(file.as_ref()).unwrap() };
+        if resident(&probe) {
+            eprintln!("this file system keeps clean pages cached (tmpfs?); nothing to check");
+            return;
+        }
+        let bytes = window(&file, 8192, 200 * 4096).unwrap();
+        let probe = unsafe {
+            MmapOptions::new()
+                .offset(8192)
+                .len(200 * 4096)
+                .map(file.as_ref())
+                .unwrap()
+        };
+        assert!(resident(&probe), "the window's pages were read in");
+        assert_eq!(&bytes[..], &content[8192..8192 + 200 * 4096]);
+    }
+
+    #[test]
+    fn other_memory_and_dropped_windows_have_no_source() {
+        let (_tmp, file, _) = blob(8192);
+        let heap = vec![1u8; 4096];
+        assert!(source(&heap).is_none());
+        assert!(source(&[]).is_none());
+
+        let bytes = window(&file, 0, 8192).unwrap();
+        let start = bytes.as_ptr() as usize;
+        drop(bytes);
+        // Another test may have mapped something at the same address since.
+        let regions = REGIONS.read().unwrap();
+        let listed = regions.get(&start);
+        assert!(
+            listed.is_none_or(|r| !Arc::ptr_eq(&r.file, &file)),
+            "a dropped window is unlisted"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 
 pub mod fill;
 pub mod index;
-mod mapped;
+pub mod mapped;
 pub mod reader;
 mod sink;
 pub mod store;

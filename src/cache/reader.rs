@@ -15,6 +15,7 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
 
 use super::fill::{FillState, LiveMsg, Progress, Subscription};
+use super::mapped;
 use super::usage::Lease;
 
 /// Size of one read from a cache file.
@@ -148,13 +149,24 @@ impl BlobReader {
         }
     }
 
-    /// The next window of a stored (immutable) blob, memory-mapped.
+    /// The next window of a stored (immutable) blob, memory-mapped. A window
+    /// already in the page cache (the usual hit) is handed out at once; one
+    /// that is not is read in on a blocking thread first, so the async
+    /// threads never wait on the disk.
     async fn map(&mut self, limit: u64) -> io::Result<Bytes> {
-        let len = (limit - self.offset).min(super::mapped::WINDOW) as usize;
-        let (file, offset) = (Arc::clone(&self.file), self.offset);
-        let chunk = tokio::task::spawn_blocking(move || super::mapped::window(&file, offset, len))
+        let len = (limit - self.offset).min(mapped::WINDOW) as usize;
+        let mapping = mapped::Mapping::new(&self.file, self.offset, len)?;
+        let mapping = if mapping.is_resident() {
+            mapping
+        } else {
+            tokio::task::spawn_blocking(move || {
+                mapping.read_in();
+                mapping
+            })
             .await
-            .map_err(io::Error::other)??;
+            .map_err(io::Error::other)?
+        };
+        let chunk = mapping.into_bytes();
         self.offset += chunk.len() as u64;
         Ok(chunk)
     }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod handlers;
 pub mod response;
 pub mod router;
+pub mod sendfile;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -34,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::pull_through::{Outcome, Proxy};
 use crate::upstream::Upstreams;
 use access_log::{LoggedBody, Record};
+use sendfile::SendfileStream;
 
 /// Time a client gets to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +103,7 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let proxy = build_proxy(&config).await?;
     let metrics = Arc::clone(proxy.cache().metrics());
+    let sent_from_files = metrics.sendfile_bytes();
     let access = Arc::new(Access::new(&config.access, metrics).map_err(StartError::Upstream)?);
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => Some(Arc::new(
@@ -154,13 +157,17 @@ pub async fn run(
         });
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let tls = tls.as_ref().map(|t| t.acceptor());
+        let sent_from_files = sent_from_files.clone();
         tokio::spawn(async move {
             let ended = match tls {
                 None => {
                     watcher
                         .watch(
                             builder
-                                .serve_connection(TokioIo::new(stream), service)
+                                .serve_connection(
+                                    TokioIo::new(SendfileStream::new(stream, sent_from_files)),
+                                    service,
+                                )
                                 .into_owned(),
                         )
                         .await
