@@ -7,17 +7,20 @@
 //! - [`lasti`] runs lasti in-process on a loopback port; [`http`] talks to it.
 //! - [`fake_upstream`] is a programmable fake registry that injects faults;
 //!   [`checks`] holds the assertions the fault tests share.
-//! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back.
+//! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back;
+//!   [`podman`] and [`containerd`] pull through lasti configured as a mirror.
 //!
 //! Everything here talks to 127.0.0.1 only. A missing tool is a test failure,
 //! never a skip: the README's test command installs the tools.
 #![allow(dead_code)]
 
 pub mod checks;
+pub mod containerd;
 pub mod fake_upstream;
 pub mod http;
 pub mod lasti;
 pub mod oci_layout;
+pub mod podman;
 pub mod process;
 pub mod registry;
 pub mod skopeo;

@@ -1,8 +1,9 @@
 //! Deterministic OCI image layouts on disk, for pushing with skopeo.
 //!
-//! Layers are pseudo-random bytes (incompressible, not real tars) derived
-//! from the image's seed and the layer's index, so the same [`ImageSpec`]
-//! always gives the same digests. Layers are streamed to disk in chunks, so a
+//! Layers are pseudo-random bytes (incompressible) derived from the image's
+//! seed and the layer's index, so the same [`ImageSpec`] always gives the
+//! same digests. They are not tar archives unless the spec asks for
+//! [`ImageSpec::unpackable`] layers, for clients that unpack what they pull. Layers are streamed to disk in chunks, so a
 //! 200 MiB layer never sits in memory. Because the layers are stored
 //! uncompressed, each layer's digest is also its `rootfs.diff_ids` entry.
 
@@ -42,6 +43,8 @@ pub struct ImageSpec {
     pub layers: Vec<LayerSpec>,
     /// `(os, architecture)`, e.g. `("linux", "amd64")`.
     pub platform: (String, String),
+    /// Each layer is a tar archive holding one file of random bytes.
+    pub tar: bool,
 }
 
 impl ImageSpec {
@@ -56,7 +59,23 @@ impl ImageSpec {
             seed,
             layers: sizes.iter().map(|&size| LayerSpec { size }).collect(),
             platform: (os.to_owned(), arch.to_owned()),
+            tar: false,
         }
+    }
+
+    /// Makes every layer a valid tar archive of exactly its size (one file
+    /// of random bytes, then the end-of-archive blocks), so podman and
+    /// containerd can unpack the image. Sizes must be multiples of 512 and
+    /// at least 2 KiB.
+    pub fn unpackable(mut self) -> ImageSpec {
+        assert!(
+            self.layers
+                .iter()
+                .all(|l| l.size % 512 == 0 && l.size >= 2048),
+            "tar layer sizes are whole 512-byte blocks, at least 2 KiB"
+        );
+        self.tar = true;
+        self
     }
 }
 
@@ -216,12 +235,28 @@ impl Layout {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         let mut left = spec.layers[index].size;
+        if spec.tar {
+            // Header, file content, then two zero blocks end the archive.
+            left -= 3 * 512;
+            let mut header = tar::Header::new_gnu();
+            header.set_path(format!("layer-{index}")).expect("tar path");
+            header.set_size(left as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            hasher.update(header.as_bytes());
+            file.write_all(header.as_bytes()).expect("write tar header");
+        }
         while left > 0 {
             let chunk = &mut buf[..left.min(CHUNK)];
             rng.fill(chunk);
             hasher.update(&*chunk);
             file.write_all(chunk).expect("write layer chunk");
             left -= chunk.len();
+        }
+        if spec.tar {
+            let end = [0u8; 2 * 512];
+            hasher.update(end);
+            file.write_all(&end).expect("write tar end");
         }
         drop(file);
         let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
