@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::fake_upstream::{image_manifest, FakeUpstream};
 use common::lasti::Lasti;
 use common::oci_layout::{ImageSpec, Layout};
 use common::registry::Registry;
@@ -219,4 +220,34 @@ async fn the_grafana_dashboard_uses_only_exported_metrics() {
             "the dashboard uses {name}, which lasti does not export"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_hub_rate_limit_headers_become_gauges() {
+    let fake = FakeUpstream::start().await;
+    let lasti = Lasti::start(&fake.url()).await;
+    let limit = r#"lasti_upstream_ratelimit_limit{upstream="docker.io"}"#;
+    let remaining = r#"lasti_upstream_ratelimit_remaining{upstream="docker.io"}"#;
+    let pull = |tag: &str| {
+        let url = format!("{}/v2/library/app/manifests/{tag}", lasti.url());
+        async move { common::http::get(&url, &[]).await.status }
+    };
+
+    // As Docker Hub sends them: a count, then the window in seconds.
+    fake.set_headers(&[
+        ("ratelimit-limit", "100;w=21600"),
+        ("ratelimit-remaining", "76;w=21600"),
+    ]);
+    fake.put_manifest("v1", image_manifest(b"{}", &[b"one"]));
+    assert_eq!(pull("v1").await, 200);
+    let first = scrape(&lasti).await;
+    assert_eq!((first[limit], first[remaining]), (100.0, 76.0));
+
+    fake.set_headers(&[
+        ("ratelimit-limit", "100;w=21600"),
+        ("ratelimit-remaining", "75;w=21600"),
+    ]);
+    fake.put_manifest("v2", image_manifest(b"{}", &[b"two"]));
+    assert_eq!(pull("v2").await, 200);
+    assert_eq!(scrape(&lasti).await[remaining], 75.0, "follows each answer");
 }

@@ -121,6 +121,7 @@ struct State {
     bearer: Option<Bearer>,
     issuer: Option<Issuer>,
     down: bool,
+    headers: Vec<(String, String)>,
     seen: Vec<Seen>,
 }
 
@@ -190,6 +191,15 @@ impl FakeUpstream {
     /// Clears the fault of `target`.
     pub fn clear_fault(&self, target: &str) {
         self.state().faults.remove(target);
+    }
+
+    /// Headers added to every response from now on (e.g. Docker Hub's
+    /// `RateLimit-Remaining`).
+    pub fn set_headers(&self, headers: &[(&str, &str)]) {
+        self.state().headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
     }
 
     /// While `down`, every request gets a 503.
@@ -283,6 +293,17 @@ fn header_text(request: &Request<Incoming>, name: header::HeaderName) -> Option<
 }
 
 fn handle(state: &Shared, request: &Request<Incoming>) -> Response<FakeBody> {
+    let mut response = respond(state, request);
+    let state = state.lock().unwrap_or_else(|p| p.into_inner());
+    for (name, value) in &state.headers {
+        let name = header::HeaderName::from_bytes(name.as_bytes()).expect("header name");
+        let value = value.parse().expect("header value");
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+fn respond(state: &Shared, request: &Request<Incoming>) -> Response<FakeBody> {
     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
     let path = request.uri().path().to_string();
     state.seen.push(Seen {
