@@ -111,6 +111,16 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// The upstream's referrers list could not be had and none is cached.
+    /// Answered with 404, which tells clients to fall back to the referrers
+    /// tag schema (`sha256-<hex>` tags), served like any other tag.
+    #[error("referrers from {upstream} not available: {message}")]
+    ReferrersUnavailable {
+        /// The upstream's configured name.
+        upstream: String,
+        /// Why.
+        message: String,
+    },
     /// The local disk or metadata store failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -138,7 +148,8 @@ impl Error {
             | UpstreamTooManyRequests { .. }
             | UpstreamUnavailable { .. }
             | UpstreamTimeout { .. }
-            | UpstreamInvalid { .. } => Origin::Upstream,
+            | UpstreamInvalid { .. }
+            | ReferrersUnavailable { .. } => Origin::Upstream,
             Storage(_) => Origin::Internal,
         }
     }
@@ -157,7 +168,10 @@ impl Error {
         match self {
             NameInvalid(_) => ErrorCode::NameInvalid,
             DigestInvalid(_) => ErrorCode::DigestInvalid,
-            ReferenceInvalid(_) | ManifestUnknown | NotAcceptable(_) => ErrorCode::ManifestUnknown,
+            ReferenceInvalid(_)
+            | ManifestUnknown
+            | NotAcceptable(_)
+            | ReferrersUnavailable { .. } => ErrorCode::ManifestUnknown,
             BlobUnknown | RangeNotSatisfiable { .. } => ErrorCode::BlobUnknown,
             NameUnknown => ErrorCode::NameUnknown,
             Unsupported(_) | RangeInvalid(_) => ErrorCode::Unsupported,
@@ -208,6 +222,7 @@ impl Error {
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamInvalid { .. } => "upstream_invalid",
+            ReferrersUnavailable { .. } => "referrers_unavailable",
             Storage(_) => "storage",
         }
     }

@@ -133,7 +133,7 @@ impl Metrics {
         for outcome in ["done", "retry", "failed"] {
             self.backfill_jobs.with_label_values(&[outcome]);
         }
-        for kind in ["manifest", "blob"] {
+        for kind in ["manifest", "blob", "referrers"] {
             for outcome in [
                 "hit",
                 "revalidated",

@@ -8,6 +8,7 @@
 mod blobs;
 mod listing;
 mod manifests;
+mod referrers;
 mod single_flight;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::upstream::{TagList, Upstream, Upstreams};
 pub use blobs::BlobAnswer;
 pub use listing::CachedImage;
 pub use manifests::ManifestAnswer;
+pub use referrers::ReferrersAnswer;
 
 /// How a request was answered, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,7 @@ pub struct Proxy {
     cache: Cache,
     max_manifest_size: u64,
     manifest_flights: manifests::Flights,
+    referrers: referrers::Lists,
     backfill: Option<Backfill>,
     fetch_permits: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -77,6 +80,7 @@ impl Proxy {
             cache,
             max_manifest_size,
             manifest_flights: Default::default(),
+            referrers: referrers::lists(),
             backfill,
             fetch_permits: None,
         }

@@ -56,6 +56,15 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
             let answer = proxy.blob(upstream, &repo, &digest, range, head).await?;
             Ok(response::blob(answer, digest.as_str()))
         }
+        Route::Referrers { name, digest } => {
+            let (upstream, repo) = resolve(proxy, name, query)?;
+            let subject = parse_digest(digest)?;
+            let artifact_type = query_param(query, "artifactType");
+            let answer = proxy
+                .referrers(upstream, &repo, &subject, artifact_type.as_deref())
+                .await?;
+            Ok(response::referrers(answer, head))
+        }
         Route::Tags { name } => {
             let (upstream, repo) = resolve(proxy, name, query)?;
             let list = proxy

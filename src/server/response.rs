@@ -7,9 +7,10 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body, BodyError};
 use crate::error::{Error, Origin};
+use crate::oci::media_type::OCI_INDEX;
 use crate::oci::range::unsatisfied_content_range;
 use crate::oci::ErrorBody;
-use crate::pull_through::{BlobAnswer, ManifestAnswer, Outcome};
+use crate::pull_through::{BlobAnswer, ManifestAnswer, Outcome, ReferrersAnswer};
 
 /// Sent on every API response, as distribution does.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -130,6 +131,22 @@ pub fn tags(list: crate::upstream::TagList) -> Response<Body> {
         builder = builder.header(header::LINK, link);
     }
     with_outcome(finish(builder, body::full(list.body)), Outcome::Passthrough)
+}
+
+/// A referrers list (an image index); for HEAD, its headers.
+pub fn referrers(answer: ReferrersAnswer, head: bool) -> Response<Body> {
+    let mut builder = builder(StatusCode::OK)
+        .header(header::CONTENT_TYPE, OCI_INDEX)
+        .header(header::CONTENT_LENGTH, answer.body.len());
+    if let Some(filters) = answer.filters_applied {
+        builder = builder.header("oci-filters-applied", filters);
+    }
+    let body = if head {
+        body::empty()
+    } else {
+        body::full(answer.body)
+    };
+    with_outcome(finish(builder, body), answer.outcome)
 }
 
 fn with_outcome(mut response: Response<Body>, outcome: Outcome) -> Response<Body> {

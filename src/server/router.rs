@@ -32,6 +32,13 @@ pub enum Route<'a> {
         /// Raw name.
         name: &'a str,
     },
+    /// `/v2/<name>/referrers/<digest>` (OCI distribution 1.1).
+    Referrers {
+        /// Raw name.
+        name: &'a str,
+        /// Raw digest of the subject manifest.
+        digest: &'a str,
+    },
     /// Anything else under `/v2/`.
     UnknownApi,
     /// Anything outside `/v2/`.
@@ -47,6 +54,7 @@ impl Route<'_> {
             Route::Manifest { .. } => "manifest",
             Route::Blob { .. } => "blob",
             Route::Tags { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
             Route::UnknownApi | Route::NotFound => "other",
         }
     }
@@ -83,6 +91,7 @@ pub fn route(path: &str) -> Route<'_> {
         },
         "blobs" => Route::Blob { name, digest: last },
         "tags" if last == "list" => Route::Tags { name },
+        "referrers" => Route::Referrers { name, digest: last },
         _ => Route::UnknownApi,
     }
 }
@@ -122,6 +131,13 @@ mod tests {
                 Route::Manifest {
                     name: "x/blobs",
                     reference: "latest",
+                },
+            ),
+            (
+                "/v2/library/app/referrers/sha256:ab",
+                Route::Referrers {
+                    name: "library/app",
+                    digest: "sha256:ab",
                 },
             ),
             ("/v2/x/manifests/", Route::UnknownApi),

@@ -22,7 +22,7 @@ use crate::oci::RepoName;
 use auth::Auth;
 use client::HttpClient;
 
-pub use requests::{BlobHead, BlobResponse, FetchedManifest, ManifestHead, TagList};
+pub use requests::{BlobHead, BlobResponse, FetchedManifest, ManifestHead, Referrers, TagList};
 pub use routing::Upstreams;
 
 /// One upstream registry.

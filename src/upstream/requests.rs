@@ -13,6 +13,8 @@ use super::client::{self, SendError};
 use super::Upstream;
 use crate::body::{self, Body};
 use crate::error::{Error, Result};
+use crate::oci::manifest::ImageIndex;
+use crate::oci::media_type::OCI_INDEX;
 use crate::oci::{Digest, ErrorBody, ErrorCode, RepoName};
 
 /// Redirects followed for one request (blob storage usually needs one).
@@ -73,6 +75,15 @@ pub struct TagList {
     pub body: Bytes,
     /// The `Link` header for the next page, when any.
     pub link: Option<HeaderValue>,
+}
+
+/// A referrers list (an OCI image index), checked and passed through.
+#[derive(Debug, Clone)]
+pub struct Referrers {
+    /// The index's JSON body.
+    pub body: Bytes,
+    /// `OCI-Filters-Applied`, when the upstream filtered by artifact type.
+    pub filters_applied: Option<HeaderValue>,
 }
 
 impl Upstream {
@@ -199,6 +210,44 @@ impl Upstream {
         .await
         .map_err(|e| self.read_error("tag list", e))?;
         Ok(TagList { body, link })
+    }
+
+    /// `GET /v2/<repo>/referrers/<digest>`, with the client's `artifactType`.
+    /// A 404 (the upstream has no referrers API) is `ManifestUnknown`; a
+    /// body that is not an image index is refused.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+        limit: usize,
+    ) -> Result<Referrers> {
+        let mut path = format!("{repo}/referrers/{digest}");
+        if let Some(artifact_type) = artifact_type {
+            path.push('?');
+            path.push_str(
+                &url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("artifactType", artifact_type)
+                    .finish(),
+            );
+        }
+        let response = self
+            .request(Method::GET, &path, accept_header(OCI_INDEX), repo)
+            .await?;
+        let response = self
+            .expect_success(response, Error::ManifestUnknown)
+            .await?;
+        let filters_applied = response.headers().get("oci-filters-applied").cloned();
+        let body = client::read_small(response.into_body(), limit, self.config.body_idle_timeout)
+            .await
+            .map_err(|e| self.read_error("referrers", e))?;
+        if ImageIndex::parse(&body).is_none() {
+            return Err(self.invalid("the referrers list is not an image index".into()));
+        }
+        Ok(Referrers {
+            body,
+            filters_applied,
+        })
     }
 
     /// The longest pause allowed while reading a body.

@@ -122,6 +122,7 @@ struct State {
     issuer: Option<Issuer>,
     down: bool,
     headers: Vec<(String, String)>,
+    referrers: HashMap<String, serde_json::Value>,
     seen: Vec<Seen>,
 }
 
@@ -191,6 +192,14 @@ impl FakeUpstream {
     /// Clears the fault of `target`.
     pub fn clear_fault(&self, target: &str) {
         self.state().faults.remove(target);
+    }
+
+    /// Answers `GET /v2/<any>/referrers/<subject>` with `list` (an image
+    /// index, or anything, to be hostile), filtered by `artifactType` when
+    /// asked. Subjects without a list get a 404, as from a registry
+    /// without the referrers API.
+    pub fn put_referrers(&self, subject: &str, list: serde_json::Value) {
+        self.state().referrers.insert(subject.to_string(), list);
     }
 
     /// Headers added to every response from now on (e.g. Docker Hub's
@@ -384,6 +393,31 @@ impl State {
         Some(taken)
     }
 
+    fn referrers(&self, request: &Request<Incoming>, subject: &str) -> Response<FakeBody> {
+        let Some(list) = self.referrers.get(subject) else {
+            return status(404, None, "NAME_UNKNOWN");
+        };
+        let wanted = request.uri().query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "artifactType")
+                .map(|(_, v)| v.into_owned())
+        });
+        let mut list = list.clone();
+        if let (Some(wanted), Some(manifests)) = (&wanted, list["manifests"].as_array_mut()) {
+            manifests.retain(|m| m["artifactType"].as_str() == Some(wanted.as_str()));
+        }
+        let mut response = reply::json(StatusCode::OK, list.to_string());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+        );
+        if wanted.is_some() {
+            headers.insert("oci-filters-applied", "artifactType".parse().unwrap());
+        }
+        response
+    }
+
     fn answer(
         &self,
         request: &Request<Incoming>,
@@ -409,6 +443,7 @@ impl State {
                 Some(bytes) => (bytes.clone(), "application/octet-stream", *digest),
                 None => return status(404, None, "BLOB_UNKNOWN"),
             },
+            Route::Referrers { digest, .. } => return self.referrers(request, digest),
             Route::Other => return status(404, None, "NAME_UNKNOWN"),
         };
         let range = header_text(request, header::RANGE);

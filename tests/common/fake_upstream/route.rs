@@ -22,6 +22,8 @@ pub enum Route<'a> {
     Blob { name: &'a str, digest: &'a str },
     /// `/v2/<name>/tags/list`.
     Tags { name: &'a str },
+    /// `/v2/<name>/referrers/<digest>`.
+    Referrers { name: &'a str, digest: &'a str },
     /// Anything else.
     Other,
 }
@@ -42,6 +44,7 @@ impl<'a> Route<'a> {
             Some(((name, "manifests"), reference)) => Route::Manifest { name, reference },
             Some(((name, "blobs"), digest)) => Route::Blob { name, digest },
             Some(((name, "tags"), "list")) => Route::Tags { name },
+            Some(((name, "referrers"), digest)) => Route::Referrers { name, digest },
             _ => Route::Other,
         }
     }
@@ -49,9 +52,10 @@ impl<'a> Route<'a> {
     /// The repository named, when any.
     pub fn name(&self) -> Option<&'a str> {
         match self {
-            Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => {
-                Some(name)
-            }
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Tags { name }
+            | Route::Referrers { name, .. } => Some(name),
             Route::Base | Route::Other => None,
         }
     }
@@ -60,7 +64,7 @@ impl<'a> Route<'a> {
     pub fn target(&self) -> Option<&'a str> {
         match self {
             Route::Manifest { reference, .. } => Some(reference),
-            Route::Blob { digest, .. } => Some(digest),
+            Route::Blob { digest, .. } | Route::Referrers { digest, .. } => Some(digest),
             _ => None,
         }
     }
