@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake_upstream::{image_manifest, FakeUpstream};
+use common::fake_upstream::{image_manifest, FakeUpstream, Fault};
 use common::http::get;
 use common::lasti::{config, Lasti};
 use common::oci_layout::{ImageSpec, Layout};
@@ -176,4 +176,28 @@ async fn without_the_api_upstream_clients_fall_back_to_the_tag_schema() {
         .await
         .unwrap();
     assert_eq!(pulled, signature.manifest_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_asks_for_one_list_share_one_upstream_get() {
+    let fake = FakeUpstream::start().await;
+    let (subject, list) = upstream_with_referrers(&fake);
+    let pause = Duration::from_millis(50);
+    fake.fault(&subject, Fault::Slow { chunk: 64, pause });
+    let lasti = lasti_with_ttl(&fake, Duration::from_secs(3600)).await;
+    let path = format!("/v2/library/app/referrers/{subject}");
+    let url = format!("{}{path}", lasti.url());
+
+    let asks: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    for ask in asks {
+        let reply = ask.await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(serde_json::from_slice::<Value>(&reply.body).unwrap(), list);
+    }
+    assert_eq!(upstream_gets(&fake, &path), 1);
 }

@@ -80,7 +80,7 @@ impl Proxy {
             cache,
             max_manifest_size,
             manifest_flights: Default::default(),
-            referrers: referrers::lists(),
+            referrers: Default::default(),
             backfill,
             fetch_permits: None,
         }

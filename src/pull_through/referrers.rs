@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::HeaderValue;
 
+use super::single_flight::SingleFlight;
 use super::{Outcome, Proxy};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, RepoName};
-use crate::upstream::Upstream;
+use crate::upstream::{Referrers, Upstream};
 
 /// Lists kept at most (they are small: a few descriptors each).
 const ENTRIES: u64 = 10_000;
@@ -38,12 +39,22 @@ pub struct Entry {
     fetched: Instant,
 }
 
-/// The referrers lists lasti holds.
-pub type Lists = moka::sync::Cache<Key, Arc<Entry>>;
+/// The referrers lists lasti holds, and the fetches of them in flight (one
+/// per list however many clients ask, as when a deployment's pods are all
+/// admitted at once).
+#[derive(Debug)]
+pub struct Lists {
+    kept: moka::sync::Cache<Key, Arc<Entry>>,
+    flights: SingleFlight<Key, Result<Referrers>>,
+}
 
-/// A new, empty set of lists.
-pub fn lists() -> Lists {
-    moka::sync::Cache::new(ENTRIES)
+impl Default for Lists {
+    fn default() -> Self {
+        Lists {
+            kept: moka::sync::Cache::new(ENTRIES),
+            flights: SingleFlight::default(),
+        }
+    }
 }
 
 /// A referrers list to send.
@@ -83,7 +94,8 @@ impl Proxy {
             subject.to_string(),
             artifact_type.map(str::to_string),
         );
-        let cached = self.referrers.get(&key);
+        let lists = &self.referrers;
+        let cached = lists.kept.get(&key);
         let schema_tag = subject.as_str().replacen(':', "-", 1);
         let ttl: Duration = upstream.tag_ttl(repo, &schema_tag);
         if let Some(entry) = &cached {
@@ -92,22 +104,34 @@ impl Proxy {
             }
         }
         let limit = self.max_manifest_size as usize;
-        match upstream
-            .referrers(repo, subject, artifact_type, limit)
-            .await
-        {
+        let work = {
+            let (upstream, repo, subject) = (Arc::clone(upstream), repo.clone(), subject.clone());
+            let artifact_type = artifact_type.map(str::to_string);
+            move || async move {
+                upstream
+                    .referrers(&repo, &subject, artifact_type.as_deref(), limit)
+                    .await
+            }
+        };
+        let (fetched, joined) = lists.flights.run(key.clone(), work).await;
+        match fetched {
             Ok(list) => {
                 let entry = Arc::new(Entry {
                     body: list.body,
                     filters_applied: list.filters_applied,
                     fetched: Instant::now(),
                 });
-                self.referrers.insert(key, Arc::clone(&entry));
-                Ok(ReferrersAnswer::from(&entry, Outcome::Miss))
+                lists.kept.insert(key, Arc::clone(&entry));
+                let outcome = if joined {
+                    Outcome::Coalesced
+                } else {
+                    Outcome::Miss
+                };
+                Ok(ReferrersAnswer::from(&entry, outcome))
             }
             // The upstream answered: it has no such list (or no such API).
             Err(Error::ManifestUnknown) => {
-                self.referrers.invalidate(&key);
+                lists.kept.invalidate(&key);
                 Err(Error::ManifestUnknown)
             }
             Err(err @ (Error::UpstreamDenied { .. } | Error::Denied(_))) => Err(err),

@@ -393,7 +393,12 @@ impl State {
         Some(taken)
     }
 
-    fn referrers(&self, request: &Request<Incoming>, subject: &str) -> Response<FakeBody> {
+    fn referrers(
+        &self,
+        request: &Request<Incoming>,
+        subject: &str,
+        fault: Option<Fault>,
+    ) -> Response<FakeBody> {
         let Some(list) = self.referrers.get(subject) else {
             return status(404, None, "NAME_UNKNOWN");
         };
@@ -406,13 +411,12 @@ impl State {
         if let (Some(wanted), Some(manifests)) = (&wanted, list["manifests"].as_array_mut()) {
             manifests.retain(|m| m["artifactType"].as_str() == Some(wanted.as_str()));
         }
-        let mut response = reply::json(StatusCode::OK, list.to_string());
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            "application/vnd.oci.image.index.v1+json".parse().unwrap(),
-        );
+        let index = "application/vnd.oci.image.index.v1+json";
+        let head = request.method() == Method::HEAD;
+        let body = Bytes::from(list.to_string());
+        let mut response = serve_content(body, index, subject, head, None, fault);
         if wanted.is_some() {
+            let headers = response.headers_mut();
             headers.insert("oci-filters-applied", "artifactType".parse().unwrap());
         }
         response
@@ -443,7 +447,7 @@ impl State {
                 Some(bytes) => (bytes.clone(), "application/octet-stream", *digest),
                 None => return status(404, None, "BLOB_UNKNOWN"),
             },
-            Route::Referrers { digest, .. } => return self.referrers(request, digest),
+            Route::Referrers { digest, .. } => return self.referrers(request, digest, fault),
             Route::Other => return status(404, None, "NAME_UNKNOWN"),
         };
         let range = header_text(request, header::RANGE);
