@@ -98,26 +98,10 @@ impl Containerd {
     /// Runs `ctr <args>` against this daemon; its stdout.
     pub async fn ctr(&self, args: &[&str]) -> Result<String, String> {
         let mut command = tokio::process::Command::new(CTR_BIN);
-        command
-            .arg("--address")
-            .arg(self.socket())
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        command.arg("--address").arg(self.socket()).args(args);
         let shown = format!("ctr {}", args.join(" "));
-        let output = tokio::time::timeout(CTR_TIMEOUT, command.output())
-            .await
-            .map_err(|_| format!("{shown}: timed out after {CTR_TIMEOUT:?}"))?
-            .map_err(|e| format!("{shown}: cannot run: {e}"))?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{shown}: {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        }
+        let stdout = super::output_of(command, &shown, CTR_TIMEOUT).await?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 
     /// Pulls and unpacks `image` (`docker.io/library/app:v1`) through the
@@ -149,12 +133,6 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if matches!(self.wrapper.try_wait(), Ok(None)) {
-            // `timeout` passes SIGTERM on to containerd.
-            let _ = Command::new("/bin/kill")
-                .args(["-TERM", &self.wrapper.id().to_string()])
-                .status();
-            let _ = self.wrapper.wait();
-        }
+        super::end_wrapped(&mut self.wrapper);
     }
 }

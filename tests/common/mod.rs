@@ -116,3 +116,39 @@ fn parse_status_line(head: &str) -> io::Result<u16> {
             )
         })
 }
+
+/// Runs a prepared command to the end, killed after `limit`; its stdout, or
+/// an error that names it (`shown`) with its exit status and stderr.
+pub async fn output_of(
+    mut command: tokio::process::Command,
+    shown: &str,
+    limit: Duration,
+) -> Result<Vec<u8>, String> {
+    command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .map_err(|_| format!("{shown}: timed out after {limit:?}"))?
+        .map_err(|e| format!("{shown}: cannot run: {e}"))?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(format!(
+            "{shown}: {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Ends a server started under `timeout` (SIGTERM to the wrapper, by PID,
+/// which passes it on) and reaps it; nothing if it has already exited.
+pub fn end_wrapped(wrapper: &mut std::process::Child) {
+    if matches!(wrapper.try_wait(), Ok(None)) {
+        let _ = std::process::Command::new("/bin/kill")
+            .args(["-TERM", &wrapper.id().to_string()])
+            .status();
+        let _ = wrapper.wait();
+    }
+}

@@ -4,7 +4,6 @@
 //! stored with the vfs driver in a temporary directory, which podman unpacks
 //! every layer into, so the layers must be real tar archives.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -42,23 +41,10 @@ impl Podman {
             .arg("--runroot")
             .arg(dir.join("run"))
             .args(["--storage-driver", "vfs", "--events-backend", "file"])
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .args(args);
         let shown = format!("podman {}", args.join(" "));
-        let output = tokio::time::timeout(PODMAN_TIMEOUT, command.output())
-            .await
-            .map_err(|_| format!("{shown}: timed out after {PODMAN_TIMEOUT:?}"))?
-            .map_err(|e| format!("{shown}: cannot run: {e}"))?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-        } else {
-            Err(format!(
-                "{shown}: {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        }
+        let stdout = super::output_of(command, &shown, PODMAN_TIMEOUT).await?;
+        Ok(String::from_utf8_lossy(&stdout).trim().to_string())
     }
 
     /// Pulls `image` (as a user names it: `docker.io/library/app:v1`) and

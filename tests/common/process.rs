@@ -127,11 +127,6 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if matches!(self.wrapper.try_wait(), Ok(None)) {
-            let _ = Command::new("/bin/kill")
-                .args(["-TERM", &self.wrapper.id().to_string()])
-                .status();
-            let _ = self.wrapper.wait();
-        }
+        super::end_wrapped(&mut self.wrapper);
     }
 }

@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -27,25 +26,9 @@ pub const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn run(args: &[String]) -> Result<Vec<u8>, String> {
     super::require_tool(SKOPEO_BIN);
     let mut command = Command::new(SKOPEO_BIN);
-    command
-        .arg("--insecure-policy")
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    command.arg("--insecure-policy").args(args);
     let shown = format!("skopeo {}", args.join(" "));
-    let output = tokio::time::timeout(SKOPEO_TIMEOUT, command.output())
-        .await
-        .map_err(|_| format!("{shown}: timed out after {SKOPEO_TIMEOUT:?}"))?
-        .map_err(|e| format!("{shown}: cannot run: {e}"))?;
-    if output.status.success() {
-        Ok(output.stdout)
-    } else {
-        Err(format!(
-            "{shown}: {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+    super::output_of(command, &shown, SKOPEO_TIMEOUT).await
 }
 
 /// Pushes `oci:<layout_dir>:<tag>` to `dest` (`host:port/repo:tag`);
