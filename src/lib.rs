@@ -18,6 +18,8 @@
 //!
 //! - [`backfill`]: the durable queue that pushes every pulled image into the
 //!   Rahti project's registry, and the image stream naming rule.
+//! - [`warmer`]: the warm list and `POST /admin/warm`, pulling images into
+//!   the cache in the background.
 //!
 //! Around them: [`config`] (TOML + flags, validated), [`error`] (one error
 //! type that knows its origin and whether to retry), [`body`] (the one
@@ -40,3 +42,4 @@ pub mod server;
 pub mod telemetry;
 pub mod tools;
 pub mod upstream;
+pub mod warmer;

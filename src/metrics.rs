@@ -47,6 +47,7 @@ pub struct Metrics {
     backfill_jobs: IntCounterVec,
     backfill_pushed_bytes: IntCounter,
     backfill_push_duration: Histogram,
+    warmed_images: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -123,6 +124,7 @@ impl Metrics {
             backfill_pushed_bytes: single(r, "lasti_backfill_pushed_bytes_total", "Blob bytes uploaded to the back-fill target."),
             backfill_push_duration: histogram(r, "lasti_backfill_push_duration_seconds", "Duration of back-fill job attempts.", &[], PUSH_BUCKETS)
                 .with_label_values(&[] as &[&str]),
+            warmed_images: counter(r, "lasti_warm_images_total", "Images of the warm list and of /admin/warm pulled into the cache, by outcome (done, failed).", &["outcome"]),
             registry,
         }
         .with_outcomes()
@@ -144,6 +146,9 @@ impl Metrics {
             ] {
                 self.cache_outcomes.with_label_values(&[kind, outcome]);
             }
+        }
+        for outcome in ["done", "failed"] {
+            self.warmed_images.with_label_values(&[outcome]);
         }
         for source in ["cache", "upstream"] {
             self.served_bytes.with_label_values(&[source]);
@@ -188,6 +193,12 @@ impl Metrics {
     pub fn served(&self, from_cache: bool, bytes: u64) {
         let source = if from_cache { "cache" } else { "upstream" };
         self.served_bytes.with_label_values(&[source]).inc_by(bytes);
+    }
+
+    /// One image warmed, or not.
+    pub fn warmed(&self, ok: bool) {
+        let outcome = if ok { "done" } else { "failed" };
+        self.warmed_images.with_label_values(&[outcome]).inc();
     }
 
     /// The counter of bytes sent with `sendfile`, for the connections to add to.

@@ -17,9 +17,11 @@ use crate::secret::Secret;
 mod access;
 mod target;
 mod upstream;
+mod warm;
 pub use access::{AccessConfig, AccessMode, TlsConfig};
 pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
 pub use upstream::{TagRule, UpstreamConfig};
+pub use warm::WarmConfig;
 
 /// Where lasti listens when nothing else is said: the port docker expects of a registry.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
@@ -58,6 +60,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// TLS for clients; plain HTTP when unset (behind an edge-TLS route).
     pub tls: TlsConfig,
+    /// Images pulled into the cache without being asked, on a schedule.
+    pub warm: WarmConfig,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             target: TargetConfig::default(),
             access: AccessConfig::default(),
             tls: TlsConfig::default(),
+            warm: WarmConfig::default(),
         }
     }
 }
@@ -299,6 +304,7 @@ impl Config {
         self.target.validate()?;
         self.access.validate()?;
         self.tls.validate()?;
+        self.warm.validate()?;
         let mut names = std::collections::HashSet::new();
         for upstream in &self.upstreams {
             upstream.validate()?;

@@ -10,12 +10,13 @@ mod listing;
 mod manifests;
 mod referrers;
 mod single_flight;
+mod warm;
 
 use std::sync::Arc;
 
 use crate::backfill::{Backfill, Offer};
 use crate::cache::Cache;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::oci::RepoName;
 use crate::upstream::{TagList, Upstream, Upstreams};
 
@@ -23,6 +24,7 @@ pub use blobs::BlobAnswer;
 pub use listing::CachedImage;
 pub use manifests::ManifestAnswer;
 pub use referrers::ReferrersAnswer;
+pub use warm::Warmed;
 
 /// How a request was answered, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +122,25 @@ impl Proxy {
                 digest: digest.clone(),
             });
         }
+    }
+
+    /// Chooses the upstream for a name as a client sends it (and containerd's
+    /// `ns=`), and the repository name that upstream will see; refuses names
+    /// that break the grammar or the upstream's allow/deny lists.
+    pub fn resolve(&self, raw: &str, ns: Option<&str>) -> Result<(&Arc<Upstream>, RepoName)> {
+        let (upstream, name) = self
+            .upstreams
+            .route(raw, ns)
+            .map_err(|e| Error::NameInvalid(e.0))?;
+        let repo = RepoName::parse(name).map_err(|e| Error::NameInvalid(e.to_string()))?;
+        let repo = upstream.upstream_repo(repo);
+        if !upstream.allows(&repo) {
+            return Err(Error::Denied(format!(
+                "{repo} on {} may not be pulled through this proxy",
+                upstream.name()
+            )));
+        }
+        Ok((upstream, repo))
     }
 
     /// The configured upstreams, for routing.

@@ -7,31 +7,42 @@
 //! - `GET /admin/backfill`: the back-fill queue (pending, failed, recent) as JSON.
 //! - `GET /admin/cache`: every tag the cache holds, with size, last use and
 //!   whether it was back-filled, as JSON.
+//! - `POST /admin/warm` (`{"images": [...], "platforms": [...]}`): pulls
+//!   images into the cache in the background; `GET /admin/warm` shows what
+//!   became of each image warmed so far (and of the configured warm list).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
+use crate::oci::ImageRef;
 use crate::pull_through::Proxy;
+use crate::warmer::Warmer;
+
+/// The largest `POST /admin/warm` body read.
+const MAX_WARM_REQUEST: usize = 64 * 1024;
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, warmer: Arc<Warmer>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let proxy = Arc::clone(&proxy);
+        let (proxy, warmer) = (Arc::clone(&proxy), Arc::clone(&warmer));
         let service = service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(route(&proxy, request).await) }
+            let (proxy, warmer) = (Arc::clone(&proxy), Arc::clone(&warmer));
+            async move { Ok::<_, Infallible>(route(&proxy, &warmer, request).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -40,8 +51,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     }
 }
 
-async fn route<B>(proxy: &Proxy, request: Request<B>) -> Response<Body> {
+async fn route(proxy: &Proxy, warmer: &Arc<Warmer>, request: Request<Incoming>) -> Response<Body> {
     match request.uri().path() {
+        "/admin/warm" if request.method() == Method::POST => warm(warmer, request).await,
+        "/admin/warm" => json(
+            StatusCode::OK,
+            serde_json::to_vec_pretty(&serde_json::json!({ "images": warmer.statuses() }))
+                .unwrap_or_default(),
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match proxy.cache().check_ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n"),
@@ -64,6 +81,43 @@ async fn route<B>(proxy: &Proxy, request: Request<B>) -> Response<Body> {
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The body of `POST /admin/warm`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmRequest {
+    images: Vec<String>,
+    #[serde(default)]
+    platforms: Vec<String>,
+}
+
+async fn warm(warmer: &Arc<Warmer>, request: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(request.into_body(), MAX_WARM_REQUEST)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request too large\n"),
+    };
+    let wanted: WarmRequest = match serde_json::from_slice(&body) {
+        Ok(wanted) => wanted,
+        Err(e) => return bad_request(format!("expected {{\"images\": [...]}}: {e}")),
+    };
+    if let Some(bad) = wanted.images.iter().find_map(|i| ImageRef::parse(i).err()) {
+        return bad_request(bad);
+    }
+    let accepted = serde_json::json!({ "accepted": wanted.images });
+    warmer.start(wanted.images, wanted.platforms);
+    json(
+        StatusCode::ACCEPTED,
+        serde_json::to_vec_pretty(&accepted).unwrap_or_default(),
+    )
+}
+
+fn bad_request(message: String) -> Response<Body> {
+    let body = serde_json::json!({ "error": message });
+    json(StatusCode::BAD_REQUEST, body.to_string().into_bytes())
 }
 
 async fn metrics(proxy: &Proxy) -> Response<Body> {

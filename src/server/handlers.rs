@@ -75,26 +75,13 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
     }
 }
 
-/// Chooses the upstream and validates the repository name it will see.
+/// Chooses the upstream (by `ns=` or the name) and validates the name.
 fn resolve<'p>(
     proxy: &'p Proxy,
     raw: &str,
     query: Option<&str>,
 ) -> Result<(&'p Arc<Upstream>, RepoName)> {
-    let ns = query_param(query, "ns");
-    let (upstream, name) = proxy
-        .upstreams()
-        .route(raw, ns.as_deref())
-        .map_err(|e| Error::NameInvalid(e.0))?;
-    let repo = RepoName::parse(name).map_err(|e| Error::NameInvalid(e.to_string()))?;
-    let repo = upstream.upstream_repo(repo);
-    if !upstream.allows(&repo) {
-        return Err(Error::Denied(format!(
-            "{repo} on {} may not be pulled through this proxy",
-            upstream.name()
-        )));
-    }
-    Ok((upstream, repo))
+    proxy.resolve(raw, query_param(query, "ns").as_deref())
 }
 
 fn parse_reference(raw: &str) -> Result<Reference> {

@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pull_through::{Outcome, Proxy};
 use crate::upstream::Upstreams;
+use crate::warmer::Warmer;
 use access_log::{LoggedBody, Record};
 use sendfile::SendfileStream;
 
@@ -112,9 +113,11 @@ pub async fn run(
         _ => None,
     };
     let listener = listeners.api;
+    let warmer = Warmer::new(Arc::clone(&proxy));
+    warmer.schedule(&config.warm);
     let admin_task = listeners
         .admin
-        .map(|admin| tokio::spawn(admin::serve(admin, Arc::clone(&proxy))));
+        .map(|admin| tokio::spawn(admin::serve(admin, Arc::clone(&proxy), Arc::clone(&warmer))));
     let addr = listener.local_addr().ok();
     tracing::info!(
         ?addr,
@@ -200,6 +203,7 @@ pub async fn run(
     }
     tracing::info!("shutting down: no new connections");
     drop(listener);
+    warmer.stop().await;
     if let Some(task) = admin_task {
         task.abort();
         // Wait for it to drop its handle on the proxy (and so on the stores).

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -47,6 +47,24 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Rep
         .request(builder.body(Empty::new()).expect("request"))
         .await
         .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+    read_reply(response).await
+}
+
+/// `POST` of a JSON body.
+pub async fn post_json(url: &str, body: &str) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let response = client
+        .request(request)
+        .await
+        .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+    read_reply(response).await
+}
+
+async fn read_reply(response: http::Response<hyper::body::Incoming>) -> Reply {
     let (parts, mut body) = response.into_parts();
     let mut bytes = Vec::new();
     let mut body_error = None;
