@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 use crate::oci::ImageRef;
 use crate::pull_through::{Proxy, Warmed};
 
+/// Images remembered at most; past it, the longest-finished are forgotten.
+const MAX_STATUSES: usize = 1000;
+
 /// Where an image's warming stands.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -169,6 +172,17 @@ impl Warmer {
                 Ok(warmed) => (status.warmed, status.error) = (Some(warmed), None),
                 Err(error) => status.error = Some(error),
             }
+        }
+        while statuses.len() > MAX_STATUSES {
+            let oldest = statuses
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::Done | State::Failed))
+                .min_by_key(|(_, s)| s.finished_at)
+                .map(|(name, _)| name.clone());
+            match oldest {
+                Some(name) => statuses.remove(&name),
+                None => break,
+            };
         }
     }
 }

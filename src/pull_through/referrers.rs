@@ -25,8 +25,9 @@ use crate::error::{Error, Result};
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{Referrers, Upstream};
 
-/// Lists kept at most (they are small: a few descriptors each).
-const ENTRIES: u64 = 10_000;
+/// Bytes of lists kept at most (a list is a few descriptors, about 200
+/// bytes each), so memory stays bounded whatever upstreams send.
+const KEPT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// (upstream, repository, subject digest, artifact type filter).
 type Key = (String, String, String, Option<String>);
@@ -51,7 +52,12 @@ pub struct Lists {
 impl Default for Lists {
     fn default() -> Self {
         Lists {
-            kept: moka::sync::Cache::new(ENTRIES),
+            kept: moka::sync::Cache::builder()
+                .weigher(|_, entry: &Arc<Entry>| {
+                    u32::try_from(entry.body.len()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(KEPT_BYTES)
+                .build(),
             flights: SingleFlight::default(),
         }
     }
