@@ -217,6 +217,18 @@ async fn skopeo_pulls_over_tls_trusting_the_test_ca() {
         .await
         .unwrap();
     assert_eq!(pulled, expected(&image));
+    // Again, from the cache: on TLS, mapped windows are encrypted like any
+    // memory, never handed to sendfile.
+    let warm = pull_with(&src, &work.path().join("warm"), &extra)
+        .await
+        .unwrap();
+    assert_eq!(warm, expected(&image));
+    let metrics = common::http::get(&format!("{}/metrics", lasti.admin_url()), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines().any(|l| l == "lasti_sendfile_bytes_total 0"),
+        "nothing went out with sendfile over TLS"
+    );
     // Without the CA, the certificate is refused.
     let untrusted = pull_with(&src, &work.path().join("no"), &[]).await;
     assert!(untrusted.is_err());
