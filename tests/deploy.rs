@@ -179,6 +179,16 @@ fn overlays_agree_with_lastis_configuration() {
             );
         }
 
+        // Alerts, each with a severity and a summary.
+        let alerts = &find(&objects, "PrometheusRule")["spec"]["groups"][0]["rules"];
+        for alert in alerts.as_sequence().unwrap() {
+            assert!(alert["labels"]["severity"].as_str().is_some(), "{alert:?}");
+            assert!(
+                alert["annotations"]["summary"].as_str().is_some(),
+                "{alert:?}"
+            );
+        }
+
         // The service account may push into the project.
         let binding = find(&objects, "RoleBinding");
         assert_eq!(

@@ -179,7 +179,7 @@ async fn every_documented_metric_is_exported_and_health_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_grafana_dashboard_uses_only_exported_metrics() {
+async fn the_dashboard_and_the_alerts_use_only_exported_metrics() {
     let registry = Registry::start();
     let cfg = common::lasti::config(&[
         ("docker.io", &registry.url()),
@@ -202,24 +202,40 @@ async fn the_grafana_dashboard_uses_only_exported_metrics() {
     let mut used = Vec::new();
     for panel in json["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                if word.starts_with("lasti_") {
-                    used.push(word.trim_end_matches("_bucket").to_string());
-                }
-            }
+            used.extend(metrics_in(target["expr"].as_str().unwrap()));
         }
     }
     assert!(used.len() >= 15, "{used:?}");
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/base/prometheusrule.yaml"
+    ))
+    .unwrap();
+    let rules: serde_yaml::Value = serde_yaml::from_str(&rules).unwrap();
+    let mut alerting = 0;
+    for rule in rules["spec"]["groups"][0]["rules"].as_sequence().unwrap() {
+        let found = metrics_in(rule["expr"].as_str().unwrap());
+        alerting += found.len();
+        used.extend(found);
+    }
+    assert!(alerting >= 7, "the alerts use lasti's metrics");
     for name in used {
         // The quota gauges appear once an upstream reports a quota (Docker Hub).
         let exported = text.contains(&format!("# TYPE {name} "));
         let quota = name.starts_with("lasti_upstream_ratelimit");
         assert!(
             exported || quota,
-            "the dashboard uses {name}, which lasti does not export"
+            "the dashboard or an alert uses {name}, which lasti does not export"
         );
     }
+}
+
+/// The lasti metric names a PromQL expression reads.
+fn metrics_in(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("lasti_"))
+        .map(|word| word.trim_end_matches("_bucket").to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
