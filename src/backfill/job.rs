@@ -85,16 +85,13 @@ impl Push<'_> {
         let wanted = &self.ctx.config.platforms;
         let mut children = Vec::new();
         for child in &parsed.manifests {
-            let platform = child.platform.as_ref();
-            let chosen =
-                wanted.is_empty() || platform.is_some_and(|p| wanted.iter().any(|w| p.matches(w)));
-            if !chosen {
+            if !child.is_for(wanted) {
                 continue;
             }
             let manifest = self.manifest(&child.digest).await?;
             self.image(&manifest).await?;
             self.put(&manifest, &manifest.digest.to_string()).await?;
-            children.push((platform.map(|p| p.name()), manifest));
+            children.push((child.platform.as_ref().map(|p| p.name()), manifest));
         }
         if !wanted.is_empty() {
             notes.push(format!("pushed platforms {}", wanted.join(", ")));

@@ -27,6 +27,18 @@ pub struct Descriptor {
     pub platform: Option<Platform>,
 }
 
+impl Descriptor {
+    /// Whether this index entry is for one of `platforms` (`os/arch` or
+    /// `os/arch/variant`); an empty list takes every entry.
+    pub fn is_for(&self, platforms: &[String]) -> bool {
+        platforms.is_empty()
+            || self
+                .platform
+                .as_ref()
+                .is_some_and(|p| platforms.iter().any(|w| p.matches(w)))
+    }
+}
+
 /// An index entry's platform.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Platform {
@@ -119,5 +131,17 @@ mod tests {
         assert!(platform.matches("linux/arm") && platform.matches("linux/arm/v7"));
         assert!(!platform.matches("linux/arm/v6") && !platform.matches("linux/amd64"));
         assert!(ImageManifest::parse(b"{}").is_none());
+
+        let child = &parsed.manifests[0];
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(child.is_for(&[]), "no list takes every entry");
+        assert!(child.is_for(&names(&["linux/amd64", "linux/arm"])));
+        assert!(!child.is_for(&names(&["linux/amd64"])));
+        let mut bare = child.clone();
+        bare.platform = None;
+        assert!(
+            !bare.is_for(&names(&["linux/arm"])),
+            "no platform, not chosen"
+        );
     }
 }

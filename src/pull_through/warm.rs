@@ -45,12 +45,7 @@ impl Proxy {
         if media_type::is_index(top.media_type()) {
             let index = ImageIndex::parse(&body).ok_or_else(|| not_readable(upstream))?;
             for child in &index.manifests {
-                let wanted = platforms.is_empty()
-                    || child
-                        .platform
-                        .as_ref()
-                        .is_some_and(|p| platforms.iter().any(|w| p.matches(w)));
-                if wanted {
+                if child.is_for(platforms) {
                     let by_digest = Reference::Digest(child.digest.clone());
                     let answer = self
                         .manifest(upstream, &repo, &by_digest, &accept, false)

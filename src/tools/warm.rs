@@ -90,12 +90,7 @@ async fn blobs_of(
     let index = ImageIndex::parse(&body).ok_or("the index is not valid JSON")?;
     let mut blobs = Vec::new();
     for child in &index.manifests {
-        let wanted = platforms.is_empty()
-            || child
-                .platform
-                .as_ref()
-                .is_some_and(|p| platforms.iter().any(|w| p.matches(w)));
-        if wanted {
+        if child.is_for(platforms) {
             let (body, _) = manifest(client, base, child.digest.as_str()).await?;
             blobs.extend(image_blobs(&body)?);
         }
