@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -50,12 +51,17 @@ pub struct Metrics {
     warmed_images: IntCounterVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// Registers `metric` and hands it back; every name is registered once.
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry
         .register(Box::new(metric.clone()))
         .expect("metric registered once");
     metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registered(registry, metric)
 }
 
 fn histogram(
@@ -67,34 +73,20 @@ fn histogram(
 ) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
     let metric = HistogramVec::new(opts, labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    registered(registry, metric)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    registered(registry, IntGauge::new(name, help).expect("valid metric"))
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    registered(registry, metric)
 }
 
 fn single(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    registered(registry, IntCounter::new(name, help).expect("valid metric"))
 }
 
 impl Metrics {
