@@ -129,7 +129,9 @@ impl Mapping {
 }
 
 /// Maps `[offset, offset + len)` of a stored blob and returns it once it is
-/// in the page cache, reading it in if need be (so this may block).
+/// in the page cache, reading it in if need be (so this may block). The
+/// steps the blob reader takes, in one call, for tests.
+#[cfg(test)]
 pub fn window(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
     let mapping = Mapping::new(file, offset, len)?;
     if !mapping.is_resident() {
