@@ -1,15 +1,27 @@
-//! The blocking half of a fill: one blocking thread writes each chunk to the
-//! temporary file and publishes it to readers, while a second one hashes the
-//! same `Bytes`, so the digest check overlaps with the disk write (SHA-256
-//! is the slowest stage of a cold fetch). The chunk that completes the blob
-//! (or, when the size is unknown, the latest chunk) is held back for the
-//! writer to release after verification.
+//! The disk half of a fill: an async task that takes the chunks a fill
+//! receives, writes and hashes them in batches on the blocking pool, and
+//! publishes them to readers once written.
+//!
+//! No thread waits on the network. The task itself is async: between
+//! batches it holds no thread, so a fill from a slow upstream costs the
+//! blocking pool only the time its disk writes and hashes take. Each batch
+//! (the chunks that arrived while the previous one was written, up to
+//! [`BATCH_BYTES`]) is written on one blocking thread while a second hashes
+//! the same `Bytes`, so the digest check still overlaps with the disk write.
+//! At most [`IO_SLOTS`] batches run at once across all fills, which leaves
+//! the rest of the blocking pool to cache hits: a hit never queues behind a
+//! miss however many fills are in flight.
+//!
+//! The chunk that completes the blob (or, when the size is unknown, the
+//! latest chunk) is held back for the fill's writer to release after
+//! verification.
 
+use std::fs::File;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::fill::Fill;
@@ -18,6 +30,20 @@ use crate::oci::Hasher;
 
 /// Chunks queued between the network and the disk; bounds a fill's memory.
 pub const QUEUE: usize = 16;
+
+/// Most bytes written and hashed in one blocking step.
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Below this size a batch is written and then hashed on one thread: two
+/// thread hand-offs would cost more than the overlap saves.
+const OVERLAP_FROM_BYTES: usize = 256 * 1024;
+
+/// Most fill batches on the blocking pool at once, across every fill. Each
+/// takes up to two threads; the pool has 512, so hits always find one.
+pub const IO_SLOTS: usize = 16;
+
+/// The blocking steps of all fills share these slots.
+static SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(IO_SLOTS));
 
 /// What the sink hands back when its queue closes.
 #[derive(Debug)]
@@ -40,7 +66,6 @@ pub struct Output {
 pub struct Handle {
     queue: mpsc::Sender<Bytes>,
     task: JoinHandle<Output>,
-    hash: JoinHandle<Hasher>,
 }
 
 impl Handle {
@@ -52,60 +77,134 @@ impl Handle {
     /// Closes the queue and waits for the sink to write and hash what it holds.
     pub async fn finish(self) -> Output {
         drop(self.queue);
-        let mut output = self.task.await.expect("fill sink panicked");
-        output.hasher = self.hash.await.expect("fill hasher panicked");
-        output
+        self.task.await.expect("fill sink panicked")
     }
 }
 
 /// Starts the sink of a fill whose size is `size` (if known).
 pub fn spawn(fill: Arc<Fill>, temp: TempBlob, hasher: Hasher, size: Option<u64>) -> Handle {
-    let (queue, mut chunks) = mpsc::channel::<Bytes>(QUEUE);
-    let (to_hash, mut hash_chunks) = mpsc::channel::<Bytes>(QUEUE);
-    let algorithm = hasher.algorithm();
-    let hash = tokio::task::spawn_blocking(move || {
-        let mut hasher = hasher;
-        while let Some(chunk) = hash_chunks.blocking_recv() {
-            hasher.update(&chunk);
-        }
-        hasher
-    });
-    let task = tokio::task::spawn_blocking(move || {
-        let mut out = Output {
+    let (queue, chunks) = mpsc::channel::<Bytes>(QUEUE);
+    let sink = Sink {
+        fill,
+        out: Output {
             temp,
-            // Replaced by the hashing thread's result in `Handle::finish`.
-            hasher: Hasher::new(algorithm),
+            hasher,
             held: None,
             error: None,
             cache_error: None,
-        };
-        let mut written = 0u64;
-        while let Some(chunk) = chunks.blocking_recv() {
-            if to_hash.blocking_send(chunk.clone()).is_err() {
-                out.error = Some("the hashing thread stopped".into());
+        },
+        size,
+        written: 0,
+    };
+    Handle {
+        queue,
+        task: tokio::spawn(sink.run(chunks)),
+    }
+}
+
+struct Sink {
+    fill: Arc<Fill>,
+    out: Output,
+    size: Option<u64>,
+    written: u64,
+}
+
+impl Sink {
+    async fn run(mut self, mut chunks: mpsc::Receiver<Bytes>) -> Output {
+        while let Some(first) = chunks.recv().await {
+            let batch = gather(first, &mut chunks);
+            if let Err(e) = self.write(&batch).await {
+                self.out.error = Some(e);
                 break;
             }
-            if out.cache_error.is_none() {
-                if let Err(e) = out.temp.file().write_all(&chunk) {
-                    // Keep streaming to the clients; only the cache gives up.
-                    tracing::warn!(error = %e, "cannot write the cache file; streaming without caching");
-                    out.cache_error = Some(format!("cannot write the cache file: {e}"));
-                    fill.stop_caching();
-                }
+            for chunk in batch {
+                self.release(chunk);
             }
-            let cached = out.cache_error.is_none();
-            written += chunk.len() as u64;
-            match size {
-                Some(size) if written == size => out.held = Some(chunk),
-                Some(_) => fill.publish(chunk, cached),
-                None => {
-                    if let Some(previous) = out.held.replace(chunk) {
-                        fill.publish(previous, cached);
-                    }
+        }
+        self.out
+    }
+
+    /// Writes and hashes one batch on the blocking pool.
+    async fn write(&mut self, batch: &[Bytes]) -> Result<(), String> {
+        let _slot = SLOTS.acquire().await.map_err(|_| "fill slots closed")?;
+        let file = match self.out.cache_error {
+            None => Some(self.out.temp.shared_file()),
+            Some(_) => None,
+        };
+        let algorithm = self.out.hasher.algorithm();
+        let hasher = std::mem::replace(&mut self.out.hasher, Hasher::new(algorithm));
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        let (hasher, written) = if bytes < OVERLAP_FROM_BYTES {
+            let batch = batch.to_vec();
+            tokio::task::spawn_blocking(move || {
+                let written = file.map(|f| write_all(&f, &batch));
+                (hash(hasher, &batch), written)
+            })
+            .await
+            .map_err(|_| "the fill's write step failed")?
+        } else {
+            let to_hash = batch.to_vec();
+            let to_write = batch.to_vec();
+            let hashing = tokio::task::spawn_blocking(move || hash(hasher, &to_hash));
+            let writing =
+                tokio::task::spawn_blocking(move || file.map(|f| write_all(&f, &to_write)));
+            let (hashed, written) = tokio::join!(hashing, writing);
+            (
+                hashed.map_err(|_| "the fill's hash step failed")?,
+                written.map_err(|_| "the fill's write step failed")?,
+            )
+        };
+        self.out.hasher = hasher;
+        if let Some(Err(e)) = written {
+            // Keep streaming to the clients; only the cache gives up.
+            tracing::warn!(error = %e, "cannot write the cache file; streaming without caching");
+            self.out.cache_error = Some(format!("cannot write the cache file: {e}"));
+            self.fill.stop_caching();
+        }
+        Ok(())
+    }
+
+    /// Publishes a written chunk, holding back the one that may complete the
+    /// blob.
+    fn release(&mut self, chunk: Bytes) {
+        let cached = self.out.cache_error.is_none();
+        self.written += chunk.len() as u64;
+        match self.size {
+            Some(size) if self.written == size => self.out.held = Some(chunk),
+            Some(_) => self.fill.publish(chunk, cached),
+            None => {
+                if let Some(previous) = self.out.held.replace(chunk) {
+                    self.fill.publish(previous, cached);
                 }
             }
         }
-        out
-    });
-    Handle { queue, task, hash }
+    }
+}
+
+/// The chunks already queued behind `first`, up to a batch.
+fn gather(first: Bytes, chunks: &mut mpsc::Receiver<Bytes>) -> Vec<Bytes> {
+    let mut bytes = first.len();
+    let mut batch = vec![first];
+    while bytes < BATCH_BYTES {
+        match chunks.try_recv() {
+            Ok(chunk) => {
+                bytes += chunk.len();
+                batch.push(chunk);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+fn write_all(file: &File, batch: &[Bytes]) -> std::io::Result<()> {
+    let mut file = file;
+    batch.iter().try_for_each(|chunk| file.write_all(chunk))
+}
+
+fn hash(mut hasher: Hasher, batch: &[Bytes]) -> Hasher {
+    for chunk in batch {
+        hasher.update(chunk);
+    }
+    hasher
 }

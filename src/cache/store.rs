@@ -13,6 +13,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use rand::Rng;
@@ -125,7 +126,7 @@ impl BlobStore {
             .open(&path)?;
         Ok(TempBlob {
             path,
-            file,
+            file: Arc::new(file),
             committed: false,
         })
     }
@@ -137,14 +138,27 @@ impl BlobStore {
     }
 
     /// Syncs a verified temporary file and renames it into place.
-    pub fn commit(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
-        temp.file.sync_data()?;
+    pub fn commit(&self, temp: TempBlob, digest: &Digest) -> io::Result<()> {
+        temp.sync()?;
+        self.place(temp, digest)?;
+        self.sync_place(digest)
+    }
+
+    /// Renames a synced temporary file into place. [`BlobStore::sync_place`]
+    /// then makes the rename durable.
+    pub fn place(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
         let target = self.path(digest);
         let parent = target.parent().expect("blob paths have a parent");
         fs::create_dir_all(parent)?;
         fs::rename(&temp.path, &target)?;
         temp.committed = true;
-        File::open(parent)?.sync_all()
+        Ok(())
+    }
+
+    /// Syncs the directory a blob was renamed into.
+    pub fn sync_place(&self, digest: &Digest) -> io::Result<()> {
+        let target = self.path(digest);
+        File::open(target.parent().expect("blob paths have a parent"))?.sync_all()
     }
 }
 
@@ -153,7 +167,7 @@ impl BlobStore {
 #[derive(Debug)]
 pub struct TempBlob {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     committed: bool,
 }
 
@@ -161,6 +175,17 @@ impl TempBlob {
     /// The open file, for writing the fill and for followers to read it.
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// The open file as a handle that outlives a borrow, for blocking steps
+    /// and readers.
+    pub fn shared_file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Flushes the file's data to the disk.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Its path, for opening a second handle.
