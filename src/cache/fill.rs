@@ -67,6 +67,10 @@ pub struct Progress {
     pub media_type: Option<String>,
     /// Bytes written to the file and released to readers.
     pub published: u64,
+    /// Bytes sent on the live channel, whether or not the file holds them:
+    /// a reader may join the channel only while this is 0, or it would take
+    /// a later chunk for the first.
+    pub streamed: u64,
     /// The fill's state.
     pub state: FillState,
     /// The cache file stopped being written (a full disk); only live
@@ -84,13 +88,9 @@ pub struct Fill {
 
 impl Fill {
     /// Creates a fill over a fresh temporary file, and the writer that owns it.
-    pub(super) fn start(
-        cache: Cache,
-        digest: Digest,
-        temp: TempBlob,
-    ) -> std::io::Result<(Arc<Fill>, FillWriter)> {
+    pub(super) fn start(cache: Cache, digest: Digest, temp: TempBlob) -> (Arc<Fill>, FillWriter) {
         let fill = Arc::new(Fill {
-            file: Arc::new(temp.file().try_clone()?),
+            file: temp.shared_file(),
             progress: watch::Sender::new(Progress::default()),
             live: broadcast::Sender::new(LIVE_CHANNEL_CAPACITY),
         });
@@ -104,7 +104,7 @@ impl Fill {
             size: None,
             finished: false,
         };
-        Ok((fill, writer))
+        (fill, writer)
     }
 
     /// Releases a chunk to every reader: through the file when it is in
@@ -112,9 +112,12 @@ impl Fill {
     pub(super) fn publish(&self, chunk: Bytes, in_file: bool) {
         let len = chunk.len() as u64;
         // Progress first, then the channel: see `Fill::subscribe`.
-        if in_file {
-            self.progress.send_modify(|p| p.published += len);
-        }
+        self.progress.send_modify(|p| {
+            p.streamed += len;
+            if in_file {
+                p.published += len;
+            }
+        });
         let _ = self.live.send(LiveMsg::Data(chunk));
     }
 
@@ -127,10 +130,12 @@ impl Fill {
     /// Joins the fill as a reader.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
         // Subscribe to the live channel before reading the progress: if nothing
-        // was published by then, every chunk will arrive on the channel.
+        // was streamed by then, every chunk will arrive on the channel. A
+        // later joiner reads the file, which fails it cleanly when the file
+        // stopped being written.
         let live = self.live.subscribe();
         let progress = self.progress.subscribe();
-        let live = (progress.borrow().published == 0).then_some(live);
+        let live = (progress.borrow().streamed == 0).then_some(live);
         Subscription {
             file: Arc::clone(&self.file),
             live,
@@ -310,5 +315,41 @@ impl FillWriter {
 impl Drop for FillWriter {
     fn drop(&mut self) {
         self.fail(Error::Storage("fill abandoned".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::reader::BlobReader;
+    use crate::cache::BlobLookup;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn a_late_joiner_of_a_fill_that_stopped_caching_never_takes_a_later_chunk_for_the_first()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), &Default::default(), Default::default())
+            .await
+            .unwrap();
+        let digest = Digest::sha256_of(b"abcdef");
+        let BlobLookup::Missing(mut writer, _leader) = cache.lookup(&digest).await.unwrap() else {
+            panic!("nothing is stored yet");
+        };
+        writer.start(Some(6), None);
+        let fill = cache.inner.fills.lock().unwrap()[&digest].clone();
+        // The first write to the cache file failed: the chunk went to live
+        // readers only.
+        fill.stop_caching();
+        fill.publish(Bytes::from_static(b"abc"), false);
+
+        let late = cache.filling(&digest).expect("the fill is running");
+        let mut stream = std::pin::pin!(BlobReader::filling(late, 0, Some(6)).into_stream());
+        fill.publish(Bytes::from_static(b"def"), false);
+        match stream.next().await {
+            Some(Err(_)) => {}
+            Some(Ok(chunk)) => panic!("the late joiner got {chunk:?} as its first bytes"),
+            None => panic!("the late joiner's stream ended without an error"),
+        }
     }
 }
