@@ -70,6 +70,42 @@ pub enum BlobLookup {
     Missing(Box<FillWriter>, Subscription),
 }
 
+impl Inner {
+    /// Syncs a verified temporary file, renames it into place and records
+    /// it, the last two under the placement lock. Blocks.
+    fn store_blob(&self, temp: TempBlob, digest: &Digest, size: u64) -> std::io::Result<()> {
+        temp.sync()?;
+        {
+            let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+            self.store.place(temp, digest)?;
+            self.usage.insert(digest.clone(), size, SystemTime::now());
+        }
+        self.store.sync_place(digest)
+    }
+
+    /// Deletes the files of blobs taken out of the usage table, unless a
+    /// re-fill stored the same digest again since. Blocks.
+    fn remove_victims(&self, victims: Vec<Digest>) {
+        let mut removed = 0;
+        for digest in victims {
+            let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+            if self.usage.contains(&digest) {
+                tracing::debug!(%digest, "stored again since it was chosen for eviction; kept");
+                continue;
+            }
+            self.manifests.invalidate(&digest);
+            match self.store.remove(&digest) {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::debug!(%digest, "evicted");
+                }
+                Err(e) => tracing::warn!(%digest, error = %e, "cannot evict"),
+            }
+        }
+        self.metrics.evicted(removed);
+    }
+}
+
 /// The cache. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Cache {
@@ -82,6 +118,10 @@ struct Inner {
     usage: Arc<Usage>,
     index: Index,
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Held across a rename into `blobs/` and its record in `usage`, and
+    /// across an eviction's check and unlink, so an eviction never deletes
+    /// a file that a re-fill of the same digest has just stored.
+    placing: Mutex<()>,
     manifests: moka::sync::Cache<Digest, Arc<Manifest>>,
     manifest_types: moka::sync::Cache<Digest, Arc<str>>,
     tags: moka::sync::Cache<String, TagRecord>,
@@ -137,6 +177,7 @@ impl Cache {
             usage,
             index,
             fills: Mutex::new(HashMap::new()),
+            placing: Mutex::new(()),
             manifests,
             manifest_types,
             tags: moka::sync::Cache::new(TAG_MEMORY_ENTRIES),
@@ -209,8 +250,7 @@ impl Cache {
             .store
             .temp()
             .map_err(|e| Error::storage("create temp file", e))?;
-        let (fill, writer) = Fill::start(self.clone(), digest.clone(), temp)
-            .map_err(|e| Error::storage("start fill", e))?;
+        let (fill, writer) = Fill::start(self.clone(), digest.clone(), temp);
         let sub = fill.subscribe();
         fills.insert(digest.clone(), fill);
         Ok(Some(BlobLookup::Missing(Box::new(writer), sub)))
@@ -227,14 +267,9 @@ impl Cache {
     async fn commit_fill(&self, temp: TempBlob, digest: &Digest, size: u64) {
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
-        let committed = tokio::task::spawn_blocking(move || inner.store.commit(temp, &d)).await;
+        let committed = tokio::task::spawn_blocking(move || inner.store_blob(temp, &d, size)).await;
         match committed {
-            Ok(Ok(())) => {
-                self.inner
-                    .usage
-                    .insert(digest.clone(), size, SystemTime::now());
-                self.evict().await;
-            }
+            Ok(Ok(())) => self.evict().await,
             Ok(Err(e)) => tracing::error!(%digest, error = %e, "cannot store a verified blob"),
             Err(e) => tracing::error!(%digest, error = %e, "blob commit task failed"),
         }
@@ -250,20 +285,9 @@ impl Cache {
         if victims.is_empty() {
             return;
         }
-        self.inner.metrics.evicted(victims.len());
         let inner = Arc::clone(&self.inner);
-        let _ = tokio::task::spawn_blocking(move || {
-            for digest in victims {
-                inner.manifests.invalidate(&digest);
-                match inner.store.remove(&digest) {
-                    Ok(()) => tracing::debug!(%digest, "evicted"),
-                    Err(e) => tracing::warn!(%digest, error = %e, "cannot evict"),
-                }
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || inner.remove_victims(victims)).await;
     }
-
     /// A stored manifest by digest, from memory or disk.
     pub async fn manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>> {
         if let Some(m) = self.inner.manifests.get(digest) {
@@ -316,12 +340,8 @@ impl Cache {
                 .write_all(&m.bytes)
                 .map_err(|e| Error::storage("write manifest", e))?;
             inner
-                .store
-                .commit(temp, &m.digest)
+                .store_blob(temp, &m.digest, m.bytes.len() as u64)
                 .map_err(|e| Error::storage("commit manifest", e))?;
-            inner
-                .usage
-                .insert(m.digest.clone(), m.bytes.len() as u64, SystemTime::now());
             inner
                 .manifest_types
                 .insert(m.digest.clone(), Arc::from(m.media_type.as_str()));
@@ -405,5 +425,100 @@ impl Cache {
     /// Fills in progress.
     pub fn fills_in_flight(&self) -> usize {
         self.inner.fills.lock().map(|f| f.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn open(dir: &Path, quota: u64) -> Cache {
+        let config = CacheConfig {
+            max_size: bytesize::ByteSize::b(quota),
+            ..CacheConfig::default()
+        };
+        Cache::open(dir, &config, Default::default()).await.unwrap()
+    }
+
+    /// Fills `content` through the cache as an upstream fetch would.
+    async fn fill(cache: &Cache, content: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(content);
+        let BlobLookup::Missing(mut writer, _) = cache.lookup(&digest).await.unwrap() else {
+            panic!("{digest} is already stored or filling");
+        };
+        writer.start(Some(content.len() as u64), None);
+        writer.write(Bytes::copy_from_slice(content)).await.unwrap();
+        writer.finish().await.unwrap();
+        digest
+    }
+
+    #[tokio::test]
+    async fn an_eviction_never_deletes_a_blob_stored_again_since_it_was_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 100).await;
+        let a = fill(&cache, &[1; 80]).await;
+        // Another blob takes the cache past its quota: `a` is chosen, but its
+        // file is not deleted yet.
+        let other = Digest::sha256_of(b"other");
+        cache.inner.usage.insert(other, 80, SystemTime::now());
+        assert_eq!(cache.inner.usage.take_victims(), vec![a.clone()]);
+        // A client asks for `a` meanwhile: it is fetched and stored again.
+        assert_eq!(fill(&cache, &[1; 80]).await, a);
+        // Then the eviction deletes what it chose.
+        cache.inner.remove_victims(vec![a.clone()]);
+        let stored = cache.stored_blob(&a).await.unwrap();
+        let stored = stored.expect("the re-filled blob is still stored");
+        assert_eq!(stored.size, 80);
+        assert!(cache.inner.store.path(&a).exists());
+    }
+
+    #[test]
+    fn a_hit_never_waits_behind_fills_from_a_stalled_upstream() {
+        // A blocking pool far smaller than the fills in flight: a fill that
+        // kept a thread for its whole fetch would leave none for the hit.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = open(dir.path(), 1 << 30).await;
+            let stored = fill(&cache, b"a cached blob").await;
+            let mut writers = Vec::new();
+            let mut contents = Vec::new();
+            for n in 0..8u8 {
+                let content = vec![n; 64 * 1024];
+                let digest = Digest::sha256_of(&content);
+                let BlobLookup::Missing(mut writer, _) = cache.lookup(&digest).await.unwrap()
+                else {
+                    panic!("a new blob");
+                };
+                writer.start(Some(content.len() as u64), None);
+                // The upstream sends the first half, then stalls.
+                writer
+                    .write(Bytes::copy_from_slice(&content[..32 * 1024]))
+                    .await
+                    .unwrap();
+                writers.push(writer);
+                contents.push(content);
+            }
+            let hit = tokio::time::timeout(Duration::from_secs(20), cache.stored_blob(&stored))
+                .await
+                .expect("the hit got a blocking thread while the fills stalled");
+            assert!(hit.unwrap().is_some());
+            // The stalled fills still complete once the upstream goes on.
+            for (mut writer, content) in writers.into_iter().zip(contents) {
+                writer
+                    .write(Bytes::copy_from_slice(&content[32 * 1024..]))
+                    .await
+                    .unwrap();
+                writer.finish().await.unwrap();
+                let digest = Digest::sha256_of(&content);
+                assert!(cache.stored_blob(&digest).await.unwrap().is_some());
+            }
+        });
     }
 }
