@@ -6,6 +6,10 @@
 //! survives restarts without a second record that could disagree with the disk.
 //!
 //! A blob being read holds a [`Lease`]; eviction never picks a leased blob.
+//! A lease is a clone of its entry's token, so it counts for exactly the
+//! entry it was taken on: storing the same digest again keeps the token (and
+//! its leases), and a lease on an entry that was forgotten and stored anew
+//! counts for neither.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +28,13 @@ pub const PERSIST_USE_EVERY: Duration = Duration::from_secs(3600);
 struct Entry {
     size: u64,
     last_use: SystemTime,
-    leases: usize,
+    token: Arc<()>,
+}
+
+impl Entry {
+    fn leased(&self) -> bool {
+        Arc::strong_count(&self.token) > 1
+    }
 }
 
 #[derive(Debug, Default)]
@@ -43,17 +53,7 @@ pub struct Usage {
 /// Keeps a blob from eviction while it is read.
 #[derive(Debug)]
 pub struct Lease {
-    usage: Arc<Usage>,
-    digest: Digest,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let mut table = self.usage.lock();
-        if let Some(entry) = table.entries.get_mut(&self.digest) {
-            entry.leases -= 1;
-        }
-    }
+    _token: Arc<()>,
 }
 
 impl Usage {
@@ -74,24 +74,30 @@ impl Usage {
     /// Records a stored blob (at start, or after a commit).
     pub fn insert(&self, digest: Digest, size: u64, last_use: SystemTime) {
         let mut table = self.lock();
-        let old = table.entries.insert(
-            digest,
-            Entry {
-                size,
-                last_use,
-                leases: 0,
-            },
-        );
-        table.total += size;
-        if let Some(old) = old {
-            table.total -= old.size;
+        let table = &mut *table;
+        match table.entries.get_mut(&digest) {
+            Some(entry) => {
+                table.total = table.total - entry.size + size;
+                entry.size = size;
+                entry.last_use = entry.last_use.max(last_use);
+            }
+            None => {
+                table.total += size;
+                let token = Arc::new(());
+                let entry = Entry {
+                    size,
+                    last_use,
+                    token,
+                };
+                table.entries.insert(digest, entry);
+            }
         }
     }
 
     /// Marks a blob used and leases it; `None` if the table does not hold it
     /// (never stored, or already chosen for eviction). The second value says
     /// whether the file's modification time should be refreshed.
-    pub fn lease(self: &Arc<Self>, digest: &Digest) -> Option<(Lease, bool)> {
+    pub fn lease(&self, digest: &Digest) -> Option<(Lease, bool)> {
         let now = SystemTime::now();
         let mut table = self.lock();
         let entry = table.entries.get_mut(digest)?;
@@ -100,10 +106,8 @@ impl Usage {
             .map(|age| age >= PERSIST_USE_EVERY)
             .unwrap_or(false);
         entry.last_use = now;
-        entry.leases += 1;
         let lease = Lease {
-            usage: Arc::clone(self),
-            digest: digest.clone(),
+            _token: Arc::clone(&entry.token),
         };
         Some((lease, persist))
     }
@@ -128,7 +132,7 @@ impl Usage {
         let mut candidates: Vec<(SystemTime, Digest, u64)> = table
             .entries
             .iter()
-            .filter(|(_, e)| e.leases == 0)
+            .filter(|(_, e)| !e.leased())
             .map(|(d, e)| (e.last_use, d.clone(), e.size))
             .collect();
         candidates.sort_unstable_by_key(|c| c.0);
@@ -218,6 +222,32 @@ mod tests {
         let (_, persist) = usage.lease(&digest(0)).unwrap();
         assert!(!persist, "just refreshed");
         assert_eq!(usage.take_victims(), vec![digest(1)]);
+    }
+
+    #[test]
+    fn storing_a_leased_blob_again_keeps_its_lease() {
+        let usage = Usage::new(100);
+        usage.insert(digest(0), 80, at(1));
+        let (lease, _) = usage.lease(&digest(0)).unwrap();
+        usage.insert(digest(0), 80, at(2));
+        usage.insert(digest(1), 80, at(3));
+        assert_eq!(usage.take_victims(), vec![digest(1)], "0 is still leased");
+        drop(lease);
+        usage.insert(digest(2), 80, SystemTime::now());
+        assert_eq!(usage.take_victims(), vec![digest(0)]);
+    }
+
+    #[test]
+    fn a_lease_from_before_a_forget_does_not_pin_or_break_the_new_entry() {
+        let usage = Usage::new(100);
+        usage.insert(digest(0), 80, at(1));
+        let (old, _) = usage.lease(&digest(0)).unwrap();
+        usage.forget(&digest(0));
+        usage.insert(digest(0), 80, at(1));
+        usage.insert(digest(1), 80, SystemTime::now());
+        drop(old);
+        assert_eq!(usage.take_victims(), vec![digest(0)]);
+        assert_eq!(usage.total_bytes(), 80);
     }
 
     #[test]
