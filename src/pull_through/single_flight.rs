@@ -2,7 +2,9 @@
 //! a clone of the one result.
 //!
 //! The work runs in its own spawned task, so the first caller going away
-//! (a client disconnecting) neither cancels it nor strands the others.
+//! (a client disconnecting) neither cancels it nor strands the others. The
+//! key leaves the table when that task ends, however it ends: a flight that
+//! panicked fails its own callers, never the ones that come after.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,12 +58,11 @@ where
                     let task_key = key.clone();
                     let future = work();
                     let handle = tokio::spawn(async move {
-                        let value = future.await;
-                        table
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&task_key);
-                        value
+                        let _landing = Landing {
+                            table,
+                            key: Some(task_key),
+                        };
+                        future.await
                     });
                     let flight = async move { handle.await.expect("single-flight task panicked") }
                         .boxed()
@@ -72,6 +73,23 @@ where
             }
         };
         (flight.await, joined)
+    }
+}
+
+/// Takes a flight's key out of the table when its task ends or unwinds.
+struct Landing<K: Eq + Hash, V: Clone> {
+    table: Flights<K, V>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash, V: Clone> Drop for Landing<K, V> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
     }
 }
 
@@ -108,6 +126,28 @@ mod tests {
         // Finished work is forgotten: the next call runs again.
         let (value, j) = flights.run("k", || async { 7 }).await;
         assert_eq!((value, j), (7, false));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flight_fails_only_its_own_callers() {
+        let flights: Arc<SingleFlight<u8, u8>> = Arc::new(SingleFlight::default());
+        let panicking = {
+            let flights = Arc::clone(&flights);
+            tokio::spawn(async move {
+                flights
+                    .run(1, || async {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        panic!("the work failed")
+                    })
+                    .await
+            })
+        };
+        assert!(panicking.await.is_err(), "its caller sees the panic");
+        let (value, joined) =
+            tokio::time::timeout(Duration::from_secs(5), flights.run(1, || async { 3 }))
+                .await
+                .expect("a later caller is not stuck");
+        assert_eq!((value, joined), (3, false), "a later caller runs anew");
     }
 
     #[tokio::test]
