@@ -14,12 +14,13 @@
 mod common;
 
 use common::containerd::Containerd;
-use common::docker::Docker;
+use common::docker::{Docker, DOCKER_HUB_AUTH_KEY};
 use common::lasti::{config, Lasti};
 use common::oci_layout::{sha256_digest, BuiltImage, ImageSpec, Layout};
 use common::podman::Podman;
 use common::registry::Registry;
 use common::skopeo;
+use lasti::config::AccessMode;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -234,4 +235,60 @@ async fn docker_pulls_through_lasti_as_a_registry_mirror() {
     for digest in index.other.iter().chain(&list.other) {
         assert_eq!(hub.blob_gets(digest), 0, "other platform: {digest}");
     }
+}
+
+/// docker sends a mirror the credentials it holds for Docker Hub, never
+/// those it holds for the mirror: with lasti in authenticated mode, pull by
+/// lasti's own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pulls_from_authenticated_lasti_by_its_name_not_as_a_mirror() {
+    let (hub, work) = (Registry::start(), TempDir::new().unwrap());
+    let image = push(&hub, &work, 520, "library/app").await;
+    let htpasswd = work.path().join("htpasswd");
+    let line = format!("bob:{}\n", bcrypt::hash("s3cret", 4).unwrap());
+    std::fs::write(&htpasswd, line).unwrap();
+    let mut cfg = config(&[("docker.io", &hub.url())]);
+    cfg.access.mode = AccessMode::Authenticated;
+    cfg.access.htpasswd_file = Some(htpasswd);
+    let lasti = Lasti::start_with(cfg, None).await;
+    let docker = Docker::start(&lasti.host());
+    let by_name = format!("{}/library/app:v1", lasti.host());
+    // dockerd's log of each pull lasti refused for want of credentials.
+    let asked = format!("{}/v2/library/app/manifests/v1", lasti.url());
+    let refusals = || {
+        let log = docker.log();
+        let lines = log.lines().filter(|l| l.contains(&asked));
+        lines
+            .filter(|l| l.contains("no basic auth credentials"))
+            .count()
+    };
+
+    let anonymous = docker.pull("app:v1").await;
+    assert!(anonymous.is_err(), "an anonymous mirror pull is refused");
+    let anonymous = docker.pull(&by_name).await;
+    assert!(anonymous.is_err(), "an anonymous pull by name is refused");
+    let wrong = docker.login(&lasti.host(), "bob", "wrong").await;
+    assert!(wrong.is_err(), "a wrong password does not log in");
+
+    docker.login(&lasti.host(), "bob", "s3cret").await.unwrap();
+    let before = refusals();
+    let mirror = docker.pull("app:v1").await;
+    assert!(mirror.is_err(), "lasti's login is not sent to the mirror");
+    assert!(
+        refusals() > before,
+        "the mirror was asked without credentials"
+    );
+    for digest in image.blob_digests() {
+        assert_eq!(hub.blob_gets(&digest), 0, "refused pulls fetch nothing");
+    }
+    let pulled = docker.pull(&by_name).await.unwrap();
+    assert_eq!(pulled, [image.manifest_digest.as_str()]);
+    for digest in image.blob_digests() {
+        assert_eq!(hub.blob_gets(&digest), 1, "{digest}");
+    }
+
+    // What the mirror is sent: the credentials kept for Docker Hub.
+    docker.store_credentials(DOCKER_HUB_AUTH_KEY, "bob", "s3cret");
+    let pulled = docker.pull("app:v1").await.unwrap();
+    assert_eq!(pulled, [image.manifest_digest.as_str()]);
 }
