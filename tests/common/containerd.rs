@@ -68,7 +68,8 @@ impl Containerd {
         containerd
     }
 
-    fn socket(&self) -> PathBuf {
+    /// The daemon's gRPC socket, for a client or a dockerd of the test's own.
+    pub fn socket(&self) -> PathBuf {
         self.dir.path().join("containerd.sock")
     }
 

@@ -8,7 +8,8 @@
 //! - [`fake_upstream`] is a programmable fake registry that injects faults;
 //!   [`checks`] holds the assertions the fault tests share.
 //! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back;
-//!   [`podman`] and [`containerd`] pull through lasti configured as a mirror.
+//!   [`podman`], [`containerd`] and [`docker`] pull through lasti configured
+//!   as a mirror.
 //!
 //! Everything here talks to 127.0.0.1 only. A missing tool is a test failure,
 //! never a skip: the README's test command installs the tools.
@@ -16,6 +17,7 @@
 
 pub mod checks;
 pub mod containerd;
+pub mod docker;
 pub mod fake_upstream;
 pub mod http;
 pub mod lasti;

@@ -46,6 +46,26 @@ pub async fn push_layout(
     run(&args).await.map(drop)
 }
 
+/// Pushes every image of the index `oci:<layout_dir>:<tag>` to `dest` in
+/// Docker's formats (schema 2 manifests under a manifest list). Manifests and
+/// configs are rewritten, so their digests are the registry's to report.
+pub async fn push_layout_as_docker(layout_dir: &Path, tag: &str, dest: &str) -> Result<(), String> {
+    let args = [
+        "copy",
+        "--quiet",
+        "--retry-times",
+        "0",
+        "--all",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+    ];
+    let mut args: Vec<String> = args.map(String::from).into();
+    args.push(format!("oci:{}:{tag}", layout_dir.display()));
+    args.push(docker_ref(dest));
+    run(&args).await.map(drop)
+}
+
 /// Pulls `src` (`host:port/repo:tag` or `host:port/repo@sha256:..`) into the
 /// `dir:` layout `out`; `all` copies every image of an index.
 pub async fn pull_to_dir(src: &str, out: &Path, all: bool) -> Result<(), String> {
