@@ -25,6 +25,9 @@ use memmap2::{Mmap, MmapOptions};
 /// unmapped as soon as hyper has written it).
 pub const WINDOW: u64 = 4 * 1024 * 1024;
 
+/// Bytes read at a time when a window is read into the page cache.
+const READ_IN_PIECE: usize = 256 * 1024;
+
 /// Where a live window's bytes come from.
 #[derive(Debug)]
 struct Region {
@@ -100,14 +103,24 @@ impl Mapping {
         self.map.as_ref().is_none_or(resident)
     }
 
-    /// Reads the range in from the disk, one touch a page. Blocks: call it on
-    /// a blocking thread, for a mapping that is not resident.
-    pub fn read_in(&self) {
-        if let Some(map) = &self.map {
-            let page = rustix::param::page_size();
-            let sum = map.iter().step_by(page).fold(0u8, |a, b| a ^ b);
-            std::hint::black_box(sum);
+    /// Reads the range into the page cache through the file, not through
+    /// the mapping: a disk error (or a file cut short) is an error here,
+    /// where touching the mapped page would be a `SIGBUS` for the process.
+    /// Blocks: call it on a blocking thread, for a mapping that is not
+    /// resident.
+    pub fn read_in(&self) -> io::Result<()> {
+        let Some(map) = &self.map else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; READ_IN_PIECE.min(map.len())];
+        let mut done = 0;
+        while done < map.len() {
+            let piece = (map.len() - done).min(buf.len());
+            let at = self.offset + done as u64;
+            super::pread::read_exact_at(&self.file, &mut buf[..piece], at)?;
+            done += piece;
         }
+        Ok(())
     }
 
     /// The range as `Bytes` that unmap when dropped, listed for `sendfile`.
@@ -135,7 +148,7 @@ impl Mapping {
 pub fn window(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
     let mapping = Mapping::new(file, offset, len)?;
     if !mapping.is_resident() {
-        mapping.read_in();
+        mapping.read_in()?;
     }
     Ok(mapping.into_bytes())
 }

@@ -7,6 +7,7 @@
 pub mod fill;
 pub mod index;
 pub mod mapped;
+mod pread;
 pub mod reader;
 mod sink;
 pub mod store;
@@ -301,7 +302,7 @@ impl Cache {
         };
         let bytes = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; blob.size as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&*blob.file, &mut buf, 0)?;
+            pread::read_exact_at(&blob.file, &mut buf, 0)?;
             Ok::<_, std::io::Error>(buf)
         })
         .await

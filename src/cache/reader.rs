@@ -1,22 +1,39 @@
 //! Streams a byte range of a blob: from a stored file, from a fill's live
 //! channel, or from a fill's growing file.
 //!
-//! File reads are positional (`pread`) on a shared handle, done off the async
-//! threads in pieces of [`READ_CHUNK`], so any number of readers share one
-//! open file and memory per reader stays at one piece.
+//! A stored blob goes out as memory-mapped windows when the connection
+//! sends them with `sendfile` ([`Delivery::Mapped`]); on any other
+//! connection (TLS, HTTP/2), whose code would read the mapped memory, it is
+//! read into buffers instead ([`Delivery::Copied`]), so a disk error fails
+//! one response rather than raising `SIGBUS`. File reads are positional on a
+//! shared handle (see [`super::pread`]), in pieces of [`READ_CHUNK`], so any
+//! number of readers share one open file and memory per reader stays at one
+//! piece.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
 
 use super::fill::{FillState, LiveMsg, Progress, Subscription};
 use super::mapped;
+use super::pread;
 use super::usage::Lease;
+
+/// How a stored blob's bytes reach the connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Read into buffers: for connections that read the body's memory
+    /// (TLS encrypts it, HTTP/2 frames it).
+    #[default]
+    Copied,
+    /// Mapped windows, for a connection that sends them with `sendfile`
+    /// and never reads the mapped memory itself.
+    Mapped,
+}
 
 /// Size of one read from a cache file.
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -29,6 +46,7 @@ pub struct BlobReader {
     end: u64,
     live: Option<broadcast::Receiver<LiveMsg>>,
     follow: Option<watch::Receiver<Progress>>,
+    delivery: Delivery,
     done: bool,
     _lease: Option<Lease>,
 }
@@ -43,6 +61,7 @@ impl BlobReader {
             end,
             live: None,
             follow: None,
+            delivery: Delivery::Copied,
             done: false,
             _lease: lease,
         }
@@ -58,9 +77,17 @@ impl BlobReader {
             end: end.unwrap_or(u64::MAX),
             live: if start == 0 { sub.live } else { None },
             follow: Some(sub.progress),
+            delivery: Delivery::Copied,
             done: false,
             _lease: None,
         }
+    }
+
+    /// Chooses how a stored blob's bytes are handed out (a fill's are always
+    /// copied from its growing file or shared from the live channel).
+    pub fn with_delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
     }
 
     /// The reader as a stream of chunks; an `Err` item means the client's
@@ -128,9 +155,10 @@ impl BlobReader {
             }
             if self.offset < available {
                 let limit = available.min(self.end);
-                return Some(match self.follow {
-                    None => self.map(limit).await,
-                    Some(_) => self.read(limit).await,
+                let mapped = self.follow.is_none() && self.delivery == Delivery::Mapped;
+                return Some(match mapped {
+                    true => self.map(limit).await,
+                    false => self.read(limit).await,
                 });
             }
             if matches!(state, FillState::Complete) {
@@ -159,41 +187,56 @@ impl BlobReader {
         let mapping = if mapping.is_resident() {
             mapping
         } else {
-            tokio::task::spawn_blocking(move || {
-                mapping.read_in();
-                mapping
-            })
-            .await
-            .map_err(io::Error::other)?
+            tokio::task::spawn_blocking(move || mapping.read_in().map(|()| mapping))
+                .await
+                .map_err(io::Error::other)??
         };
         let chunk = mapping.into_bytes();
         self.offset += chunk.len() as u64;
         Ok(chunk)
     }
 
-    /// The next piece of a file still being filled, read with `pread`.
+    /// The next piece of the file, read into a buffer.
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
         let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
-        let (file, offset) = (Arc::clone(&self.file), self.offset);
-        let chunk = tokio::task::spawn_blocking(move || {
-            let mut buf = BytesMut::zeroed(len);
-            let mut filled = 0;
-            while filled < len {
-                match file.read_at(&mut buf[filled..], offset + filled as u64)? {
-                    0 => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "cache file truncated",
-                        ))
-                    }
-                    n => filled += n,
-                }
-            }
-            Ok(buf.freeze())
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let chunk = pread::read(&self.file, self.offset, len).await?;
         self.offset += chunk.len() as u64;
         Ok(chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::io::Write;
+
+    /// A stored blob whose file lost its tail after it was recorded, the
+    /// way a failing disk loses pages: each delivery fails the response
+    /// with an error instead of crashing the process.
+    #[tokio::test]
+    async fn a_stored_file_that_cannot_be_read_fails_the_response_not_the_process() {
+        for delivery in [Delivery::Mapped, Delivery::Copied] {
+            let mut tmp = tempfile::NamedTempFile::new().unwrap();
+            let size = 3 * mapped::WINDOW as usize;
+            tmp.write_all(&vec![5u8; size]).unwrap();
+            let file = Arc::new(std::fs::File::open(tmp.path()).unwrap());
+            tmp.as_file().set_len(mapped::WINDOW + 100).unwrap();
+            let reader = BlobReader::stored(file, 0, size as u64, None).with_delivery(delivery);
+            let mut stream = std::pin::pin!(reader.into_stream());
+            let mut got = 0;
+            let err = loop {
+                match stream.next().await {
+                    Some(Ok(chunk)) => {
+                        assert!(chunk.iter().all(|b| *b == 5));
+                        got += chunk.len();
+                    }
+                    Some(Err(e)) => break e,
+                    None => panic!("{delivery:?}: the stream ended as if complete"),
+                }
+            };
+            assert!(got <= mapped::WINDOW as usize + 100, "{delivery:?}");
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{delivery:?}");
+        }
     }
 }

@@ -54,7 +54,8 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
             let digest = parse_digest(digest)?;
             let range = parse_range(request.headers())?;
             let answer = proxy.blob(upstream, &repo, &digest, range, head).await?;
-            Ok(response::blob(answer, digest.as_str()))
+            let delivery = request.extensions().get().copied().unwrap_or_default();
+            Ok(response::blob(answer, digest.as_str(), delivery))
         }
         Route::Referrers { name, digest } => {
             let (upstream, repo) = resolve(proxy, name, query)?;

@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use crate::access::Access;
 use crate::backfill::{self, Backfill};
+use crate::cache::reader::Delivery;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -154,8 +155,12 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let (proxy, access) = (Arc::clone(&proxy), Arc::clone(&access));
-        let service = service_fn(move |request| {
+        let sendfile = tls.is_none();
+        let service = service_fn(move |mut request: Request<Incoming>| {
             let (proxy, access) = (Arc::clone(&proxy), Arc::clone(&access));
+            if sendfile && request.version() < http::Version::HTTP_2 {
+                request.extensions_mut().insert(Delivery::Mapped);
+            }
             async move { Ok::<_, Infallible>(serve(&proxy, &access, peer.ip(), request).await) }
         });
         let (builder, watcher) = (builder.clone(), graceful.watcher());

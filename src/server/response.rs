@@ -6,6 +6,7 @@ use futures_util::StreamExt;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body, BodyError};
+use crate::cache::reader::Delivery;
 use crate::error::{Error, Origin};
 use crate::oci::media_type::OCI_INDEX;
 use crate::oci::range::unsatisfied_content_range;
@@ -93,7 +94,7 @@ pub fn manifest(answer: &ManifestAnswer, head: bool) -> Response<Body> {
 }
 
 /// A blob, a range of it, or (for HEAD) its headers.
-pub fn blob(answer: BlobAnswer, digest: &str) -> Response<Body> {
+pub fn blob(answer: BlobAnswer, digest: &str, delivery: Delivery) -> Response<Body> {
     let status = if answer.range.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {
@@ -116,6 +117,7 @@ pub fn blob(answer: BlobAnswer, digest: &str) -> Response<Body> {
     let body = match answer.reader {
         Some(reader) => body::stream(
             reader
+                .with_delivery(delivery)
                 .into_stream()
                 .map(|chunk| chunk.map_err(|e| Box::new(e) as BodyError)),
         ),
