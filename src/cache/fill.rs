@@ -274,11 +274,7 @@ impl FillWriter {
         }
         let size = self.written;
         match output.cache_error {
-            None => {
-                self.cache
-                    .commit_fill(output.temp, &self.digest, size)
-                    .await
-            }
+            None => self.cache.commit_fill(output.temp, &self.digest).await,
             Some(reason) => {
                 tracing::warn!(digest = %self.digest, %reason, "blob streamed but not cached");
                 self.cache.metrics().cache_write_failure();

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -112,18 +112,36 @@ impl Index {
         txn.commit().map_err(store_err)
     }
 
-    /// Every stored manifest's media type, loaded into memory at start.
-    pub fn manifest_types(&self) -> Result<Vec<(Digest, String)>> {
-        let txn = self.db.begin_read().map_err(store_err)?;
-        let table = txn.open_table(MANIFEST_TYPES).map_err(store_err)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(store_err)? {
-            let (key, value) = item.map_err(store_err)?;
-            if let Ok(digest) = Digest::parse(key.value()) {
-                out.push((digest, value.value().to_string()));
+    /// Forgets the media types of evicted manifests (and of blobs that were
+    /// never manifests: a missing row is no error), in one transaction.
+    pub fn remove_manifest_types(&self, digests: &[Digest]) -> Result<()> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut table = txn.open_table(MANIFEST_TYPES).map_err(store_err)?;
+            for digest in digests {
+                table
+                    .remove(digest.to_string().as_str())
+                    .map_err(store_err)?;
             }
         }
-        Ok(out)
+        txn.commit().map_err(store_err)
+    }
+
+    /// Deletes the tag records for which `stale` holds; returns how many.
+    pub fn remove_tags_where(&self, stale: impl Fn(&TagRecord) -> bool) -> Result<usize> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        let removed = {
+            let mut table = txn.open_table(TAGS).map_err(store_err)?;
+            let before = table.len().map_err(store_err)?;
+            table
+                .retain(|_, value| {
+                    serde_json::from_slice::<TagRecord>(value).is_ok_and(|record| !stale(&record))
+                })
+                .map_err(store_err)?;
+            before - table.len().map_err(store_err)?
+        };
+        txn.commit().map_err(store_err)?;
+        Ok(removed as usize)
     }
 
     /// Every tag record, for listing the cache.
@@ -183,6 +201,24 @@ mod tests {
             Some(record.media_type.as_str())
         );
         assert_eq!(index.tags().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn stale_tag_records_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb")).unwrap();
+        let record = |checked_at| TagRecord {
+            digest: Digest::sha256_of(b"m"),
+            media_type: "t".into(),
+            size: 1,
+            checked_at,
+        };
+        index.put_tag("old", &record(1)).unwrap();
+        index.put_tag("new", &record(unix_now())).unwrap();
+        let removed = index.remove_tags_where(|r| r.checked_at < 100).unwrap();
+        assert_eq!(removed, 1);
+        assert!(index.tag("old").unwrap().is_none());
+        assert!(index.tag("new").unwrap().is_some());
     }
 
     #[test]

@@ -11,12 +11,14 @@ mod pread;
 pub mod reader;
 mod sink;
 pub mod store;
+mod upkeep;
 pub mod usage;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -74,20 +76,36 @@ pub enum BlobLookup {
 impl Inner {
     /// Syncs a verified temporary file, renames it into place and records
     /// it, the last two under the placement lock. Blocks.
-    fn store_blob(&self, temp: TempBlob, digest: &Digest, size: u64) -> std::io::Result<()> {
-        temp.sync()?;
+    fn store_blob(&self, temp: TempBlob, digest: &Digest) -> std::io::Result<()> {
+        let charge = temp.sync()?;
         {
             let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
             self.store.place(temp, digest)?;
-            self.usage.insert(digest.clone(), size, SystemTime::now());
+            self.usage.insert(digest.clone(), charge, SystemTime::now());
+        }
+        if self.usage.over_quota() {
+            self.evictor.notify_one();
         }
         self.store.sync_place(digest)
+    }
+
+    /// The media type of a stored manifest, `None` for any other blob; from
+    /// memory, else from the index. Blocks.
+    fn manifest_type(&self, digest: &Digest) -> Option<Arc<str>> {
+        self.manifest_types
+            .get_with_by_ref(digest, || match self.index.manifest_type(digest) {
+                Ok(found) => found.map(Arc::from),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "cannot read a manifest type");
+                    None
+                }
+            })
     }
 
     /// Deletes the files of blobs taken out of the usage table, unless a
     /// re-fill stored the same digest again since. Blocks.
     fn remove_victims(&self, victims: Vec<Digest>) {
-        let mut removed = 0;
+        let mut removed = Vec::with_capacity(victims.len());
         for digest in victims {
             let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
             if self.usage.contains(&digest) {
@@ -95,15 +113,19 @@ impl Inner {
                 continue;
             }
             self.manifests.invalidate(&digest);
+            self.manifest_types.invalidate(&digest);
             match self.store.remove(&digest) {
                 Ok(()) => {
-                    removed += 1;
                     tracing::debug!(%digest, "evicted");
+                    removed.push(digest);
                 }
                 Err(e) => tracing::warn!(%digest, error = %e, "cannot evict"),
             }
         }
-        self.metrics.evicted(removed);
+        self.metrics.evicted(removed.len());
+        if let Err(e) = self.index.remove_manifest_types(&removed) {
+            tracing::warn!(error = %e, "cannot forget the media types of evicted manifests");
+        }
     }
 }
 
@@ -123,16 +145,22 @@ struct Inner {
     /// across an eviction's check and unlink, so an eviction never deletes
     /// a file that a re-fill of the same digest has just stored.
     placing: Mutex<()>,
+    /// Whether every blob file found at start is in `usage` (see `upkeep`).
+    indexed: AtomicBool,
+    /// Wakes the eviction task.
+    evictor: Arc<tokio::sync::Notify>,
     manifests: moka::sync::Cache<Digest, Arc<Manifest>>,
-    manifest_types: moka::sync::Cache<Digest, Arc<str>>,
+    /// Per digest, its manifest media type, or `None` for other blobs: read
+    /// through from the index, never loaded whole.
+    manifest_types: moka::sync::Cache<Digest, Option<Arc<str>>>,
     tags: moka::sync::Cache<String, TagRecord>,
     metrics: Arc<Metrics>,
     max_blob_size: u64,
 }
 
 impl Cache {
-    /// Opens the cache in `data_dir`: cleans temporary files, rebuilds the
-    /// usage table from the blob files, opens the index.
+    /// Opens the cache in `data_dir`: cleans temporary files and opens the
+    /// index; the blob files are indexed in the background.
     pub async fn open(
         data_dir: &Path,
         config: &CacheConfig,
@@ -140,9 +168,12 @@ impl Cache {
     ) -> Result<Cache> {
         let data_dir = data_dir.to_path_buf();
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Cache::open_blocking(&data_dir, &config, metrics))
-            .await
-            .map_err(|e| Error::storage("open", e))?
+        let cache =
+            tokio::task::spawn_blocking(move || Cache::open_blocking(&data_dir, &config, metrics))
+                .await
+                .map_err(|e| Error::storage("open", e))??;
+        upkeep::start(&cache.inner);
+        Ok(cache)
     }
 
     fn open_blocking(
@@ -151,36 +182,22 @@ impl Cache {
         metrics: Arc<Metrics>,
     ) -> Result<Cache> {
         let store = BlobStore::open(data_dir).map_err(|e| Error::storage("open blob store", e))?;
-        let usage = Usage::new(config.max_size.as_u64());
-        for blob in store
-            .scan()
-            .map_err(|e| Error::storage("scan blob store", e))?
-        {
-            usage.insert(blob.digest, blob.size, blob.last_use);
-        }
         let index = Index::open(&data_dir.join("index.redb"))?;
-        let manifest_types = moka::sync::Cache::new(MANIFEST_TYPE_ENTRIES);
-        for (digest, media_type) in index.manifest_types()? {
-            manifest_types.insert(digest, Arc::from(media_type));
-        }
         let manifests = moka::sync::Cache::builder()
             .max_capacity(config.manifest_memory.as_u64())
             .weigher(|_, m: &Arc<Manifest>| m.bytes.len().try_into().unwrap_or(u32::MAX))
             .build();
-        tracing::info!(
-            objects = usage.count(),
-            bytes = usage.total_bytes(),
-            dir = %data_dir.display(),
-            "cache opened"
-        );
+        tracing::info!(dir = %data_dir.display(), "cache opened");
         let inner = Inner {
             store,
-            usage,
+            usage: Usage::new(config.max_size.as_u64()),
             index,
             fills: Mutex::new(HashMap::new()),
             placing: Mutex::new(()),
+            indexed: AtomicBool::new(false),
+            evictor: Arc::new(tokio::sync::Notify::new()),
             manifests,
-            manifest_types,
+            manifest_types: moka::sync::Cache::new(MANIFEST_TYPE_ENTRIES),
             tags: moka::sync::Cache::new(TAG_MEMORY_ENTRIES),
             metrics,
             max_blob_size: config.max_blob_size.as_u64(),
@@ -190,24 +207,57 @@ impl Cache {
         })
     }
 
+    /// Whether every blob file found at start is indexed.
+    pub fn indexed(&self) -> bool {
+        self.inner.indexed.load(Ordering::Acquire)
+    }
+
+    /// Leases a stored blob; while indexing runs, one not yet indexed is
+    /// looked up on disk and recorded.
+    async fn lease(&self, digest: &Digest) -> Result<Option<(Lease, bool)>> {
+        if let Some(leased) = self.inner.usage.lease(digest) {
+            return Ok(Some(leased));
+        }
+        if self.indexed() {
+            return Ok(None);
+        }
+        let inner = Arc::clone(&self.inner);
+        let d = digest.clone();
+        tokio::task::spawn_blocking(move || {
+            let _placing = inner.placing.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, meta)) = inner.store.open_blob(&d)? {
+                let last_use = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                inner
+                    .usage
+                    .insert_found([(d.clone(), store::charge(&meta), last_use)]);
+            }
+            Ok::<_, std::io::Error>(inner.usage.lease(&d))
+        })
+        .await
+        .map_err(|e| Error::storage("open blob", e))?
+        .map_err(|e| Error::storage("open blob", e))
+    }
+
     /// Opens a stored blob, leasing it; `None` when it is not stored.
     pub async fn stored_blob(&self, digest: &Digest) -> Result<Option<StoredBlob>> {
-        let Some((lease, touch)) = self.inner.usage.lease(digest) else {
+        let Some((lease, touch)) = self.lease(digest).await? else {
             return Ok(None);
         };
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            let opened = inner.store.open_blob(&d)?;
-            if let (Some((file, _)), true) = (&opened, touch) {
+            let Some((file, meta)) = inner.store.open_blob(&d)? else {
+                return Ok(None);
+            };
+            if touch {
                 let _ = file.set_modified(SystemTime::now());
             }
-            Ok::<_, std::io::Error>(opened)
+            Ok::<_, std::io::Error>(Some((file, meta.len(), inner.manifest_type(&d))))
         })
         .await
         .map_err(|e| Error::storage("open blob", e))?
         .map_err(|e| Error::storage("open blob", e))?;
-        let Some((file, size)) = opened else {
+        let Some((file, size, manifest_type)) = opened else {
             tracing::warn!(%digest, "blob vanished from the store; forgetting it");
             self.inner.usage.forget(digest);
             return Ok(None);
@@ -215,7 +265,7 @@ impl Cache {
         Ok(Some(StoredBlob {
             file: Arc::new(file),
             size,
-            manifest_type: self.inner.manifest_types.get(digest),
+            manifest_type,
             lease,
         }))
     }
@@ -226,7 +276,15 @@ impl Cache {
         if let Some(blob) = self.stored_blob(digest).await? {
             return Ok(BlobLookup::Stored(blob));
         }
-        if let Some(found) = self.join_or_start(digest)? {
+        if let Some(sub) = self.filling(digest) {
+            return Ok(BlobLookup::Filling(sub));
+        }
+        let inner = Arc::clone(&self.inner);
+        let temp = tokio::task::spawn_blocking(move || inner.store.temp())
+            .await
+            .map_err(|e| Error::storage("create temp file", e))?
+            .map_err(|e| Error::storage("create temp file", e))?;
+        if let Some(found) = self.join_or_start(digest, temp) {
             return Ok(found);
         }
         // Committed between the first look and the fills lock.
@@ -236,25 +294,20 @@ impl Cache {
         }
     }
 
-    /// Under the fills lock: follow a fill, or start one; `None` when the
-    /// blob got stored meanwhile.
-    fn join_or_start(&self, digest: &Digest) -> Result<Option<BlobLookup>> {
+    /// Under the fills lock: follow a fill, or start one on `temp`; `None`
+    /// when the blob got stored meanwhile. An unused `temp` is removed.
+    fn join_or_start(&self, digest: &Digest, temp: TempBlob) -> Option<BlobLookup> {
         let mut fills = self.inner.fills.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fill) = fills.get(digest) {
-            return Ok(Some(BlobLookup::Filling(fill.subscribe())));
+            return Some(BlobLookup::Filling(fill.subscribe()));
         }
         if self.inner.usage.contains(digest) {
-            return Ok(None);
+            return None;
         }
-        let temp = self
-            .inner
-            .store
-            .temp()
-            .map_err(|e| Error::storage("create temp file", e))?;
         let (fill, writer) = Fill::start(self.clone(), digest.clone(), temp);
         let sub = fill.subscribe();
         fills.insert(digest.clone(), fill);
-        Ok(Some(BlobLookup::Missing(Box::new(writer), sub)))
+        Some(BlobLookup::Missing(Box::new(writer), sub))
     }
 
     /// Follows a fill in progress, if there is one; never starts one.
@@ -265,12 +318,12 @@ impl Cache {
 
     /// Stores a verified fill and evicts past the quota. A failure here is
     /// logged, never passed to readers: they already have verified bytes.
-    async fn commit_fill(&self, temp: TempBlob, digest: &Digest, size: u64) {
+    async fn commit_fill(&self, temp: TempBlob, digest: &Digest) {
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
-        let committed = tokio::task::spawn_blocking(move || inner.store_blob(temp, &d, size)).await;
+        let committed = tokio::task::spawn_blocking(move || inner.store_blob(temp, &d)).await;
         match committed {
-            Ok(Ok(())) => self.evict().await,
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(%digest, error = %e, "cannot store a verified blob"),
             Err(e) => tracing::error!(%digest, error = %e, "blob commit task failed"),
         }
@@ -281,23 +334,15 @@ impl Cache {
         fills.remove(digest);
     }
 
-    async fn evict(&self) {
-        let victims = self.inner.usage.take_victims();
-        if victims.is_empty() {
-            return;
-        }
-        let inner = Arc::clone(&self.inner);
-        let _ = tokio::task::spawn_blocking(move || inner.remove_victims(victims)).await;
-    }
     /// A stored manifest by digest, from memory or disk.
     pub async fn manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>> {
         if let Some(m) = self.inner.manifests.get(digest) {
             return Ok(Some(m));
         }
-        let Some(media_type) = self.inner.manifest_types.get(digest) else {
+        let Some(blob) = self.stored_blob(digest).await? else {
             return Ok(None);
         };
-        let Some(blob) = self.stored_blob(digest).await? else {
+        let Some(media_type) = blob.manifest_type.clone() else {
             return Ok(None);
         };
         let bytes = tokio::task::spawn_blocking(move || {
@@ -324,8 +369,10 @@ impl Cache {
         self.inner
             .manifests
             .insert(manifest.digest.clone(), Arc::clone(&manifest));
-        if self.inner.manifest_types.contains_key(&manifest.digest)
-            && self.inner.usage.contains(&manifest.digest)
+        if matches!(
+            self.inner.manifest_types.get(&manifest.digest),
+            Some(Some(_))
+        ) && self.inner.usage.contains(&manifest.digest)
         {
             return Ok(());
         }
@@ -341,16 +388,15 @@ impl Cache {
                 .write_all(&m.bytes)
                 .map_err(|e| Error::storage("write manifest", e))?;
             inner
-                .store_blob(temp, &m.digest, m.bytes.len() as u64)
+                .store_blob(temp, &m.digest)
                 .map_err(|e| Error::storage("commit manifest", e))?;
             inner
                 .manifest_types
-                .insert(m.digest.clone(), Arc::from(m.media_type.as_str()));
+                .insert(m.digest.clone(), Some(Arc::from(m.media_type.as_str())));
             Ok::<_, Error>(())
         })
         .await
         .map_err(|e| Error::storage("store manifest", e))??;
-        self.evict().await;
         Ok(())
     }
 
@@ -457,13 +503,14 @@ mod tests {
     #[tokio::test]
     async fn an_eviction_never_deletes_a_blob_stored_again_since_it_was_chosen() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = open(dir.path(), 100).await;
+        // Room for one block-sized blob, not two.
+        let cache = open(dir.path(), 6000).await;
         let a = fill(&cache, &[1; 80]).await;
         // Another blob takes the cache past its quota: `a` is chosen, but its
         // file is not deleted yet.
         let other = Digest::sha256_of(b"other");
-        cache.inner.usage.insert(other, 80, SystemTime::now());
-        assert_eq!(cache.inner.usage.take_victims(), vec![a.clone()]);
+        cache.inner.usage.insert(other, 4096, SystemTime::now());
+        assert_eq!(cache.inner.usage.take_victims(usize::MAX), vec![a.clone()]);
         // A client asks for `a` meanwhile: it is fetched and stored again.
         assert_eq!(fill(&cache, &[1; 80]).await, a);
         // Then the eviction deletes what it chose.
@@ -472,6 +519,74 @@ mod tests {
         let stored = stored.expect("the re-filled blob is still stored");
         assert_eq!(stored.size, 80);
         assert!(cache.inner.store.path(&a).exists());
+    }
+
+    #[tokio::test]
+    async fn a_cache_over_its_quota_at_start_evicts_without_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 30).await;
+        let mut digests = Vec::new();
+        for n in 0..20u8 {
+            digests.push(fill(&cache, &[n; 1000]).await);
+        }
+        drop(cache);
+        // Restarted with a quota lowered to five blocks.
+        let cache = open(dir.path(), 5 * 4096).await;
+        let on_disk = || {
+            digests
+                .iter()
+                .filter(|d| cache.inner.store.path(d).exists())
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Eviction is done when the table and the disk agree again.
+        while on_disk() > 5 || on_disk() != cache.usage().1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} files left",
+                on_disk()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(cache.usage().0 <= 5 * 4096);
+    }
+
+    #[tokio::test]
+    async fn a_blob_not_yet_indexed_is_served_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 30).await;
+        let stored = fill(&cache, b"stored before the restart").await;
+        drop(cache);
+        // Opened without its background indexing, as in the moments after start.
+        let config = CacheConfig::default();
+        let cache = Cache::open_blocking(dir.path(), &config, Default::default()).unwrap();
+        assert!(!cache.indexed());
+        let blob = cache.stored_blob(&stored).await.unwrap();
+        assert_eq!(blob.expect("found on disk").size, 25);
+        assert!(matches!(
+            cache.lookup(&stored).await.unwrap(),
+            BlobLookup::Stored(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_manifest_leaves_no_row_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 30).await;
+        let bytes = Bytes::from_static(b"{\"schemaVersion\":2}");
+        let digest = Digest::sha256_of(&bytes);
+        let media_type = "application/vnd.oci.image.manifest.v1+json".to_string();
+        let manifest = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        });
+        cache.put_manifest(manifest).await.unwrap();
+        assert!(cache.inner.index.manifest_type(&digest).unwrap().is_some());
+        cache.inner.usage.forget(&digest);
+        cache.inner.remove_victims(vec![digest.clone()]);
+        assert_eq!(cache.inner.index.manifest_type(&digest).unwrap(), None);
+        assert!(cache.manifest(&digest).await.unwrap().is_none());
     }
 
     #[test]

@@ -27,8 +27,17 @@ pub struct StoredBlob {
     pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
+    /// The space it takes on disk.
+    pub charge: u64,
     /// When it was last used, from its modification time.
     pub last_use: SystemTime,
+}
+
+/// The space a file takes on disk: its allocated blocks, or its length
+/// where the file system reports none (a file system that packs small files).
+pub fn charge(meta: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    (meta.blocks() * 512).max(meta.len())
 }
 
 /// The blob directory tree.
@@ -78,6 +87,7 @@ impl BlobStore {
                     found.push(StoredBlob {
                         digest,
                         size: meta.len(),
+                        charge: charge(&meta),
                         last_use: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                     });
                 }
@@ -96,11 +106,11 @@ impl BlobStore {
     }
 
     /// Opens a stored blob for reading; `None` when it is not there.
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(File, fs::Metadata)>> {
         match File::open(self.path(digest)) {
             Ok(file) => {
-                let size = file.metadata()?.len();
-                Ok(Some((file, size)))
+                let meta = file.metadata()?;
+                Ok(Some((file, meta)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -183,9 +193,10 @@ impl TempBlob {
         Arc::clone(&self.file)
     }
 
-    /// Flushes the file's data to the disk.
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+    /// Flushes the file's data to the disk and returns the space it takes.
+    pub fn sync(&self) -> io::Result<u64> {
+        self.file.sync_data()?;
+        Ok(charge(&self.file.metadata()?))
     }
 
     /// Its path, for opening a second handle.
@@ -215,8 +226,9 @@ mod tests {
         temp.file().write_all(b"hello").unwrap();
         let digest = Digest::sha256_of(b"hello");
         store.commit(temp, &digest).unwrap();
-        let (_, size) = store.open_blob(&digest).unwrap().unwrap();
-        assert_eq!(size, 5);
+        let (_, meta) = store.open_blob(&digest).unwrap().unwrap();
+        assert_eq!(meta.len(), 5);
+        assert!(charge(&meta) >= 5);
         let path = store.path(&digest);
         assert!(path.starts_with(dir.path().join("blobs/sha256")));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);

@@ -5,15 +5,19 @@
 //! refreshes the file's modification time (at most hourly), so recency
 //! survives restarts without a second record that could disagree with the disk.
 //!
+//! Each blob is charged the space it takes on disk (its allocated blocks:
+//! a 1 KiB blob takes a 4 KiB block), so the quota bounds what `du` shows.
+//!
 //! A blob being read holds a [`Lease`]; eviction never picks a leased blob.
 //! A lease is a clone of its entry's token, so it counts for exactly the
 //! entry it was taken on: storing the same digest again keeps the token (and
 //! its leases), and a lease on an entry that was forgotten and stored anew
 //! counts for neither.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use lru::LruCache;
 
 use crate::oci::Digest;
 
@@ -26,7 +30,8 @@ pub const PERSIST_USE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 struct Entry {
-    size: u64,
+    /// Bytes the blob takes on disk (allocated blocks, not its length).
+    charge: u64,
     last_use: SystemTime,
     token: Arc<()>,
 }
@@ -37,9 +42,11 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Default)]
+/// Entries from least to most recently used: a use moves an entry to the
+/// front in O(1), and eviction takes from the back without sorting.
+#[derive(Debug)]
 struct Table {
-    entries: HashMap<Digest, Entry>,
+    entries: LruCache<Digest, Entry>,
     total: u64,
 }
 
@@ -60,7 +67,10 @@ impl Usage {
     /// An empty table with a quota in bytes.
     pub fn new(quota: u64) -> Arc<Usage> {
         Arc::new(Usage {
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table {
+                entries: LruCache::unbounded(),
+                total: 0,
+            }),
             quota,
         })
     }
@@ -71,26 +81,47 @@ impl Usage {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a stored blob (at start, or after a commit).
-    pub fn insert(&self, digest: Digest, size: u64, last_use: SystemTime) {
+    /// Records a blob just stored, as the most recently used; `charge` is
+    /// the space it takes on disk. Storing a digest again keeps its leases.
+    pub fn insert(&self, digest: Digest, charge: u64, last_use: SystemTime) {
         let mut table = self.lock();
         let table = &mut *table;
         match table.entries.get_mut(&digest) {
             Some(entry) => {
-                table.total = table.total - entry.size + size;
-                entry.size = size;
+                table.total = table.total - entry.charge + charge;
+                entry.charge = charge;
                 entry.last_use = entry.last_use.max(last_use);
             }
             None => {
-                table.total += size;
+                table.total += charge;
                 let token = Arc::new(());
                 let entry = Entry {
-                    size,
+                    charge,
                     last_use,
                     token,
                 };
-                table.entries.insert(digest, entry);
+                table.entries.push(digest, entry);
             }
+        }
+    }
+
+    /// Records blobs found on disk at start, given from the most to the
+    /// least recently used, as older than everything recorded so far. A
+    /// digest already recorded (stored or used since the start) is kept.
+    pub fn insert_found(&self, found: impl IntoIterator<Item = (Digest, u64, SystemTime)>) {
+        let mut table = self.lock();
+        for (digest, charge, last_use) in found {
+            if table.entries.contains(&digest) {
+                continue;
+            }
+            table.total += charge;
+            let entry = Entry {
+                charge,
+                last_use,
+                token: Arc::new(()),
+            };
+            table.entries.push(digest.clone(), entry);
+            table.entries.demote(&digest);
         }
     }
 
@@ -115,34 +146,40 @@ impl Usage {
     /// Forgets a blob (its file vanished or failed to open).
     pub fn forget(&self, digest: &Digest) {
         let mut table = self.lock();
-        if let Some(entry) = table.entries.remove(digest) {
-            table.total -= entry.size;
+        if let Some(entry) = table.entries.pop(digest) {
+            table.total -= entry.charge;
         }
     }
 
-    /// When the quota is exceeded, removes the least recently used unleased
-    /// blobs from the table until usage is under the low watermark, and
-    /// returns them so the caller deletes their files.
-    pub fn take_victims(&self) -> Vec<Digest> {
+    /// Whether the quota is exceeded, so eviction has work.
+    pub fn over_quota(&self) -> bool {
+        self.lock().total > self.quota
+    }
+
+    /// When the quota is exceeded, removes up to `max` of the least recently
+    /// used unleased blobs from the table, stopping once usage is under the
+    /// low watermark, and returns them so the caller deletes their files. A
+    /// leased blob is being read, so it counts as used now.
+    pub fn take_victims(&self, max: usize) -> Vec<Digest> {
         let mut table = self.lock();
         if table.total <= self.quota {
             return Vec::new();
         }
-        let target = self.quota / 100 * LOW_WATERMARK_PERCENT;
-        let mut candidates: Vec<(SystemTime, Digest, u64)> = table
-            .entries
-            .iter()
-            .filter(|(_, e)| !e.leased())
-            .map(|(d, e)| (e.last_use, d.clone(), e.size))
-            .collect();
-        candidates.sort_unstable_by_key(|c| c.0);
+        let target = (u128::from(self.quota) * u128::from(LOW_WATERMARK_PERCENT) / 100) as u64;
         let mut victims = Vec::new();
-        for (_, digest, size) in candidates {
-            if table.total <= target {
+        let mut leased_seen = 0;
+        while table.total > target && victims.len() < max && leased_seen < table.entries.len() {
+            let Some((digest, entry)) = table.entries.peek_lru() else {
                 break;
+            };
+            if entry.leased() {
+                let digest = digest.clone();
+                table.entries.promote(&digest);
+                leased_seen += 1;
+                continue;
             }
-            table.entries.remove(&digest);
-            table.total -= size;
+            let (digest, entry) = table.entries.pop_lru().expect("peeked");
+            table.total -= entry.charge;
             victims.push(digest);
         }
         victims
@@ -150,15 +187,15 @@ impl Usage {
 
     /// Whether the blob is stored.
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.lock().entries.contains_key(digest)
+        self.lock().entries.contains(digest)
     }
 
     /// When a stored blob was last used, if it is stored.
     pub fn last_use(&self, digest: &Digest) -> Option<SystemTime> {
-        self.lock().entries.get(digest).map(|e| e.last_use)
+        self.lock().entries.peek(digest).map(|e| e.last_use)
     }
 
-    /// Bytes held.
+    /// Bytes held on disk.
     pub fn total_bytes(&self) -> u64 {
         self.lock().total
     }
@@ -188,10 +225,10 @@ mod tests {
             usage.insert(digest(n), 250, at(100 + n as u64));
         }
         assert_eq!(usage.total_bytes(), 1250);
-        let victims = usage.take_victims();
+        let victims = usage.take_victims(usize::MAX);
         assert_eq!(victims, vec![digest(0), digest(1)]);
         assert_eq!(usage.total_bytes(), 750);
-        assert!(usage.take_victims().is_empty());
+        assert!(usage.take_victims(usize::MAX).is_empty());
     }
 
     #[test]
@@ -200,13 +237,13 @@ mod tests {
         usage.insert(digest(0), 80, at(1));
         usage.insert(digest(1), 80, at(2));
         let (lease, _) = usage.lease(&digest(0)).unwrap();
-        let victims = usage.take_victims();
+        let victims = usage.take_victims(usize::MAX);
         assert_eq!(victims, vec![digest(1)]);
         drop(lease);
         let later = SystemTime::now() + Duration::from_secs(3600);
         usage.insert(digest(2), 80, later);
         assert_eq!(
-            usage.take_victims(),
+            usage.take_victims(usize::MAX),
             vec![digest(0)],
             "released, so evictable"
         );
@@ -221,7 +258,7 @@ mod tests {
         assert!(persist, "a time from 1970 is stale");
         let (_, persist) = usage.lease(&digest(0)).unwrap();
         assert!(!persist, "just refreshed");
-        assert_eq!(usage.take_victims(), vec![digest(1)]);
+        assert_eq!(usage.take_victims(usize::MAX), vec![digest(1)]);
     }
 
     #[test]
@@ -231,10 +268,14 @@ mod tests {
         let (lease, _) = usage.lease(&digest(0)).unwrap();
         usage.insert(digest(0), 80, at(2));
         usage.insert(digest(1), 80, at(3));
-        assert_eq!(usage.take_victims(), vec![digest(1)], "0 is still leased");
+        assert_eq!(
+            usage.take_victims(usize::MAX),
+            vec![digest(1)],
+            "0 is still leased"
+        );
         drop(lease);
         usage.insert(digest(2), 80, SystemTime::now());
-        assert_eq!(usage.take_victims(), vec![digest(0)]);
+        assert_eq!(usage.take_victims(usize::MAX), vec![digest(0)]);
     }
 
     #[test]
@@ -246,8 +287,38 @@ mod tests {
         usage.insert(digest(0), 80, at(1));
         usage.insert(digest(1), 80, SystemTime::now());
         drop(old);
-        assert_eq!(usage.take_victims(), vec![digest(0)]);
+        assert_eq!(usage.take_victims(usize::MAX), vec![digest(0)]);
         assert_eq!(usage.total_bytes(), 80);
+    }
+
+    #[test]
+    fn blobs_found_at_start_are_older_than_those_stored_since() {
+        let usage = Usage::new(25);
+        usage.insert(digest(9), 10, SystemTime::now());
+        // Most recently used first, as the scan hands them over; 9 again is
+        // ignored (already recorded).
+        usage.insert_found([
+            (digest(1), 10, at(3)),
+            (digest(9), 10, at(9)),
+            (digest(2), 10, at(2)),
+            (digest(3), 10, at(1)),
+        ]);
+        assert_eq!(usage.total_bytes(), 40);
+        assert_eq!(usage.take_victims(usize::MAX), vec![digest(3), digest(2)]);
+    }
+
+    #[test]
+    fn victims_come_in_bounded_batches() {
+        let usage = Usage::new(100);
+        for n in 0..10 {
+            usage.insert(digest(n), 50, at(n as u64));
+        }
+        assert_eq!(usage.take_victims(3).len(), 3);
+        assert_eq!(usage.take_victims(3).len(), 3);
+        assert_eq!(usage.take_victims(3).len(), 3, "down to the watermark");
+        assert!(!usage.over_quota());
+        assert!(usage.take_victims(3).is_empty());
+        assert_eq!(usage.count(), 1);
     }
 
     #[test]
