@@ -235,6 +235,48 @@ async fn concurrent_clients_with_different_accepts_share_one_upstream_fetch() {
     );
 }
 
+/// An older lasti recorded a tag from a `HEAD` the upstream answered with a
+/// conversion: that record is ignored, not served, and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema1_tag_record_left_by_an_older_version_is_not_served() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let stored = push_schema2(&registry, &work, "legacy", 44).await;
+    let url = format!("{}/v2/library/legacy/manifests/v1", registry.url());
+    let converted = http::head(&url, &accept(Some(OCI_MANIFEST))).await;
+    let schema1_digest = converted.header("docker-content-digest");
+    assert_ne!(schema1_digest, stored.digest);
+
+    let data = TempDir::new().unwrap();
+    let index = lasti::cache::index::Index::open(&data.path().join("index.redb")).unwrap();
+    let record = lasti::cache::index::TagRecord {
+        digest: lasti::oci::Digest::parse(schema1_digest).unwrap(),
+        media_type: SCHEMA1_SIGNED.to_string(),
+        size: converted.header("content-length").parse().unwrap(),
+        checked_at: lasti::cache::index::unix_now(),
+    };
+    let key = lasti::cache::index::tag_key("docker.io", "library/legacy", "v1");
+    index.put_tag(&key, &record).unwrap();
+    drop(index);
+
+    let config = common::lasti::config(&[("docker.io", &registry.url())]);
+    let lasti = Lasti::start_with(config, Some(data)).await;
+    let tag = format!("{}/v2/library/legacy/manifests/v1", lasti.url());
+    assert_serves(
+        &http::head(&tag, &[]).await,
+        &stored,
+        true,
+        "HEAD, no Accept",
+    );
+    assert_serves(
+        &http::get(&tag, &[]).await,
+        &stored,
+        false,
+        "GET, no Accept",
+    );
+    assert_serves(&http::head(&tag, &[]).await, &stored, true, "HEAD again");
+}
+
 /// One request as the schema 1 upstream saw it.
 #[derive(Clone, Debug)]
 struct SeenManifest {

@@ -182,7 +182,14 @@ impl Proxy {
         head: bool,
     ) -> Result<ManifestAnswer> {
         let key = tag_key(upstream.name(), repo.as_str(), tag.as_str());
-        if let Some(record) = self.cache.tag(&key).await? {
+        // Versions that forwarded the client's `Accept` could record a
+        // converted schema 1 answer; such a record is asked for again.
+        let recorded = self
+            .cache
+            .tag(&key)
+            .await?
+            .filter(|r| !media_type::is_schema1(&r.media_type));
+        if let Some(record) = recorded {
             if record.age(SystemTime::now()) < upstream.tag_ttl(repo, tag.as_str()) {
                 return self
                     .answer_recorded(upstream, repo, record, head, Outcome::Hit)
