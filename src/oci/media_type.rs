@@ -31,7 +31,13 @@ pub const MANIFEST_TYPES: [&str; 6] = [
     DOCKER_MANIFEST_V1_SIGNED,
 ];
 
-/// What lasti sends upstream as `Accept` when the client sent none: the four modern types.
+/// The `Accept` lasti sends upstream with every manifest request, whatever
+/// the client accepts: the four modern types. Asking for all of them is what
+/// keeps a distribution 2.x registry from converting a schema 2 image to
+/// signed schema 1 (whose digest covers only its JWS payload); the client's
+/// own `Accept` is matched against the answer locally. The OCI artifact
+/// manifest is left out: it was dropped from the image spec before 1.1.0,
+/// and artifacts are image manifests with an `artifactType`.
 pub const DEFAULT_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json,\
 application/vnd.oci.image.index.v1+json,\
 application/vnd.docker.distribution.manifest.v2+json,\
@@ -49,6 +55,15 @@ pub fn essence(mt: &str) -> &str {
 pub fn is_index(mt: &str) -> bool {
     let mt = essence(mt);
     mt.eq_ignore_ascii_case(OCI_INDEX) || mt.eq_ignore_ascii_case(DOCKER_MANIFEST_LIST)
+}
+
+/// True for the Docker schema 1 types, signed or not, whatever their case or
+/// parameters: lasti refuses them, as their digest is not the hash of the
+/// bytes served (signed) and no current client needs them.
+pub fn is_schema1(mt: &str) -> bool {
+    let mt = essence(mt);
+    mt.eq_ignore_ascii_case(DOCKER_MANIFEST_V1)
+        || mt.eq_ignore_ascii_case(DOCKER_MANIFEST_V1_SIGNED)
 }
 
 /// True for any manifest or index type, whatever its case or parameters.
@@ -125,6 +140,13 @@ mod tests {
         }
         assert!(!is_manifest_type(OCTET_STREAM));
         assert!(!is_manifest_type(JSON));
+        assert!(is_schema1(DOCKER_MANIFEST_V1));
+        assert!(is_schema1(
+            "application/VND.docker.distribution.manifest.v1+prettyjws; x=y"
+        ));
+        for mt in &MANIFEST_TYPES[..4] {
+            assert!(!is_schema1(mt));
+        }
         assert_eq!(essence(" a/b ; q=1"), "a/b");
     }
 

@@ -3,9 +3,14 @@
 //! with a `HEAD` (which Docker Hub does not count as a pull), and served
 //! stale when the upstream cannot be reached.
 //!
-//! The exact bytes and media type from the upstream are kept and served;
-//! nothing is ever converted. A stored manifest is served only to a client
-//! whose `Accept` allows its type.
+//! The upstream is always asked for every modern manifest type, whatever
+//! the client accepts, so a registry that converts (distribution 2.x turns
+//! schema 2 into signed schema 1 for a client without schema 2) never does:
+//! one fetch per reference serves every client, and the exact bytes, media
+//! type and digest from the upstream are kept and served. The client's
+//! `Accept` is matched locally, on hits, misses and `HEAD`s alike: a client
+//! that can take none of the stored type gets 404 `MANIFEST_UNKNOWN`.
+//! Schema 1 is refused whenever an upstream sends it, and never recorded.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,12 +26,13 @@ use crate::oci::media_type::{self, DEFAULT_MANIFEST_ACCEPT};
 use crate::oci::{AcceptList, Digest, Hasher, Reference, RepoName, Tag};
 use crate::upstream::Upstream;
 
+/// One manifest fetch: the client's `Accept` is not part of it, as the
+/// upstream is asked the same way for every client.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct FlightKey {
     upstream: String,
     repo: RepoName,
     reference: String,
-    accept: String,
 }
 
 /// Manifest fetches in flight, shared by concurrent requests.
@@ -116,19 +122,18 @@ impl Proxy {
         accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer> {
-        match reference {
+        let answer = match reference {
             Reference::Digest(digest) => {
-                self.manifest_answer_by_digest(upstream, repo, digest, accept)
-                    .await
+                self.manifest_answer_by_digest(upstream, repo, digest)
+                    .await?
             }
-            Reference::Tag(tag) => {
-                let answer = self
-                    .manifest_by_tag(upstream, repo, tag, accept, head)
-                    .await?;
-                self.offer(upstream, repo, tag.as_str(), answer.digest());
-                Ok(answer)
-            }
+            Reference::Tag(tag) => self.manifest_by_tag(upstream, repo, tag, head).await?,
+        };
+        acceptable(accept, answer.media_type())?;
+        if let Reference::Tag(tag) = reference {
+            self.offer(upstream, repo, tag.as_str(), answer.digest());
         }
+        Ok(answer)
     }
 
     /// A manifest by digest through the cache, for back-fill: any media type.
@@ -140,10 +145,13 @@ impl Proxy {
         accept: &AcceptList,
     ) -> Result<Arc<Manifest>> {
         match self
-            .manifest_answer_by_digest(upstream, repo, digest, accept)
+            .manifest_answer_by_digest(upstream, repo, digest)
             .await?
         {
-            ManifestAnswer::Body { manifest, .. } => Ok(manifest),
+            ManifestAnswer::Body { manifest, .. } => {
+                acceptable(accept, &manifest.media_type)?;
+                Ok(manifest)
+            }
             ManifestAnswer::Head { .. } => Err(Error::ManifestUnknown),
         }
     }
@@ -153,26 +161,15 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
-        accept: &AcceptList,
     ) -> Result<ManifestAnswer> {
         if let Some(manifest) = self.cache.manifest(digest).await? {
-            if !accept.allows(&manifest.media_type) {
-                return Err(Error::NotAcceptable(manifest.media_type.clone()));
-            }
             return Ok(ManifestAnswer::Body {
                 manifest,
                 outcome: Outcome::Hit,
             });
         }
         let (manifest, outcome) = self
-            .fetch_manifest(
-                upstream,
-                repo,
-                &digest.to_string(),
-                accept,
-                Some(digest),
-                None,
-            )
+            .fetch_manifest(upstream, repo, &digest.to_string(), Some(digest), None)
             .await?;
         Ok(ManifestAnswer::Body { manifest, outcome })
     }
@@ -182,23 +179,24 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         tag: &Tag,
-        accept: &AcceptList,
         head: bool,
     ) -> Result<ManifestAnswer> {
         let key = tag_key(upstream.name(), repo.as_str(), tag.as_str());
+        // Versions that forwarded the client's `Accept` could record a
+        // converted schema 1 answer; such a record is asked for again.
         let recorded = self
             .cache
             .tag(&key)
             .await?
-            .filter(|r| accept.allows(&r.media_type));
+            .filter(|r| !media_type::is_schema1(&r.media_type));
         if let Some(record) = recorded {
             if record.age(SystemTime::now()) < upstream.tag_ttl(repo, tag.as_str()) {
                 return self
-                    .answer_recorded(upstream, repo, record, accept, head, Outcome::Hit)
+                    .answer_recorded(upstream, repo, record, head, Outcome::Hit)
                     .await;
             }
             match upstream
-                .head_manifest(repo, tag.as_str(), &accept_header(accept))
+                .head_manifest(repo, tag.as_str(), DEFAULT_MANIFEST_ACCEPT)
                 .await
             {
                 Ok(found) if found.digest.as_ref() == Some(&record.digest) => {
@@ -208,38 +206,30 @@ impl Proxy {
                     };
                     self.record_tag(&key, refreshed.clone()).await;
                     return self
-                        .answer_recorded(
-                            upstream,
-                            repo,
-                            refreshed,
-                            accept,
-                            head,
-                            Outcome::Revalidated,
-                        )
+                        .answer_recorded(upstream, repo, refreshed, head, Outcome::Revalidated)
                         .await;
                 }
                 Ok(_) => {}
                 Err(err) if unreachable(&err) => {
                     tracing::warn!(upstream = upstream.name(), %repo, %tag, error = %err, "upstream unreachable; serving a stale tag");
                     return self
-                        .answer_recorded(upstream, repo, record, accept, head, Outcome::Stale)
+                        .answer_recorded(upstream, repo, record, head, Outcome::Stale)
                         .await;
                 }
                 Err(err) => return Err(err),
             }
         }
         if head {
-            if let Some(answer) = self.head_tag(upstream, repo, tag, accept, &key).await? {
+            if let Some(answer) = self.head_tag(upstream, repo, tag, &key).await? {
                 return Ok(answer);
             }
         }
         let fetched = self
-            .fetch_manifest(upstream, repo, tag.as_str(), accept, None, Some(key))
+            .fetch_manifest(upstream, repo, tag.as_str(), None, Some(key))
             .await;
         let (manifest, outcome) = match fetched {
             Err(err) if unreachable(&err) => {
-                let Some(manifest) = self.tag_from_project(upstream, repo, tag, accept).await
-                else {
+                let Some(manifest) = self.tag_from_project(upstream, repo, tag).await else {
                     return Err(err);
                 };
                 tracing::warn!(upstream = upstream.name(), %repo, %tag, error = %err, "upstream unreachable; serving the project's tag");
@@ -255,16 +245,16 @@ impl Proxy {
 
     /// A `HEAD` of an unknown tag asks the upstream's `HEAD` and records the
     /// answer, so the client's next `GET` of the tag gets the same digest.
+    /// A schema 1 answer is refused, never recorded.
     async fn head_tag(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         tag: &Tag,
-        accept: &AcceptList,
         key: &str,
     ) -> Result<Option<ManifestAnswer>> {
         let found = match upstream
-            .head_manifest(repo, tag.as_str(), &accept_header(accept))
+            .head_manifest(repo, tag.as_str(), DEFAULT_MANIFEST_ACCEPT)
             .await
         {
             // Let the GET path try the project's copy.
@@ -276,6 +266,9 @@ impl Proxy {
         else {
             return Ok(None);
         };
+        if media_type::is_schema1(&media_type) {
+            return Err(schema1_refused(upstream, &media_type));
+        }
         if !media_type::is_manifest_type(&media_type) {
             return Ok(None);
         }
@@ -299,7 +292,6 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         record: TagRecord,
-        accept: &AcceptList,
         head: bool,
         outcome: Outcome,
     ) -> Result<ManifestAnswer> {
@@ -316,14 +308,7 @@ impl Proxy {
         }
         let reference = record.digest.to_string();
         let (manifest, _) = self
-            .fetch_manifest(
-                upstream,
-                repo,
-                &reference,
-                accept,
-                Some(&record.digest),
-                None,
-            )
+            .fetch_manifest(upstream, repo, &reference, Some(&record.digest), None)
             .await?;
         Ok(ManifestAnswer::Body {
             manifest,
@@ -344,7 +329,6 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         reference: &str,
-        accept: &AcceptList,
         expected: Option<&Digest>,
         tag_key: Option<String>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
@@ -353,7 +337,7 @@ impl Proxy {
             Some(_) => self.sources(upstream, repo).await,
             None => vec![(Arc::clone(upstream), repo.clone())],
         };
-        self.fetch_manifest_from(sources, reference, accept, expected, tag_key)
+        self.fetch_manifest_from(sources, reference, expected, tag_key)
             .await
     }
 
@@ -364,17 +348,14 @@ impl Proxy {
         &self,
         sources: super::blobs::Sources,
         reference: &str,
-        accept: &AcceptList,
         expected: Option<&Digest>,
         tag_key: Option<String>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
-        let accept = accept_header(accept);
         let (first, first_repo) = sources.first().expect("at least one source");
         let key = FlightKey {
             upstream: first.name().to_string(),
             repo: first_repo.clone(),
             reference: reference.to_string(),
-            accept: accept.clone(),
         };
         let (cache, limit, expected) = (
             self.cache.clone(),
@@ -385,7 +366,9 @@ impl Proxy {
         let work = move || async move {
             let mut last = Error::ManifestUnknown;
             for (source, repo) in &sources {
-                let fetched = source.get_manifest(repo, &reference, &accept, limit).await;
+                let fetched = source
+                    .get_manifest(repo, &reference, DEFAULT_MANIFEST_ACCEPT, limit)
+                    .await;
                 match fetched.and_then(|f| verify(source, f, expected.as_ref())) {
                     Ok(manifest) => {
                         let manifest = Arc::new(manifest);
@@ -426,30 +409,43 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         tag: &Tag,
-        accept: &AcceptList,
     ) -> Option<Arc<Manifest>> {
         let backfill = self.backfill.as_ref()?;
         let target_repo = backfill.read_through_repo(upstream.name(), repo).await?;
         let sources = vec![(Arc::clone(backfill.target()), target_repo)];
         let (manifest, _) = self
-            .fetch_manifest_from(sources, tag.as_str(), accept, None, None)
+            .fetch_manifest_from(sources, tag.as_str(), None, None)
             .await
             .ok()?;
         Some(manifest)
     }
 }
 
-/// Checks a fetched manifest against the digest asked for and the digest the
-/// upstream announced, and settles its media type.
+/// Settles a fetched manifest's media type, refuses schema 1, and checks
+/// the bytes against the digest asked for and the digest the upstream announced.
 fn verify(
     upstream: &Upstream,
     fetched: crate::upstream::FetchedManifest,
     expected: Option<&Digest>,
 ) -> Result<Manifest> {
-    let invalid = |message: String| Error::UpstreamInvalid {
-        upstream: upstream.name().to_string(),
-        message,
-    };
+    let invalid = |message: String| upstream.invalid(message);
+    // The bytes are served as they are, but they must at least be JSON.
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&fetched.bytes).is_err() {
+        return Err(invalid("the manifest is not valid JSON".into()));
+    }
+    let declared = fetched
+        .media_type
+        .as_deref()
+        .map(|t| media_type::essence(t).to_string())
+        .filter(|t| media_type::is_manifest_type(t));
+    let media_type = declared
+        .or_else(|| media_type::sniff_manifest_type(&fetched.bytes))
+        .ok_or_else(|| invalid("the manifest is not JSON of a known manifest type".into()))?;
+    // Before the digest check: a signed schema 1 digest covers only the JWS
+    // payload, so a mismatch would hide the real reason.
+    if media_type::is_schema1(&media_type) {
+        return Err(schema1_refused(upstream, &media_type));
+    }
     let algorithm = expected
         .or(fetched.digest.as_ref())
         .map(Digest::algorithm)
@@ -464,18 +460,6 @@ fn verify(
             )));
         }
     }
-    // The bytes are served as they are, but they must at least be JSON.
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&fetched.bytes).is_err() {
-        return Err(invalid("the manifest is not valid JSON".into()));
-    }
-    let declared = fetched
-        .media_type
-        .as_deref()
-        .map(|t| media_type::essence(t).to_string())
-        .filter(|t| media_type::is_manifest_type(t));
-    let media_type = declared
-        .or_else(|| media_type::sniff_manifest_type(&fetched.bytes))
-        .ok_or_else(|| invalid("the manifest is not JSON of a known manifest type".into()))?;
     Ok(Manifest {
         digest: actual,
         media_type,
@@ -483,10 +467,22 @@ fn verify(
     })
 }
 
-/// What lasti sends upstream as `Accept`: the client's list, else every
-/// modern manifest type.
-fn accept_header(accept: &AcceptList) -> String {
-    accept
-        .header_value()
-        .unwrap_or_else(|| DEFAULT_MANIFEST_ACCEPT.to_string())
+/// The error for a schema 1 answer, whose type the upstream sent even
+/// though lasti asked only for modern types: the image exists upstream only
+/// in that obsolete form.
+fn schema1_refused(upstream: &Upstream, media_type: &str) -> Error {
+    upstream.invalid(format!(
+        "a schema1 manifest ({media_type}), which lasti does not serve; \
+         the image must be pushed as Docker schema 2 or OCI"
+    ))
+}
+
+/// Serves `media_type` only to a client whose `Accept` allows it; otherwise
+/// the spec's 404 `MANIFEST_UNKNOWN`, naming the stored type.
+fn acceptable(accept: &AcceptList, media_type: &str) -> Result<()> {
+    if accept.allows(media_type) {
+        Ok(())
+    } else {
+        Err(Error::NotAcceptable(media_type.to_string()))
+    }
 }
