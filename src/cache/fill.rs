@@ -24,6 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
+use super::fill_error::FillError;
 use super::sink;
 use super::store::TempBlob;
 use super::Cache;
@@ -213,28 +214,27 @@ impl FillWriter {
 
     /// Hands one chunk to the sink; waits only when the sink is
     /// [`sink::QUEUE`] chunks behind (back-pressure on the upstream).
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), String> {
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), FillError> {
         if let Some(size) = self.size {
             if self.written + chunk.len() as u64 > size {
-                return Err(format!("sent more than the {size} bytes it announced"));
+                return Err(FillError::LongerThanAnnounced { announced: size });
             }
         }
         let limit = self.cache.max_blob_size();
         if self.written + chunk.len() as u64 > limit || self.size.is_some_and(|s| s > limit) {
-            return Err(format!(
-                "blob larger than cache.max_blob_size ({limit} bytes)"
-            ));
+            return Err(FillError::TooLarge { limit });
         }
         if self.sink.is_none() {
             self.start(None, None);
         }
         let len = chunk.len() as u64;
-        let sink = self.sink.as_mut().ok_or("fill already closed")?;
+        let closed = FillError::WriterStopped("fill already closed");
+        let sink = self.sink.as_mut().ok_or(closed)?;
         if sink.send(chunk).await.is_err() {
             let output = self.sink.take().expect("sink present").finish().await;
             return Err(output
                 .error
-                .unwrap_or_else(|| "cache writer stopped".into()));
+                .unwrap_or(FillError::WriterStopped("the sink ended")));
         }
         self.written += len;
         Ok(())
@@ -243,30 +243,28 @@ impl FillWriter {
     /// Verifies length and digest; on success releases the last chunk, stores
     /// the blob and returns its size. On failure the caller must
     /// [`FillWriter::fail`] the fill (dropping the writer does it too).
-    pub async fn finish(&mut self) -> Result<u64, String> {
+    pub async fn finish(&mut self) -> Result<u64, FillError> {
         if self.sink.is_none() {
             self.start(self.size, None);
         }
         let output = self
             .sink
             .take()
-            .ok_or("fill already closed")?
+            .ok_or(FillError::WriterStopped("fill already closed"))?
             .finish()
             .await;
         if let Some(error) = output.error {
             return Err(error);
         }
         if let Some(size) = self.size.filter(|s| *s != self.written) {
-            return Err(format!(
-                "ended after {} of the {size} bytes it announced",
-                self.written
-            ));
+            return Err(FillError::ShorterThanAnnounced {
+                written: self.written,
+                announced: size,
+            });
         }
         let actual = output.hasher.finish();
         if actual != self.digest {
-            return Err(format!(
-                "sent bytes that hash to {actual}, not to the digest asked for"
-            ));
+            return Err(FillError::DigestMismatch { actual });
         }
         let cached = output.cache_error.is_none();
         if let Some(last) = output.held {

@@ -5,6 +5,7 @@
 //! stored file, a fill to follow, or a fill to feed.
 
 pub mod fill;
+mod fill_error;
 pub mod index;
 pub mod mapped;
 mod pread;
@@ -29,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use fill::{Fill, FillWriter, Subscription};
+pub use fill_error::FillError;
 use index::{Index, TagRecord};
 use store::{BlobStore, TempBlob};
 use usage::{Lease, Usage};

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::fill::Fill;
+use super::fill_error::FillError;
 use super::store::TempBlob;
 use crate::oci::Hasher;
 
@@ -55,7 +56,7 @@ pub struct Output {
     /// The chunk not yet published.
     pub held: Option<Bytes>,
     /// Why writing stopped early.
-    pub error: Option<String>,
+    pub error: Option<FillError>,
     /// Why the cache file could not be written (a full disk): the bytes were
     /// still streamed to live readers, but the blob must not be stored.
     pub cache_error: Option<String>,
@@ -125,8 +126,12 @@ impl Sink {
     }
 
     /// Writes and hashes one batch on the blocking pool.
-    async fn write(&mut self, batch: &[Bytes]) -> Result<(), String> {
-        let _slot = SLOTS.acquire().await.map_err(|_| "fill slots closed")?;
+    async fn write(&mut self, batch: &[Bytes]) -> Result<(), FillError> {
+        let stopped = FillError::WriterStopped;
+        let _slot = SLOTS
+            .acquire()
+            .await
+            .map_err(|_| stopped("fill slots closed"))?;
         let file = match self.out.cache_error {
             None => Some(self.out.temp.shared_file()),
             Some(_) => None,
@@ -141,7 +146,7 @@ impl Sink {
                 (hash(hasher, &batch), written)
             })
             .await
-            .map_err(|_| "the fill's write step failed")?
+            .map_err(|_| stopped("the fill's write step failed"))?
         } else {
             let to_hash = batch.to_vec();
             let to_write = batch.to_vec();
@@ -150,8 +155,8 @@ impl Sink {
                 tokio::task::spawn_blocking(move || file.map(|f| write_all(&f, &to_write)));
             let (hashed, written) = tokio::join!(hashing, writing);
             (
-                hashed.map_err(|_| "the fill's hash step failed")?,
-                written.map_err(|_| "the fill's write step failed")?,
+                hashed.map_err(|_| stopped("the fill's hash step failed"))?,
+                written.map_err(|_| stopped("the fill's write step failed"))?,
             )
         };
         self.out.hasher = hasher;

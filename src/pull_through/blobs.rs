@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use super::{Outcome, Proxy};
 use crate::cache::fill::{FillWriter, Subscription};
 use crate::cache::reader::BlobReader;
-use crate::cache::{BlobLookup, StoredBlob};
+use crate::cache::{BlobLookup, FillError, StoredBlob};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::media_type::OCTET_STREAM;
@@ -226,12 +226,23 @@ async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter, metrics:
         Ok(size) => tracing::debug!(%upstream, %digest, size, "blob stored"),
         Err(reason) => {
             tracing::warn!(%upstream, %digest, %reason, "blob rejected");
-            metrics.digest_failure();
-            writer.fail(Error::UpstreamInvalid {
-                upstream,
-                message: reason,
-            });
+            if reason.is_upstream_fault() {
+                metrics.digest_failure();
+            }
+            writer.fail(fill_failure(&upstream, reason));
         }
+    }
+}
+
+/// The error a client of a failed fill gets: the upstream's fault, or the
+/// cache's own.
+fn fill_failure(upstream: &str, reason: FillError) -> Error {
+    match reason.is_upstream_fault() {
+        true => Error::UpstreamInvalid {
+            upstream: upstream.to_string(),
+            message: reason.to_string(),
+        },
+        false => Error::storage("fill", reason),
     }
 }
 
@@ -272,10 +283,7 @@ async fn fetch_into(
             writer
                 .write(data)
                 .await
-                .map_err(|reason| Error::UpstreamInvalid {
-                    upstream: upstream.name().to_string(),
-                    message: reason,
-                })?;
+                .map_err(|reason| fill_failure(upstream.name(), reason))?;
         }
     }
 }
