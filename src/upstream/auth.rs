@@ -3,9 +3,9 @@
 //!
 //! Tokens are cached per scope until shortly before they expire. The realm
 //! learned from the first challenge is remembered, so later scopes fetch
-//! their token before the request instead of after a 401. Credentials go
-//! only to a realm on the upstream's own registrable domain (or a host the
-//! configuration allows); never the client's credentials, never to a redirect.
+//! their token before the request instead of after a 401. Basic credentials
+//! go only to a realm that [`site::realm_trusted`] accepts, checked again as
+//! each token request is sent; never the client's credentials.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::client::{self, HttpClient, SendError};
+use super::site;
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -248,8 +249,8 @@ impl Auth {
             .remove(scope);
     }
 
-    /// Accepts a realm only on the upstream's own registrable domain or an
-    /// allowed host, and only over https unless the upstream itself is http.
+    /// Accepts a realm only where [`site::realm_trusted`] allows, and only
+    /// over https unless the upstream itself is http.
     fn check_realm(&self, realm: Option<&str>) -> Result<Url> {
         let refuse = |why: String| Error::UpstreamInvalid {
             upstream: self.upstream.clone(),
@@ -261,17 +262,12 @@ impl Auth {
         if !secure || !matches!(url.scheme(), "http" | "https") {
             return Err(refuse("token realm must use https".into()));
         }
-        let host = url.host_str().unwrap_or_default();
-        let base_host = self.base.host_str().unwrap_or_default();
-        let allowed = host == base_host
-            || same_site(host, base_host)
-            || self
-                .realm_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(host));
-        if !allowed {
+        if !site::realm_trusted(&url, &self.base, &self.realm_hosts) {
+            let host = url.host_str().unwrap_or_default();
+            let base_host = self.base.host_str().unwrap_or_default();
             return Err(refuse(format!(
-                "token realm host {host} is not on {base_host}'s domain nor in token_realm_hosts"
+                "token realm host {host} is not on {base_host}'s origin or registrable domain, \
+                 nor in token_realm_hosts"
             )));
         }
         Ok(url)
@@ -296,7 +292,9 @@ impl Auth {
             }
         }
         let mut request = Request::get(url.as_str());
-        if let Some(basic) = self.basic() {
+        // Checked again here, as the credentials leave, whatever path led here.
+        let trusted = site::realm_trusted(&url, &self.base, &self.realm_hosts);
+        if let Some(basic) = self.basic().filter(|_| trusted) {
             request = request.header(header::AUTHORIZATION, basic);
         }
         let request = request
@@ -373,20 +371,6 @@ fn bearer_header(token: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// Whether two DNS names share their last two labels (`auth.docker.io` and
-/// `registry-1.docker.io`). IP addresses only match themselves.
-fn same_site(a: &str, b: &str) -> bool {
-    let is_ip = |h: &str| h.parse::<std::net::IpAddr>().is_ok() || h.starts_with('[');
-    if is_ip(a) || is_ip(b) {
-        return false;
-    }
-    let site = |h: &str| {
-        let labels: Vec<&str> = h.trim_end_matches('.').rsplitn(3, '.').collect();
-        (labels.len() >= 2).then(|| format!("{}.{}", labels[1], labels[0]).to_ascii_lowercase())
-    };
-    matches!((site(a), site(b)), (Some(x), Some(y)) if x == y)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,11 +395,23 @@ mod tests {
     }
 
     #[test]
-    fn ip_upstreams_match_only_their_own_host_or_the_allow_list() {
+    fn ip_upstreams_match_only_their_own_origin_or_the_allow_list() {
         let a = auth("http://127.0.0.1:5001", &["127.0.0.2"]);
-        assert!(a.check_realm(Some("http://127.0.0.1:9999/token")).is_ok());
+        assert!(a.check_realm(Some("http://127.0.0.1:5001/token")).is_ok());
+        assert!(a.check_realm(Some("http://127.0.0.1:9999/token")).is_err());
         assert!(a.check_realm(Some("http://127.0.0.2/token")).is_ok());
         assert!(a.check_realm(Some("http://127.0.0.3/token")).is_err());
+    }
+
+    #[test]
+    fn another_azure_registry_is_not_a_realm() {
+        let a = auth("https://x.azurecr.io", &[]);
+        assert!(a
+            .check_realm(Some("https://x.azurecr.io/oauth2/token"))
+            .is_ok());
+        assert!(a
+            .check_realm(Some("https://y.azurecr.io/oauth2/token"))
+            .is_err());
     }
 
     #[test]
@@ -440,15 +436,6 @@ mod tests {
             "two",
             "keeps the last value"
         );
-    }
-
-    #[test]
-    fn same_site_rules() {
-        assert!(same_site("auth.docker.io", "registry-1.docker.io"));
-        assert!(same_site("ghcr.io", "ghcr.io"));
-        assert!(!same_site("docker.io.evil.com", "docker.io"));
-        assert!(!same_site("localhost", "localhost"));
-        assert!(!same_site("10.0.0.1", "10.0.0.2"));
     }
 
     #[test]

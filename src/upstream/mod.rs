@@ -10,6 +10,7 @@ pub mod client;
 pub mod push;
 mod requests;
 pub mod routing;
+mod site;
 
 use std::sync::Arc;
 use std::time::Duration;
