@@ -1,16 +1,16 @@
 //! Credentials for one upstream: anonymous, Basic, or the registry Bearer
 //! token flow (`WWW-Authenticate` challenge -> token realm -> cached token).
 //!
-//! Tokens are cached per scope until shortly before they expire. The realm
-//! learned from the first challenge is remembered, so later scopes fetch
-//! their token before the request instead of after a 401. Basic credentials
-//! go only to a realm that [`site::realm_trusted`] accepts, checked again as
-//! each token request is sent; never the client's credentials.
+//! Tokens are cached per scope until shortly before they expire, in a
+//! bounded cache ([`TokenCache`]). The realm learned from the first
+//! challenge is remembered, so later scopes fetch their token before the
+//! request instead of after a 401. Basic credentials go only to a realm
+//! that [`site::realm_trusted`] accepts, checked again as each token request
+//! is sent; never the client's credentials.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use http::{header, HeaderValue, Request, StatusCode};
@@ -19,6 +19,7 @@ use url::Url;
 
 use super::client::{self, HttpClient, SendError};
 use super::site;
+use super::tokens::{bearer_header, TokenCache, TOKEN_CACHE_CAPACITY};
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -27,8 +28,6 @@ use crate::secret::Secret;
 
 /// Lifetime assumed for a token whose response gives none (distribution's rule).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// A token is renewed this long before it expires.
-const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(10);
 /// Largest token response read.
 const TOKEN_RESPONSE_LIMIT: usize = 64 * 1024;
 
@@ -36,12 +35,6 @@ const TOKEN_RESPONSE_LIMIT: usize = 64 * 1024;
 enum Known {
     Basic,
     Bearer { realm: Url, service: Option<String> },
-}
-
-#[derive(Debug, Clone)]
-struct Token {
-    value: Secret,
-    renew_at: Instant,
 }
 
 #[derive(Deserialize)]
@@ -150,7 +143,7 @@ pub struct Auth {
     realm_hosts: Vec<String>,
     timeout: Duration,
     known: Mutex<Option<Known>>,
-    tokens: Mutex<HashMap<String, Token>>,
+    tokens: TokenCache,
     metrics: Arc<Metrics>,
 }
 
@@ -165,7 +158,7 @@ impl Auth {
             realm_hosts: credentials.realm_hosts,
             timeout: credentials.timeout,
             known: Mutex::new(None),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
             metrics,
         }
     }
@@ -237,16 +230,11 @@ impl Auth {
     }
 
     fn cached(&self, scope: &str) -> Option<HeaderValue> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        let token = tokens.get(scope).filter(|t| t.renew_at > Instant::now())?;
-        bearer_header(token.value.expose())
+        self.tokens.get(scope)
     }
 
     fn invalidate(&self, scope: &str) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(scope);
+        self.tokens.remove(scope);
     }
 
     /// Accepts a realm only where [`site::realm_trusted`] allows, and only
@@ -345,15 +333,7 @@ impl Auth {
             .expires_in
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_RENEW_MARGIN);
-        let token = Token {
-            value: Secret::new(value),
-            renew_at,
-        };
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(scope.to_string(), token);
+        self.tokens.insert(scope, Secret::new(value), lifetime);
         Ok(header)
     }
 
@@ -363,12 +343,6 @@ impl Auth {
             message,
         }
     }
-}
-
-fn bearer_header(token: &str) -> Option<HeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
-    value.set_sensitive(true);
-    Some(value)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod push;
 mod requests;
 pub mod routing;
 mod site;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
