@@ -1,15 +1,21 @@
 //! Fault injection around credentials: the Bearer token flow and its cache,
-//! a token realm on a host lasti must not trust, redirects to blob storage
-//! on another host (which must never see credentials), and redirect loops.
+//! a token realm on an origin lasti must not trust, redirects to blob
+//! storage on another host and a back-fill upload moved to another origin
+//! (which must never see credentials), and redirect loops.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::checks::{assert_oci_error, assert_upstream_error, assert_whole, within};
-use common::fake_upstream::{blob_path, random_blob, FakeUpstream, Fault, Seen, SERVICE};
+use common::fake_upstream::{
+    blob_path, image_manifest, manifest_path, random_blob, FakeUpstream, Fault, Seen, OCI_MANIFEST,
+    SERVICE,
+};
 use common::http::{get, Reply};
 use common::lasti::{config, Lasti};
+use common::registry::Registry;
+use common::token_shim::TokenShim;
 use http::{Method, StatusCode};
 use lasti::config::Config;
 use lasti::secret::Secret;
@@ -133,26 +139,88 @@ async fn redirected_blob_reaches_the_second_host_without_credentials() {
     .await;
 }
 
+/// A registry whose challenge names `realm`'s `/token`: lasti, holding
+/// Basic credentials, sends the realm nothing until `allowed` lists its host.
+async fn realm_gets_no_credentials_unless_allowed(realm: FakeUpstream, allowed: &str) {
+    realm.issue_tokens(TOKEN, Some(("alice", "s3cret")));
+    let registry = FakeUpstream::start().await;
+    registry.require_bearer_from(&format!("{}/token", realm.url()), TOKEN);
+    let blob = random_blob(4000);
+    let digest = registry.put_blob(blob.clone());
+
+    let config = || with_credentials(config_for(&registry), "alice", "s3cret");
+    let lasti = Lasti::start_with(config(), None).await;
+    assert_upstream_error(&get_blob(&lasti, &digest).await, "UNAVAILABLE");
+    assert!(realm.requests().is_empty(), "{:?}", realm.requests());
+    lasti.stop().await;
+
+    let mut config = config();
+    config.upstreams[0].token_realm_hosts = vec![allowed.to_string()];
+    let lasti = Lasti::start_with(config, None).await;
+    assert_whole(&get_blob(&lasti, &digest).await, &blob);
+    let asked = token_requests(&realm);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let basic = "Basic YWxpY2U6czNjcmV0"; // alice:s3cret
+    assert_eq!(asked[0].authorization.as_deref(), Some(basic));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_realm_on_a_foreign_host_is_refused_unless_allowed() {
     within(async {
         let realm = FakeUpstream::start_on("127.0.0.2").await;
-        realm.issue_tokens(TOKEN, None);
-        let registry = FakeUpstream::start().await;
-        registry.require_bearer_from(&format!("{}/token", realm.url()), TOKEN);
-        let blob = random_blob(4000);
-        let digest = registry.put_blob(blob.clone());
+        realm_gets_no_credentials_unless_allowed(realm, "127.0.0.2").await;
+    })
+    .await;
+}
 
-        let lasti = Lasti::start(&registry.url()).await;
-        assert_upstream_error(&get_blob(&lasti, &digest).await, "UNAVAILABLE");
-        assert!(realm.requests().is_empty(), "{:?}", realm.requests());
-        lasti.stop().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_realm_on_another_port_of_the_same_address_is_refused_unless_allowed() {
+    within(async {
+        let realm = FakeUpstream::start().await;
+        realm_gets_no_credentials_unless_allowed(realm, "127.0.0.1").await;
+    })
+    .await;
+}
 
-        let mut config = config_for(&registry);
-        config.upstreams[0].token_realm_hosts = vec!["127.0.0.2".to_string()];
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_upload_moved_to_another_origin_is_refused_and_gets_nothing() {
+    within(async {
+        let upstream = FakeUpstream::start().await;
+        let (config_blob, layer) = (random_blob(300), random_blob(40_000));
+        upstream.put_blob(config_blob.clone());
+        upstream.put_blob(layer.clone());
+        upstream.put_manifest("v1", image_manifest(&config_blob, &[&layer]));
+        let backend = Registry::start();
+        let shim = TokenShim::start(backend.addr(), TOKEN).await;
+        let elsewhere = FakeUpstream::start_on("127.0.0.2").await;
+        shim.state.lock().unwrap().upload_origin = Some(elsewhere.url());
+        let mut config = config_for(&upstream);
+        config.target.url = Some(url::Url::parse(&shim.url()).unwrap());
+        config.target.project = Some("proj".into());
+        config.target.token = Some(Secret::new(TOKEN.into()));
         let lasti = Lasti::start_with(config, None).await;
-        assert_whole(&get_blob(&lasti, &digest).await, &blob);
-        assert_eq!(token_requests(&realm).len(), 1);
+
+        let url = format!("{}{}", lasti.url(), manifest_path(REPO, "v1"));
+        let pulled = get(&url, &[("accept", OCI_MANIFEST)]).await;
+        assert_eq!(pulled.status, StatusCode::OK, "{:?}", pulled.body);
+        let status = lasti
+            .backfill_status_when(Duration::from_secs(30), |s| {
+                s["failed"].as_array().is_some_and(|f| !f.is_empty())
+            })
+            .await;
+        let seen = elsewhere.requests();
+        assert!(
+            seen.iter().all(|s| s.authorization.is_none()),
+            "credentials leaked to another origin: {seen:?}"
+        );
+        assert!(seen.is_empty(), "the blob went to another origin: {seen:?}");
+        let error = status["failed"][0]["last_error"].to_string();
+        let moved = format!("upload Location is on {}", elsewhere.url());
+        assert!(
+            error.contains(&moved) && error.contains("refused"),
+            "{error}"
+        );
+        assert!(shim.state.lock().unwrap().uploads >= 1, "an upload started");
     })
     .await;
 }

@@ -1,16 +1,16 @@
 //! Credentials for one upstream: anonymous, Basic, or the registry Bearer
 //! token flow (`WWW-Authenticate` challenge -> token realm -> cached token).
 //!
-//! Tokens are cached per scope until shortly before they expire. The realm
-//! learned from the first challenge is remembered, so later scopes fetch
-//! their token before the request instead of after a 401. Credentials go
-//! only to a realm on the upstream's own registrable domain (or a host the
-//! configuration allows); never the client's credentials, never to a redirect.
+//! Tokens are cached per scope until shortly before they expire, in a
+//! bounded cache ([`TokenCache`]). The realm learned from the first
+//! challenge is remembered, so later scopes fetch their token before the
+//! request instead of after a 401. Basic credentials go only to a realm
+//! that [`site::realm_trusted`] accepts, checked again as each token request
+//! is sent; never the client's credentials.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use http::{header, HeaderValue, Request, StatusCode};
@@ -18,6 +18,8 @@ use serde::Deserialize;
 use url::Url;
 
 use super::client::{self, HttpClient, SendError};
+use super::site;
+use super::tokens::{bearer_header, TokenCache, TOKEN_CACHE_CAPACITY};
 use crate::config::UpstreamConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -26,8 +28,6 @@ use crate::secret::Secret;
 
 /// Lifetime assumed for a token whose response gives none (distribution's rule).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// A token is renewed this long before it expires.
-const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(10);
 /// Largest token response read.
 const TOKEN_RESPONSE_LIMIT: usize = 64 * 1024;
 
@@ -35,12 +35,6 @@ const TOKEN_RESPONSE_LIMIT: usize = 64 * 1024;
 enum Known {
     Basic,
     Bearer { realm: Url, service: Option<String> },
-}
-
-#[derive(Debug, Clone)]
-struct Token {
-    value: Secret,
-    renew_at: Instant,
 }
 
 #[derive(Deserialize)]
@@ -149,7 +143,7 @@ pub struct Auth {
     realm_hosts: Vec<String>,
     timeout: Duration,
     known: Mutex<Option<Known>>,
-    tokens: Mutex<HashMap<String, Token>>,
+    tokens: TokenCache,
     metrics: Arc<Metrics>,
 }
 
@@ -164,7 +158,7 @@ impl Auth {
             realm_hosts: credentials.realm_hosts,
             timeout: credentials.timeout,
             known: Mutex::new(None),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
             metrics,
         }
     }
@@ -236,20 +230,15 @@ impl Auth {
     }
 
     fn cached(&self, scope: &str) -> Option<HeaderValue> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        let token = tokens.get(scope).filter(|t| t.renew_at > Instant::now())?;
-        bearer_header(token.value.expose())
+        self.tokens.get(scope)
     }
 
     fn invalidate(&self, scope: &str) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(scope);
+        self.tokens.remove(scope);
     }
 
-    /// Accepts a realm only on the upstream's own registrable domain or an
-    /// allowed host, and only over https unless the upstream itself is http.
+    /// Accepts a realm only where [`site::realm_trusted`] allows, and only
+    /// over https unless the upstream itself is http.
     fn check_realm(&self, realm: Option<&str>) -> Result<Url> {
         let refuse = |why: String| Error::UpstreamInvalid {
             upstream: self.upstream.clone(),
@@ -261,17 +250,12 @@ impl Auth {
         if !secure || !matches!(url.scheme(), "http" | "https") {
             return Err(refuse("token realm must use https".into()));
         }
-        let host = url.host_str().unwrap_or_default();
-        let base_host = self.base.host_str().unwrap_or_default();
-        let allowed = host == base_host
-            || same_site(host, base_host)
-            || self
-                .realm_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(host));
-        if !allowed {
+        if !site::realm_trusted(&url, &self.base, &self.realm_hosts) {
+            let host = url.host_str().unwrap_or_default();
+            let base_host = self.base.host_str().unwrap_or_default();
             return Err(refuse(format!(
-                "token realm host {host} is not on {base_host}'s domain nor in token_realm_hosts"
+                "token realm host {host} is not on {base_host}'s origin or registrable domain, \
+                 nor in token_realm_hosts"
             )));
         }
         Ok(url)
@@ -296,7 +280,9 @@ impl Auth {
             }
         }
         let mut request = Request::get(url.as_str());
-        if let Some(basic) = self.basic() {
+        // Checked again here, as the credentials leave, whatever path led here.
+        let trusted = site::realm_trusted(&url, &self.base, &self.realm_hosts);
+        if let Some(basic) = self.basic().filter(|_| trusted) {
             request = request.header(header::AUTHORIZATION, basic);
         }
         let request = request
@@ -347,15 +333,7 @@ impl Auth {
             .expires_in
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_RENEW_MARGIN);
-        let token = Token {
-            value: Secret::new(value),
-            renew_at,
-        };
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(scope.to_string(), token);
+        self.tokens.insert(scope, Secret::new(value), lifetime);
         Ok(header)
     }
 
@@ -365,26 +343,6 @@ impl Auth {
             message,
         }
     }
-}
-
-fn bearer_header(token: &str) -> Option<HeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
-/// Whether two DNS names share their last two labels (`auth.docker.io` and
-/// `registry-1.docker.io`). IP addresses only match themselves.
-fn same_site(a: &str, b: &str) -> bool {
-    let is_ip = |h: &str| h.parse::<std::net::IpAddr>().is_ok() || h.starts_with('[');
-    if is_ip(a) || is_ip(b) {
-        return false;
-    }
-    let site = |h: &str| {
-        let labels: Vec<&str> = h.trim_end_matches('.').rsplitn(3, '.').collect();
-        (labels.len() >= 2).then(|| format!("{}.{}", labels[1], labels[0]).to_ascii_lowercase())
-    };
-    matches!((site(a), site(b)), (Some(x), Some(y)) if x == y)
 }
 
 #[cfg(test)]
@@ -411,11 +369,23 @@ mod tests {
     }
 
     #[test]
-    fn ip_upstreams_match_only_their_own_host_or_the_allow_list() {
+    fn ip_upstreams_match_only_their_own_origin_or_the_allow_list() {
         let a = auth("http://127.0.0.1:5001", &["127.0.0.2"]);
-        assert!(a.check_realm(Some("http://127.0.0.1:9999/token")).is_ok());
+        assert!(a.check_realm(Some("http://127.0.0.1:5001/token")).is_ok());
+        assert!(a.check_realm(Some("http://127.0.0.1:9999/token")).is_err());
         assert!(a.check_realm(Some("http://127.0.0.2/token")).is_ok());
         assert!(a.check_realm(Some("http://127.0.0.3/token")).is_err());
+    }
+
+    #[test]
+    fn another_azure_registry_is_not_a_realm() {
+        let a = auth("https://x.azurecr.io", &[]);
+        assert!(a
+            .check_realm(Some("https://x.azurecr.io/oauth2/token"))
+            .is_ok());
+        assert!(a
+            .check_realm(Some("https://y.azurecr.io/oauth2/token"))
+            .is_err());
     }
 
     #[test]
@@ -440,15 +410,6 @@ mod tests {
             "two",
             "keeps the last value"
         );
-    }
-
-    #[test]
-    fn same_site_rules() {
-        assert!(same_site("auth.docker.io", "registry-1.docker.io"));
-        assert!(same_site("ghcr.io", "ghcr.io"));
-        assert!(!same_site("docker.io.evil.com", "docker.io"));
-        assert!(!same_site("localhost", "localhost"));
-        assert!(!same_site("10.0.0.1", "10.0.0.2"));
     }
 
     #[test]

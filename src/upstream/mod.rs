@@ -10,6 +10,8 @@ pub mod client;
 pub mod push;
 mod requests;
 pub mod routing;
+mod site;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use url::Url;
 
-use super::Upstream;
+use super::{site, Upstream};
 use crate::body::{self, Body, BodyError};
 use crate::cache::reader::BlobReader;
 use crate::error::{Error, Result};
@@ -158,6 +158,8 @@ impl Upstream {
             .map(drop)
     }
 
+    /// Where the upload goes on. A `Location` on another origin is refused:
+    /// it would get the image's bytes, and credentials never go there.
     async fn upload_location(
         &self,
         response: http::Response<hyper::body::Incoming>,
@@ -168,9 +170,19 @@ impl Upstream {
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| self.invalid("upload answer without Location".into()))?;
-        self.api_url("")?
+        let base = self.api_url("")?;
+        let url = base
             .join(location)
-            .map_err(|_| self.invalid("upload Location is not a URL".into()))
+            .map_err(|_| self.invalid("upload Location is not a URL".into()))?;
+        if !site::same_origin(&url, &base) {
+            // The origin only: the rest of an upload URL may hold a signature.
+            return Err(self.invalid(format!(
+                "upload Location is on {}, not on the registry's origin {}; refused",
+                url.origin().ascii_serialization(),
+                base.origin().ascii_serialization()
+            )));
+        }
+        Ok(url)
     }
 
     /// `PUT /v2/<repo>/manifests/<reference>` with the exact bytes.

@@ -10,6 +10,7 @@ use rand::Rng;
 use url::Url;
 
 use super::client::{self, SendError};
+use super::site;
 use super::Upstream;
 use crate::body::{self, Body};
 use crate::error::{Error, Result};
@@ -308,7 +309,8 @@ impl Upstream {
 
     /// Sends one request with credentials for `scope`, answers a 401
     /// challenge once (re-creating the body with `body`), and follows
-    /// redirects of `GET` and `HEAD`.
+    /// redirects of `GET` and `HEAD`. Credentials reach only the
+    /// registry's own origin (see [`Upstream::send`]).
     pub(crate) async fn call(
         &self,
         method: &Method,
@@ -336,7 +338,7 @@ impl Upstream {
                 response = self
                     .send(method, &url, headers, Some(&fresh), body())
                     .await?;
-                // Same-origin redirects below carry the token that worked.
+                // Redirects below carry the token that worked, to the same origin only.
                 authorization = Some(fresh);
             }
         }
@@ -371,16 +373,18 @@ impl Upstream {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(self.invalid("redirect to a non-HTTP URL".into()));
             }
-            // Credentials stay with the upstream's own origin.
-            let same_origin = url.origin() == self.config.url.origin();
-            let auth = authorization.as_ref().filter(|_| same_origin);
+            // Blob storage on another origin gets the request without credentials.
             response = self
-                .send(method, &url, headers, auth, body::empty())
+                .send(method, &url, headers, authorization.as_ref(), body::empty())
                 .await?;
         }
         Err(self.invalid(format!("more than {MAX_REDIRECTS} redirects")))
     }
 
+    /// Sends one request. `authorization` goes along only when `url` is on
+    /// the registry's own origin: checked here, as the request leaves, so
+    /// no URL a registry hands back (a redirect, an upload `Location`) can
+    /// carry its credentials elsewhere.
     async fn send(
         &self,
         method: &Method,
@@ -394,7 +398,15 @@ impl Upstream {
             builder = builder.header(name, value);
         }
         if let Some(value) = authorization {
-            builder = builder.header(header::AUTHORIZATION, value);
+            if site::same_origin(url, &self.config.url) {
+                builder = builder.header(header::AUTHORIZATION, value);
+            } else {
+                tracing::debug!(
+                    upstream = self.name(),
+                    host = url.host_str().unwrap_or_default(),
+                    "credentials withheld from another origin"
+                );
+            }
         }
         let request = builder
             .body(body)

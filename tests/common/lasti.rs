@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use lasti::config::{Config, UpstreamConfig};
 use tempfile::TempDir;
@@ -120,6 +121,28 @@ impl Lasti {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Polls `/admin/backfill` until `ready` holds; fails the test after `limit`.
+    pub async fn backfill_status_when(
+        &self,
+        limit: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let url = format!("{}/admin/backfill", self.admin_url());
+            let reply = super::http::get(&url, &[]).await;
+            let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+            if ready(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "back-fill status never got there: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Stops lasti gracefully and hands back its data directory.

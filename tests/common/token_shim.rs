@@ -5,7 +5,8 @@
 //! OpenShift does). Valid requests are forwarded to the backend registry.
 //!
 //! Knobs inject what a real cluster does to a pusher: a quota that denies
-//! pushes, and slow uploads (to kill lasti mid-push).
+//! pushes, and slow uploads (to kill lasti mid-push); and what a hostile
+//! one might: an upload `Location` on another origin.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +37,9 @@ pub struct ShimState {
     pub refuse_indexes: bool,
     /// Wait this long before forwarding each upload request (PATCH/PUT of a blob).
     pub upload_delay: Duration,
+    /// Move the `Location` of each started upload to this origin
+    /// (`http://host:port`), keeping its path and query.
+    pub upload_origin: Option<String>,
     /// Token requests seen, and how many carried the right password.
     pub realm_requests: usize,
     /// Requests with the right password at the realm.
@@ -169,7 +173,7 @@ async fn handle(
     }
     let push = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     let upload = push && path.contains("/blobs/uploads/");
-    let delay = {
+    let (delay, moved_to) = {
         let mut s = state.lock().unwrap();
         if push && s.deny_pushes {
             return reply(
@@ -191,14 +195,38 @@ async fn handle(
         s.uploads += usize::from(upload);
         s.manifest_puts +=
             usize::from(*req.method() == Method::PUT && path.contains("/manifests/"));
-        if upload && *req.method() != Method::POST {
+        let started = upload && *req.method() == Method::POST;
+        let delay = if upload && !started {
             s.upload_delay
         } else {
             Duration::ZERO
-        }
+        };
+        (delay, s.upload_origin.clone().filter(|_| started))
     };
     tokio::time::sleep(delay).await;
-    forward(req, backend, client).await
+    let mut response = forward(req, backend, client).await;
+    if let Some(origin) = moved_to {
+        move_location(&mut response, me, &origin);
+    }
+    response
+}
+
+/// Puts the response's `Location` (relative, or absolute on `me`) on `origin`.
+fn move_location(response: &mut Response<ShimBody>, me: SocketAddr, origin: &str) {
+    let Some(location) = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let here = url::Url::parse(&format!("http://{me}/")).expect("shim url");
+    let location = here.join(location).expect("backend Location");
+    let mut moved = url::Url::parse(origin).expect("origin url");
+    moved.set_path(location.path());
+    moved.set_query(location.query());
+    let value = moved.as_str().parse().expect("header value");
+    response.headers_mut().insert(header::LOCATION, value);
 }
 
 async fn forward(
