@@ -118,7 +118,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Disk quota for cached blobs and manifests; least recently used blobs are evicted past it.
+    /// Disk quota for cached blobs and manifests, in the space their files
+    /// take (allocated blocks); least recently used blobs are evicted past it.
     pub max_size: ByteSize,
     /// Memory kept for hot manifests, served without touching the disk.
     pub manifest_memory: ByteSize,
