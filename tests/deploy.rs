@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lasti::config::Config;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 const OVERLAYS: [&str; 2] = ["ephemeral", "persistent"];
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -38,7 +38,7 @@ fn render(overlay: &str) -> String {
 }
 
 fn objects(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_yaml_ng::Deserializer::from_str(yaml)
         .map(|doc| Value::deserialize(doc).expect("valid YAML"))
         .filter(|v| !v.is_null())
         .collect()

@@ -10,6 +10,8 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -34,7 +36,7 @@ pub fn build(config: &UpstreamConfig) -> Result<HttpClient, String> {
         let pem = std::fs::read(path)
             .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| format!("bad PEM in {}: {e}", path.display()))?;
             roots
                 .add(cert)
