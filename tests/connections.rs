@@ -348,3 +348,24 @@ async fn a_ping_flood_ends_the_connection() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_peer_that_does_not_answer_pings_is_closed() {
+    within(async {
+        let fake = FakeUpstream::start().await;
+        let cfg = config_with(&fake, |c| {
+            c.access.http2_ping_interval = SHORT;
+            c.access.http2_ping_timeout = SHORT;
+        });
+        let lasti = Lasti::start_with(cfg, None).await;
+        let mut peer = TcpStream::connect(lasti.addr).await.unwrap();
+        // The preface and an empty SETTINGS; then it reads but never answers.
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        peer.write_all(&hello).await.unwrap();
+        let heard = closed_by_server(&mut peer).await;
+        let pinged = heard.windows(5).any(|w| w == [0, 0, 8, 6, 0]);
+        assert!(pinged, "the server pinged before closing");
+    })
+    .await;
+}
