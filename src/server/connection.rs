@@ -91,8 +91,7 @@ async fn watch_over<I>(
     tokio::pin!(connection);
     let mut tick = tokio::time::interval(shared.limits.tick());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut asked_to_close, mut drained) = (false, false);
-    let mut close_by: Option<Instant> = None;
+    let (mut closing, mut drained) = (Closing::default(), false);
     loop {
         tokio::select! {
             ended = connection.as_mut() => {
@@ -103,7 +102,7 @@ async fn watch_over<I>(
             }
             _ = drain.wait_for(|draining| *draining), if !drained => {
                 drained = true;
-                if !std::mem::replace(&mut asked_to_close, true) {
+                if closing.ask() {
                     connection.as_mut().graceful_shutdown();
                 }
             }
@@ -113,17 +112,35 @@ async fn watch_over<I>(
                     tracing::info!(%peer, "client took no response bytes for send_timeout; closing");
                     return;
                 }
+                Verdict::Idle if closing.overdue() => return,
                 Verdict::Idle => {
-                    if !std::mem::replace(&mut asked_to_close, true) {
+                    if closing.ask() {
                         tracing::debug!(%peer, "idle connection closed");
                         connection.as_mut().graceful_shutdown();
-                    }
-                    let deadline = *close_by.get_or_insert(Instant::now() + CLOSE_GRACE);
-                    if Instant::now() >= deadline {
-                        return;
                     }
                 }
             },
         }
+    }
+}
+
+/// Whether a connection was asked to close, and by when an idle one must be gone.
+#[derive(Debug, Default)]
+struct Closing {
+    asked: bool,
+    by: Option<Instant>,
+}
+
+impl Closing {
+    /// True the first time only: then the caller asks hyper to close.
+    fn ask(&mut self) -> bool {
+        !std::mem::replace(&mut self.asked, true)
+    }
+
+    /// Whether an idle connection has had its [`CLOSE_GRACE`]; the first
+    /// call starts it.
+    fn overdue(&mut self) -> bool {
+        let now = Instant::now();
+        now >= *self.by.get_or_insert(now + CLOSE_GRACE)
     }
 }
