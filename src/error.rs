@@ -67,6 +67,13 @@ pub enum Error {
         /// When to retry.
         retry_after: Duration,
     },
+    /// lasti is serving as many blobs as its open-file budget allows; the
+    /// client should come back shortly (503, never a 500).
+    #[error("too many blobs being served; retry later")]
+    Busy {
+        /// When to retry.
+        retry_after: Duration,
+    },
     /// The stored manifest's type is not among those the client accepts.
     #[error("manifest media type {0} is not acceptable to the client")]
     NotAcceptable(String),
@@ -140,7 +147,10 @@ impl Error {
             | NotAcceptable(_)
             | Unauthorized { .. }
             | Denied(_)
-            | RateLimited { .. } => Origin::Client,
+            | RateLimited { .. }
+            // Not the client's fault, but an answer to come back later, as
+            // for a rate limit: logged at debug, its message sent as is.
+            | Busy { .. } => Origin::Client,
             ManifestUnknown
             | BlobUnknown
             | NameUnknown
@@ -178,6 +188,7 @@ impl Error {
             Unauthorized { .. } => ErrorCode::Unauthorized,
             Denied(_) => ErrorCode::Denied,
             RateLimited { .. } => ErrorCode::TooManyRequests,
+            Busy { .. } => ErrorCode::Unavailable,
             UpstreamDenied { .. } => ErrorCode::Denied,
             UpstreamTooManyRequests { .. } => ErrorCode::TooManyRequests,
             UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamInvalid { .. } => {
@@ -216,6 +227,7 @@ impl Error {
             Unauthorized { .. } => "unauthorized",
             Denied(_) => "denied",
             RateLimited { .. } => "rate_limited",
+            Busy { .. } => "busy",
             NotAcceptable(_) => "not_acceptable",
             UpstreamDenied { .. } => "upstream_denied",
             UpstreamTooManyRequests { .. } => "upstream_rate_limited",
@@ -280,6 +292,13 @@ mod tests {
                     message: "headers".into(),
                 },
                 504,
+                "UNAVAILABLE",
+            ),
+            (
+                Error::Busy {
+                    retry_after: Duration::from_secs(1),
+                },
+                503,
                 "UNAVAILABLE",
             ),
             (Error::Storage("disk".into()), 500, "UNKNOWN"),

@@ -5,7 +5,9 @@
 //! - [`access`]: the front door: who may pull (htpasswd, tokens, delegation
 //!   to the Rahti registry's login) and per-client rate limits.
 //! - [`server`]: the listener (HTTP/1.1 and HTTP/2, TLS), the hand-written router
-//!   of OCI paths, response building, the access log, graceful shutdown.
+//!   of OCI paths, response building, the access log, connection timeouts
+//!   and limits (idle, send, HTTP/2 floods, the open-file budget), graceful
+//!   shutdown.
 //! - [`pull_through`]: the decisions: hit or miss, tag TTL and revalidation,
 //!   stale-if-error, single-flight fetches.
 //! - [`upstream`]: registry clients (hyper + rustls), credentials and the

@@ -132,6 +132,10 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     lasti::telemetry::init(&config.log);
+    match lasti::server::open_files::raise_limit() {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

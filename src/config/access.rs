@@ -38,11 +38,32 @@ pub struct AccessConfig {
     pub max_upstream_fetches: usize,
     /// Client connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Time a client gets to send its request headers (slow-client defence).
+    /// Time a client gets to send its request headers (slow-client defence),
+    /// counted on a new connection from the moment it is accepted, so a
+    /// client that sends nothing at all is closed too.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) accepted.
     pub max_header_bytes: usize,
+    /// How long a connection with no request in flight stays open after its
+    /// last response: HTTP/1.1 keep-alive, and HTTP/2 with no open stream.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// How long a response may wait for the client to take its next bytes
+    /// (a full socket, or an HTTP/2 window held at zero) before its
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// How often an HTTP/2 connection is pinged while it is open.
+    #[serde(with = "humantime_serde")]
+    pub http2_ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub http2_ping_timeout: Duration,
+    /// Blob responses (each holding an open file) served at once; one past
+    /// it gets 503 `UNAVAILABLE` with `Retry-After`. 0: a quarter of the
+    /// process's open-file limit.
+    pub max_open_blobs: usize,
 }
 
 impl Default for AccessConfig {
@@ -61,6 +82,11 @@ impl Default for AccessConfig {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
+            keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+            http2_ping_interval: Duration::from_secs(60),
+            http2_ping_timeout: Duration::from_secs(20),
+            max_open_blobs: 0,
         }
     }
 }
@@ -99,6 +125,17 @@ impl AccessConfig {
         }
         if self.max_connections == 0 || self.header_read_timeout.is_zero() {
             return fail("max_connections and header_read_timeout must be above zero");
+        }
+        let timeouts = [
+            self.keepalive_timeout,
+            self.send_timeout,
+            self.http2_ping_interval,
+            self.http2_ping_timeout,
+        ];
+        if timeouts.iter().any(Duration::is_zero) {
+            return fail(
+                "keepalive_timeout, send_timeout and the http2_ping_* keys must be above zero",
+            );
         }
         if self.max_header_bytes < 8192 {
             return fail("max_header_bytes must be at least 8192");

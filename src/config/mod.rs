@@ -424,6 +424,9 @@ mod tests {
             "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nconnect_timeout = \"0s\"",
             "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\n[[upstream.tag_rule]]\ntag = \"[\"\nttl = \"1s\"",
             "[log]\nfilter = \"=\"",
+            "[access]\nkeepalive_timeout = \"0s\"",
+            "[access]\nsend_timeout = \"0s\"",
+            "[access]\nhttp2_ping_timeout = \"0s\"",
         ];
         for text in bad {
             let config = Config::from_toml(text).unwrap();

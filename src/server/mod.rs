@@ -2,45 +2,59 @@
 //! routes requests to the proxy, logs each one, and shuts down gracefully.
 //!
 //! [`run`] holds the whole daemon, so tests start it in-process on port 0.
+//! It is four steps: [`build`] the daemon, accept connections until shutdown
+//! ([`accept_until`]), serve each ([`connection::serve`]), then [`drain`].
 
 pub mod access_log;
+pub mod activity;
 pub mod admin;
+pub mod connection;
+pub mod h2_flood;
 pub mod handlers;
+pub mod open_files;
 pub mod response;
 pub mod router;
 pub mod sendfile;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::access::Access;
 use crate::backfill::{self, Backfill};
-use crate::cache::reader::Delivery;
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{AccessConfig, Config};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pull_through::{Outcome, Proxy};
 use crate::upstream::Upstreams;
 use crate::warmer::Warmer;
 use access_log::{LoggedBody, Record};
-use sendfile::SendfileStream;
+use activity::{Activity, InFlight, Limits, WatchedBody};
+use connection::Shared;
+use open_files::BlobBudget;
+use router::Route;
 
-/// Time a client gets to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams a client may open at once on one HTTP/2 connection (nginx's
+/// `http2_max_concurrent_streams`); hyper's default is 200.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// The first pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS: the
+/// condition persists, so retrying at once would spin); doubled while it
+/// keeps failing, up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The longest pause between `accept` attempts that keep failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,39 +117,102 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let proxy = build_proxy(&config).await?;
+    let daemon = build(listeners.admin, &config).await?;
+    tracing::info!(
+        addr = ?listeners.api.local_addr().ok(),
+        upstream = daemon.shared.app.proxy.upstreams().default_upstream().name(),
+        max_open_blobs = daemon.shared.app.budget.size(),
+        "lasti listening"
+    );
+    let connections = accept_until(
+        listeners.api,
+        Arc::clone(&daemon.shared),
+        config.access.max_connections,
+        shutdown,
+    )
+    .await;
+    drain(daemon, connections, config.shutdown_grace).await;
+    Ok(())
+}
+
+/// The daemon once built: what the accept loop and the drain need.
+struct Daemon {
+    shared: Arc<Shared>,
+    warmer: Arc<Warmer>,
+    admin_task: Option<JoinHandle<()>>,
+}
+
+/// Builds the proxy and the connection settings, schedules the warm list
+/// and starts the admin listener.
+async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, StartError> {
+    let proxy = build_proxy(config).await?;
     let metrics = Arc::clone(proxy.cache().metrics());
     let sent_from_files = metrics.sendfile_bytes();
-    let access = Arc::new(Access::new(&config.access, metrics).map_err(StartError::Upstream)?);
+    let access = Access::new(&config.access, metrics).map_err(StartError::Upstream)?;
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => Some(Arc::new(
             tls::ReloadingAcceptor::new(cert.clone(), key.clone()).map_err(StartError::Upstream)?,
         )),
         _ => None,
     };
-    let listener = listeners.api;
     let warmer = Warmer::new(Arc::clone(&proxy));
     warmer.schedule(&config.warm);
-    let admin_task = listeners
-        .admin
+    let admin_task = admin
         .map(|admin| tokio::spawn(admin::serve(admin, Arc::clone(&proxy), Arc::clone(&warmer))));
-    let addr = listener.local_addr().ok();
-    tracing::info!(
-        ?addr,
-        upstream = proxy.upstreams().default_upstream().name(),
-        "lasti listening"
-    );
+    let app = App {
+        proxy,
+        access,
+        budget: BlobBudget::new(config.access.max_open_blobs),
+    };
+    let shared = Shared {
+        app: Arc::new(app),
+        builder: http_builder(&config.access),
+        tls,
+        limits: Limits {
+            first_request: config.access.header_read_timeout,
+            keepalive: config.access.keepalive_timeout,
+            send: config.access.send_timeout,
+        },
+        sent_from_files,
+    };
+    Ok(Daemon {
+        shared: Arc::new(shared),
+        warmer,
+        admin_task,
+    })
+}
+
+/// hyper's settings for both protocols. Rapid resets and CONTINUATION
+/// floods are bounded by `h2` itself (`max_pending_accept_reset_streams`,
+/// `max_local_error_reset_streams`, the header list size); PING and
+/// SETTINGS floods by [`h2_flood`].
+fn http_builder(access: &AccessConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.access.header_read_timeout)
-        .max_buf_size(config.access.max_header_bytes);
+        .header_read_timeout(access.header_read_timeout)
+        .max_buf_size(access.max_header_bytes);
     builder
         .http2()
-        .max_header_list_size(config.access.max_header_bytes as u32);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(config.access.max_connections));
+        .timer(TokioTimer::new())
+        .keep_alive_interval(access.http2_ping_interval)
+        .keep_alive_timeout(access.http2_ping_timeout)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(access.max_header_bytes as u32);
+    builder
+}
+
+/// Accepts connections, at most `max_connections` served at once, until
+/// `shutdown` completes. Returns the sender that tells them to drain.
+async fn accept_until(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) -> watch::Sender<bool> {
+    let (connections, draining) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -144,130 +221,129 @@ pub async fn run(
         };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
         };
-        let _ = stream.set_nodelay(true);
-        let (proxy, access) = (Arc::clone(&proxy), Arc::clone(&access));
-        let sendfile = tls.is_none();
-        let service = service_fn(move |mut request: Request<Incoming>| {
-            let (proxy, access) = (Arc::clone(&proxy), Arc::clone(&access));
-            if sendfile && request.version() < http::Version::HTTP_2 {
-                request.extensions_mut().insert(Delivery::Mapped);
-            }
-            async move { Ok::<_, Infallible>(serve(&proxy, &access, peer.ip(), request).await) }
-        });
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        let tls = tls.as_ref().map(|t| t.acceptor());
-        let sent_from_files = sent_from_files.clone();
+        let (shared, draining) = (Arc::clone(&shared), draining.clone());
         tokio::spawn(async move {
-            let ended = match tls {
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection(
-                                    TokioIo::new(SendfileStream::new(stream, sent_from_files)),
-                                    service,
-                                )
-                                .into_owned(),
-                        )
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            let connection = builder
-                                .serve_connection(TokioIo::new(tls), service)
-                                .into_owned();
-                            watcher.watch(connection).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            Ok(())
-                        }
-                    }
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            connection::serve(shared, stream, peer, draining).await;
             drop(permit);
         });
     }
     tracing::info!("shutting down: no new connections");
-    drop(listener);
-    warmer.stop().await;
-    if let Some(task) = admin_task {
+    connections
+}
+
+/// The next connection. A failing `accept` (out of descriptors, most
+/// likely) is retried with a growing pause, logged once per second at most.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    let mut pause = ACCEPT_BACKOFF_MIN;
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                if pause == ACCEPT_BACKOFF_MIN || pause == ACCEPT_BACKOFF_MAX {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Stops the warmer and the admin listener, asks every connection to
+/// finish, and waits for them up to `grace`.
+async fn drain(daemon: Daemon, connections: watch::Sender<bool>, grace: Duration) {
+    daemon.warmer.stop().await;
+    if let Some(task) = daemon.admin_task {
         task.abort();
         // Wait for it to drop its handle on the proxy (and so on the stores).
         let _ = task.await;
     }
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    connections.send_replace(true);
+    if tokio::time::timeout(grace, connections.closed())
         .await
         .is_err()
     {
         tracing::warn!("grace period over; closing remaining connections");
     }
-    Ok(())
 }
 
-/// Handles one request inside its span, counts it, and wraps the body for
-/// the access log and the served-bytes counter.
-async fn serve(
-    proxy: &Proxy,
-    access: &Access,
-    client: IpAddr,
-    request: Request<Incoming>,
-) -> Response<LoggedBody> {
-    let started = Instant::now();
-    let (method, path) = (request.method().clone(), request.uri().path().to_string());
-    let route = router::route(&path).label();
-    let span = tracing::info_span!("request", %method, %path);
-    let admitted = match access.admit(client) {
-        Ok(()) => {
-            access
-                .authorize(request.headers().get(http::header::AUTHORIZATION))
-                .await
+/// What answers requests: the proxy behind the front door.
+pub struct App {
+    proxy: Arc<Proxy>,
+    access: Access,
+    budget: BlobBudget,
+}
+
+impl App {
+    /// Handles one request inside its span, counts it, and wraps the body
+    /// for the access log, the served-bytes counter and the send timeout.
+    pub async fn respond(
+        &self,
+        client: IpAddr,
+        activity: &Arc<Activity>,
+        request: Request<Incoming>,
+    ) -> Response<WatchedBody<LoggedBody>> {
+        let mut in_flight = activity.request();
+        let started = Instant::now();
+        let (method, path) = (request.method().clone(), request.uri().path().to_string());
+        let route = router::route(&path);
+        let span = tracing::info_span!("request", %method, %path);
+        let admitted = match self.access.admit(client) {
+            Ok(()) => {
+                self.access
+                    .authorize(request.headers().get(http::header::AUTHORIZATION))
+                    .await
+            }
+            Err(err) => Err(err),
         }
-        Err(err) => Err(err),
-    };
-    let response = match admitted {
-        Ok(()) => handlers::handle(proxy, &request).instrument(span).await,
-        Err(err) => response::error(&err),
-    };
-    let outcome = response.extensions().get::<Outcome>().copied();
-    let metrics = proxy.cache().metrics();
-    metrics.http_request(route, response.status().as_u16(), started.elapsed());
-    if let Some(outcome) = outcome {
-        metrics.cache_outcome(route, outcome.as_str());
+        .and_then(|()| self.reserve_file(&method, &route, &mut in_flight));
+        let response = match admitted {
+            Ok(()) => {
+                handlers::handle(&self.proxy, &request)
+                    .instrument(span)
+                    .await
+            }
+            Err(err) => response::error(&err),
+        };
+        let route = route.label();
+        let outcome = response.extensions().get::<Outcome>().copied();
+        let metrics = self.proxy.cache().metrics();
+        metrics.http_request(route, response.status().as_u16(), started.elapsed());
+        if let Some(outcome) = outcome {
+            metrics.cache_outcome(route, outcome.as_str());
+        }
+        let record = Record {
+            method,
+            path,
+            status: response.status(),
+            outcome,
+            error: response
+                .extensions()
+                .get::<response::ErrorKind>()
+                .map(|k| k.0),
+            started,
+            expected_bytes: response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            metrics: Some(Arc::clone(metrics)),
+        };
+        response.map(|body| activity.watch(LoggedBody::new(body, record), in_flight))
     }
-    let record = Record {
-        method,
-        path,
-        status: response.status(),
-        outcome,
-        error: response
-            .extensions()
-            .get::<response::ErrorKind>()
-            .map(|k| k.0),
-        started,
-        expected_bytes: response
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok()),
-        metrics: Some(Arc::clone(metrics)),
-    };
-    response.map(|body| LoggedBody::new(body, record))
+
+    /// A blob GET holds a file until its body is done: it takes a place in
+    /// the open-file budget first, or is told to come back.
+    fn reserve_file(
+        &self,
+        method: &Method,
+        route: &Route<'_>,
+        in_flight: &mut InFlight,
+    ) -> Result<(), Error> {
+        if method == Method::GET && matches!(route, Route::Blob { .. }) {
+            in_flight.hold(self.budget.admit()?);
+        }
+        Ok(())
+    }
 }

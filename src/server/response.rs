@@ -57,7 +57,7 @@ pub fn error(err: &Error) -> Response<Body> {
         } => {
             builder = builder.header(header::RETRY_AFTER, after.as_secs().max(1));
         }
-        Error::RateLimited { retry_after } => {
+        Error::RateLimited { retry_after } | Error::Busy { retry_after } => {
             builder = builder.header(header::RETRY_AFTER, retry_after.as_secs().max(1));
         }
         Error::Unauthorized { challenge } => {

@@ -1,0 +1,324 @@
+//! What one connection is doing, as far as its timeouts care: how many
+//! requests are in flight, since when it has been idle, and, for each
+//! response being sent, since when it has waited for the client to take
+//! its next bytes.
+//!
+//! hyper has no idle timeout (its `header_read_timeout` starts only at a
+//! request's first byte) and cannot tell a response stuck behind a zero
+//! HTTP/2 window from one waiting for its upstream. So each request holds an
+//! [`InFlight`] guard until its response body is dropped, and each body is
+//! wrapped in a [`WatchedBody`] whose clock runs only while the body has
+//! handed out a piece and nobody has come back for the next one. The
+//! connection's watchdog asks [`Activity::verdict`] now and then.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// The largest piece a response body hands to hyper at once. The send
+/// timeout runs between pieces, so a client must take at least this much
+/// per `send_timeout` (256 KiB per minute by default, ~4 KiB/s) to keep a
+/// response going. Slicing `Bytes` copies nothing, and a slice of a cache
+/// window still goes out with `sendfile`.
+pub const PIECE: usize = 256 * 1024;
+/// A clock that is not running.
+const STOPPED: u64 = u64::MAX;
+
+/// The timeouts a connection lives by.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Until the first request arrives.
+    pub first_request: Duration,
+    /// Between a response and the next request.
+    pub keepalive: Duration,
+    /// Waiting for the client to take a response's next bytes.
+    pub send: Duration,
+}
+
+impl Limits {
+    /// How often the watchdog looks: often enough to close within a quarter
+    /// of the shortest timeout, never busier than 20 times a second.
+    pub fn tick(&self) -> Duration {
+        let shortest = self.first_request.min(self.keepalive).min(self.send);
+        (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+}
+
+/// Why a connection should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep serving.
+    Live,
+    /// No request in flight for too long: close it politely (GOAWAY on HTTP/2).
+    Idle,
+    /// A response has waited too long for the client: drop the connection.
+    SendStalled,
+}
+
+/// The shared state of one connection.
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` when `in_flight` last became 0.
+    idle_since: AtomicU64,
+    served: AtomicBool,
+    clocks: Mutex<Vec<Weak<SendClock>>>,
+}
+
+impl Activity {
+    /// A connection accepted just now.
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            clocks: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Marks a request as begun; it ends when the guard is dropped.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.served.store(true, Ordering::SeqCst);
+        InFlight {
+            activity: Arc::clone(self),
+            held: None,
+        }
+    }
+
+    /// Wraps a response body so the send timeout can see it wait.
+    pub fn watch<B>(self: &Arc<Self>, body: B, guard: InFlight) -> WatchedBody<B> {
+        let clock = Arc::new(SendClock(AtomicU64::new(self.now())));
+        let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        clocks.retain(|c| c.strong_count() > 0);
+        clocks.push(Arc::downgrade(&clock));
+        WatchedBody {
+            inner: body,
+            rest: None,
+            clock,
+            _guard: guard,
+        }
+    }
+
+    /// Whether the connection should go on, judged now.
+    pub fn verdict(&self, limits: &Limits) -> Verdict {
+        self.verdict_at(limits, self.now())
+    }
+
+    /// The verdict at `now` milliseconds after the connection's epoch.
+    fn verdict_at(&self, limits: &Limits, now: u64) -> Verdict {
+        let waited = |since: u64| Duration::from_millis(now.saturating_sub(since));
+        let clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        let stalled = clocks
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|c| c.0.load(Ordering::SeqCst))
+            .any(|since| since != STOPPED && waited(since) >= limits.send);
+        if stalled {
+            return Verdict::SendStalled;
+        }
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Verdict::Live;
+        }
+        let limit = match self.served.load(Ordering::SeqCst) {
+            true => limits.keepalive,
+            false => limits.first_request,
+        };
+        match waited(self.idle_since.load(Ordering::SeqCst)) >= limit {
+            true => Verdict::Idle,
+            false => Verdict::Live,
+        }
+    }
+}
+
+/// A request in flight; dropping it (with the response body) ends it.
+#[derive(Debug)]
+pub struct InFlight {
+    activity: Arc<Activity>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    /// Keeps `permit` (a place in the open-file budget) until the response is done.
+    pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        self.held = Some(permit);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.activity;
+        activity.idle_since.store(activity.now(), Ordering::SeqCst);
+        activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Since when (ms after the connection's epoch) a body has waited to be
+/// polled again, or `STOPPED`.
+#[derive(Debug)]
+struct SendClock(AtomicU64);
+
+pin_project_lite::pin_project! {
+    /// A response body that hands out pieces of at most [`PIECE`] bytes
+    /// and keeps a clock of how long it waits for the client.
+    pub struct WatchedBody<B> {
+        #[pin]
+        inner: B,
+        rest: Option<Bytes>,
+        clock: Arc<SendClock>,
+        _guard: InFlight,
+    }
+}
+
+impl<B> WatchedBody<B> {
+    fn stamp(clock: &SendClock, guard: &InFlight, running: bool) {
+        let value = if running {
+            guard.activity.now()
+        } else {
+            STOPPED
+        };
+        clock.0.store(value, Ordering::SeqCst);
+    }
+}
+
+impl<B> HttpBody for WatchedBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if let Some(rest) = this.rest.as_mut() {
+            let piece = rest.split_to(rest.len().min(PIECE));
+            if rest.is_empty() {
+                *this.rest = None;
+            }
+            Self::stamp(this.clock, this._guard, true);
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        let polled = this.inner.poll_frame(cx);
+        // Ready with a piece: now the client has to take it. Pending: the
+        // source is slow, which is no fault of the client's. Ended: done.
+        let running = matches!(polled, Poll::Ready(Some(Ok(_))));
+        Self::stamp(this.clock, this._guard, running);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) if data.len() > PIECE => {
+                    let piece = data.split_to(PIECE);
+                    *this.rest = Some(data);
+                    Poll::Ready(Some(Ok(Frame::data(piece))))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = self.rest.as_ref().map_or(0, |r| r.remaining() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint.set_lower(inner.lower() + held);
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    const LIMITS: Limits = Limits {
+        first_request: Duration::from_secs(10),
+        keepalive: Duration::from_secs(5),
+        send: Duration::from_secs(3),
+    };
+
+    // Stamps taken during a test are a few milliseconds after the epoch;
+    // the verdicts are asked for seconds later.
+    fn at(activity: &Activity, secs: u64) -> Verdict {
+        activity.verdict_at(&LIMITS, secs * 1000)
+    }
+
+    #[test]
+    fn a_connection_without_requests_is_idle_after_the_first_request_limit() {
+        let activity = Activity::new();
+        assert_eq!(at(&activity, 9), Verdict::Live);
+        assert_eq!(at(&activity, 10), Verdict::Idle);
+    }
+
+    #[test]
+    fn after_a_response_the_keepalive_limit_counts_from_its_end() {
+        let activity = Activity::new();
+        let request = activity.request();
+        assert_eq!(at(&activity, 60), Verdict::Live, "a request is in flight");
+        drop(request);
+        assert_eq!(at(&activity, 4), Verdict::Live);
+        assert_eq!(at(&activity, 5), Verdict::Idle);
+    }
+
+    #[tokio::test]
+    async fn a_body_not_polled_again_stalls_and_one_polled_to_its_end_does_not() {
+        let activity = Activity::new();
+        let body = Full::new(Bytes::from(vec![7u8; PIECE * 2 + 1]));
+        let mut body = Box::pin(activity.watch(body, activity.request()));
+        assert_eq!(
+            at(&activity, 3),
+            Verdict::SendStalled,
+            "never polled at all"
+        );
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), PIECE, "large frames are handed out in pieces");
+        assert_eq!(at(&activity, 2), Verdict::Live);
+        assert_eq!(at(&activity, 3), Verdict::SendStalled);
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(second.len(), PIECE);
+        assert_eq!(body.size_hint().exact(), Some(1));
+        let last = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(last.len(), 1);
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+        assert_eq!(
+            at(&activity, 4),
+            Verdict::Live,
+            "a finished body waits for nobody"
+        );
+        drop(body);
+        assert_eq!(at(&activity, 5), Verdict::Idle);
+    }
+
+    #[test]
+    fn the_watchdog_looks_often_enough_but_not_too_often() {
+        assert_eq!(LIMITS.tick(), Duration::from_millis(750));
+        let tiny = Limits {
+            send: Duration::from_millis(10),
+            ..LIMITS
+        };
+        assert_eq!(tiny.tick(), Duration::from_millis(50));
+    }
+}

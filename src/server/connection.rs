@@ -1,0 +1,157 @@
+//! Serving one accepted connection: the TLS handshake, hyper's HTTP/1.1 or
+//! HTTP/2 (by ALPN or the HTTP/2 preface), and a watchdog that ends the
+//! connection when it idles or a client stops taking a response, and closes
+//! it politely when the server drains.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::activity::{Activity, Limits, Verdict};
+use super::h2_flood::FloodGuard;
+use super::sendfile::SendfileStream;
+use super::tls::ReloadingAcceptor;
+use super::App;
+use crate::cache::reader::Delivery;
+
+/// Time a client gets to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle connection that was asked to close (HTTP/2: GOAWAY,
+/// then a PING the peer should answer) may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What every connection of the API listener shares.
+pub struct Shared {
+    /// Answers requests.
+    pub app: Arc<App>,
+    /// hyper's HTTP/1.1 and HTTP/2 settings.
+    pub builder: auto::Builder<TokioExecutor>,
+    /// TLS, when configured.
+    pub tls: Option<Arc<ReloadingAcceptor>>,
+    /// The connection timeouts.
+    pub limits: Limits,
+    /// Counts the bytes sent with `sendfile`.
+    pub sent_from_files: IntCounter,
+}
+
+/// Serves `stream` until it ends, times out, or the server drains
+/// (`drain` turns true or its sender is dropped).
+pub async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    // Accepted now: the first request's time limit includes the handshake.
+    let activity = Activity::new();
+    match &shared.tls {
+        None => {
+            let io = SendfileStream::new(stream, shared.sent_from_files.clone());
+            let io = FloodGuard::new(io);
+            watch_over(&shared, io, true, peer, activity, drain).await
+        }
+        Some(tls) => {
+            let handshake = tls.acceptor().accept(stream);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(tls)) => {
+                    let io = FloodGuard::new(tls);
+                    watch_over(&shared, io, false, peer, activity, drain).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Runs hyper's connection beside the watchdog. `sendfile` says whether
+/// `io` sends mapped cache windows with `sendfile` (then its HTTP/1.x
+/// responses may carry them; see [`Delivery`]).
+async fn watch_over<I>(
+    shared: &Shared,
+    io: I,
+    sendfile: bool,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (app, requests) = (Arc::clone(&shared.app), Arc::clone(&activity));
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let (app, activity) = (Arc::clone(&app), Arc::clone(&requests));
+        if sendfile && request.version() < http::Version::HTTP_2 {
+            request.extensions_mut().insert(Delivery::Mapped);
+        }
+        async move { Ok::<_, Infallible>(app.respond(peer.ip(), &activity, request).await) }
+    });
+    let connection = shared.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut tick = tokio::time::interval(shared.limits.tick());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut closing, mut drained) = (Closing::default(), false);
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.wait_for(|draining| *draining), if !drained => {
+                drained = true;
+                if closing.ask() {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tick.tick() => match activity.verdict(&shared.limits) {
+                Verdict::Live => {}
+                Verdict::SendStalled => {
+                    tracing::info!(%peer, "client took no response bytes for send_timeout; closing");
+                    return;
+                }
+                Verdict::Idle if closing.overdue() => return,
+                Verdict::Idle => {
+                    if closing.ask() {
+                        tracing::debug!(%peer, "idle connection closed");
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Whether a connection was asked to close, and by when an idle one must be gone.
+#[derive(Debug, Default)]
+struct Closing {
+    asked: bool,
+    by: Option<Instant>,
+}
+
+impl Closing {
+    /// True the first time only: then the caller asks hyper to close.
+    fn ask(&mut self) -> bool {
+        !std::mem::replace(&mut self.asked, true)
+    }
+
+    /// Whether an idle connection has had its [`CLOSE_GRACE`]; the first
+    /// call starts it.
+    fn overdue(&mut self) -> bool {
+        let now = Instant::now();
+        now >= *self.by.get_or_insert(now + CLOSE_GRACE)
+    }
+}

@@ -1,0 +1,133 @@
+//! The open-file budget: every blob response holds a file (or, on a miss, a
+//! temporary file and an upstream socket) until its body is dropped, so
+//! blob responses are counted against a budget well below the process's
+//! descriptor limit. Past it a client gets 503 with `Retry-After`, while
+//! sockets and the cache's own files still find descriptors: `accept` and
+//! the store never fail with "Too many open files".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{getrlimit, setrlimit, Resource};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::Error;
+
+/// What a client refused for the budget is told to wait.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The share of the descriptor limit that blob responses may hold when
+/// `max_open_blobs` is 0 (the rest: connections, upstream sockets, fills, the index).
+const AUTO_SHARE: u64 = 4;
+/// The smallest automatic budget, for a process with a tiny limit.
+const AUTO_MIN: usize = 16;
+/// At most one warning per this long while the budget is exhausted.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, as nginx's
+/// `worker_rlimit_nofile` does; the soft limit is often 1,024 while the hard
+/// one allows far more. Returns the limit now in force.
+pub fn raise_limit() -> std::io::Result<u64> {
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit).map_err(std::io::Error::from)?;
+    }
+    Ok(current_limit())
+}
+
+/// The soft descriptor limit (`u64::MAX` when unlimited).
+fn current_limit() -> u64 {
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// The number of blob responses allowed at once.
+#[derive(Debug)]
+pub struct BlobBudget {
+    permits: Arc<Semaphore>,
+    size: usize,
+    warned: AtomicU64,
+    started: Instant,
+}
+
+impl BlobBudget {
+    /// A budget of `configured` responses, or (0) a share of the current limit.
+    pub fn new(configured: usize) -> BlobBudget {
+        let size = match configured {
+            0 => auto_size(current_limit()),
+            n => n,
+        };
+        BlobBudget {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+            warned: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// The budget's size.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// A place for one blob response, held by its body; `Busy` when none is free.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            self.warn_exhausted();
+            Error::Busy {
+                retry_after: RETRY_AFTER,
+            }
+        })
+    }
+
+    fn warn_exhausted(&self) {
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.warned.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= WARN_EVERY.as_secs()
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_open_blobs = self.size,
+                "open-file budget exhausted; blob requests get 503 until responses finish"
+            );
+        }
+    }
+}
+
+fn auto_size(limit: u64) -> usize {
+    usize::try_from(limit / AUTO_SHARE)
+        .unwrap_or(usize::MAX)
+        .max(AUTO_MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_automatic_budget_is_a_share_of_the_limit() {
+        assert_eq!(auto_size(1024), 256);
+        assert_eq!(auto_size(20), AUTO_MIN);
+        assert!(auto_size(u64::MAX) > 1 << 40);
+    }
+
+    #[test]
+    fn past_the_budget_comes_busy_and_a_dropped_permit_frees_a_place() {
+        let budget = BlobBudget::new(2);
+        let first = budget.admit().unwrap();
+        let _second = budget.admit().unwrap();
+        let refused = budget.admit().unwrap_err();
+        assert_eq!(refused.status().as_u16(), 503);
+        drop(first);
+        assert!(budget.admit().is_ok());
+    }
+
+    #[test]
+    fn raising_the_limit_never_lowers_it() {
+        let before = current_limit();
+        assert!(raise_limit().unwrap() >= before);
+    }
+}
