@@ -46,6 +46,7 @@ pub struct Metrics {
     fills_in_flight: IntGauge,
     backfill_pending: IntGauge,
     backfill_jobs: IntCounterVec,
+    backfill_refused: IntCounterVec,
     backfill_pushed_bytes: IntCounter,
     backfill_push_duration: Histogram,
     warmed_images: IntCounterVec,
@@ -113,6 +114,7 @@ impl Metrics {
             fills_in_flight: gauge(r, "lasti_fetches_in_flight", "Blob fetches from upstreams in progress."),
             backfill_pending: gauge(r, "lasti_backfill_queue_depth", "Back-fill jobs waiting or retrying."),
             backfill_jobs: counter(r, "lasti_backfill_jobs_total", "Back-fill job attempts by outcome (done, retry, failed).", &["outcome"]),
+            backfill_refused: counter(r, "lasti_backfill_refused_total", "Images not queued for back-fill, by reason (queue_full, intake_busy).", &["reason"]),
             backfill_pushed_bytes: single(r, "lasti_backfill_pushed_bytes_total", "Blob bytes uploaded to the back-fill target."),
             backfill_push_duration: histogram(r, "lasti_backfill_push_duration_seconds", "Duration of back-fill job attempts.", &[], PUSH_BUCKETS)
                 .with_label_values(&[] as &[&str]),
@@ -126,6 +128,9 @@ impl Metrics {
     fn with_outcomes(self) -> Metrics {
         for outcome in ["done", "retry", "failed"] {
             self.backfill_jobs.with_label_values(&[outcome]);
+        }
+        for reason in ["queue_full", "intake_busy"] {
+            self.backfill_refused.with_label_values(&[reason]);
         }
         for kind in ["manifest", "blob", "referrers"] {
             for outcome in [
@@ -263,7 +268,7 @@ impl Metrics {
         self.fills_in_flight.set(fills as i64);
     }
 
-    /// The back-fill queue's depth, set at scrape time.
+    /// The back-fill queue's depth, set whenever it changes.
     pub fn backfill_pending(&self, pending: usize) {
         self.backfill_pending.set(pending as i64);
     }
@@ -272,6 +277,11 @@ impl Metrics {
     pub fn backfill_attempt(&self, outcome: &str, elapsed: Duration) {
         self.backfill_jobs.with_label_values(&[outcome]).inc();
         self.backfill_push_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// An image not queued for back-fill, and why (`queue_full`, `intake_busy`).
+    pub fn backfill_refused(&self, reason: &'static str) {
+        self.backfill_refused.with_label_values(&[reason]).inc();
     }
 
     /// Blob bytes uploaded to the target.

@@ -2,11 +2,14 @@
 //! durably, into the Rahti project's integrated registry, so its image
 //! stream exists there for deployments and survives the proxy.
 //!
-//! - The request path only *offers* an image ([`Backfill::offer`]): a
-//!   non-blocking send on a bounded channel, deduplicated in memory.
+//! - The proxy knows back-fill only as a [`Backfiller`] (a trait the proxy
+//!   owns): it *offers* each served image, a non-blocking send on a bounded
+//!   channel, deduplicated in memory, and reads misses through the project.
 //! - The intake task names the image stream ([`naming`]), skips what the
 //!   target is known to hold, and persists a job ([`store`]) before it counts
-//!   as accepted.
+//!   as accepted; past `max_pending_jobs` pending jobs it refuses the image
+//!   (a warning and `lasti_backfill_refused_total`, never an error to the
+//!   client).
 //! - The dispatcher runs due jobs on at most `workers` tasks ([`job`]),
 //!   retrying transient failures with exponential backoff and jitter, and
 //!   stops on permanent ones (DENIED, NAME_INVALID, quota).
@@ -18,114 +21,130 @@ pub mod store;
 mod worker;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{Config, TargetConfig, UpstreamConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::pull_through::Proxy;
-use crate::upstream::auth::{Credentials, Password};
+use crate::pull_through::{Backfiller, Proxy};
+use crate::secret::Password;
+use crate::upstream::auth::Credentials;
 use crate::upstream::Upstream;
 use naming::Namer;
-use store::{Job, JobState, JobStore};
+use store::{Counts, Job, JobState, JobStore};
+
+pub use crate::pull_through::Offer;
 
 /// Offers waiting for the intake; more are dropped (the next pull offers again).
 const OFFER_CHANNEL_CAPACITY: usize = 1024;
 /// An offer of the same image within this long is ignored on the request path.
 const OFFER_DEDUP_TTL: Duration = Duration::from_secs(60);
-/// Finished jobs listed by `/admin/backfill`.
-const RECENT_LISTED: usize = 50;
+/// Jobs per list of `/admin/backfill` unless `limit` says otherwise.
+pub const DEFAULT_LISTED: usize = 100;
+/// The most jobs per list `/admin/backfill` returns.
+pub const MAX_LISTED: usize = 1000;
 
-/// An image served to a client, offered for back-fill.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Offer {
-    /// The upstream's configured name.
-    pub upstream: String,
-    /// The repository as the upstream names it.
-    pub repo: RepoName,
-    /// The tag the client asked for.
-    pub tag: String,
-    /// The digest it was served.
-    pub digest: Digest,
-}
-
-/// The handle the proxy and the admin listener hold.
-#[derive(Debug, Clone)]
+/// Back-fill as the proxy and the admin listener hold it. Its tasks run
+/// while it lives; dropping it (with the proxy) stops them.
+#[derive(Debug)]
 pub struct Backfill {
     offers: mpsc::Sender<Offer>,
     recent: moka::sync::Cache<Offer, ()>,
-    store: Arc<JobStore>,
+    shared: Arc<Shared>,
     wake: Arc<Notify>,
+    /// The intake's end of `offers`, until [`Backfill::start`].
+    intake: Option<mpsc::Receiver<Offer>>,
+    /// Closed when this handle drops, which ends the tasks.
+    stop: watch::Sender<()>,
+}
+
+/// What the handle owns and lends its tasks: they hold it weakly while
+/// idle, so it (and the store's file) is released as soon as the handle
+/// drops, unless a job is under way.
+#[derive(Debug)]
+struct Shared {
+    store: Arc<JobStore>,
     config: Arc<TargetConfig>,
     target: Arc<Upstream>,
     namer: Namer,
     names: moka::sync::Cache<String, RepoName>,
+    metrics: Arc<Metrics>,
 }
 
-/// What is needed to start the tasks once the proxy exists.
-pub struct Pending {
-    handle: Backfill,
-    offers: mpsc::Receiver<Offer>,
+impl Shared {
+    /// Brings the queue-depth gauge up to date (no I/O).
+    fn publish_counts(&self) {
+        self.metrics
+            .backfill_pending(self.store.counts().pending as usize);
+    }
 }
 
 impl Backfill {
-    /// Opens the store and builds the target client, when a target is configured.
+    /// Opens the store and builds the target client, when a target is
+    /// configured. Blocks on the disk: call it off the async threads.
     pub fn open(
         data_dir: &Path,
         config: &Config,
         metrics: Arc<Metrics>,
-    ) -> Result<Option<Pending>> {
+    ) -> Result<Option<Backfill>> {
         let target = &config.target;
         let (Some(url), Some(_)) = (&target.url, &target.project) else {
             return Ok(None);
         };
         let store = Arc::new(JobStore::open(&data_dir.join("backfill.redb"))?);
-        let client = target_client(target, url.clone(), metrics).map_err(Error::Storage)?;
+        let client =
+            target_client(target, url.clone(), Arc::clone(&metrics)).map_err(Error::Storage)?;
         let (tx, rx) = mpsc::channel(OFFER_CHANNEL_CAPACITY);
-        let handle = Backfill {
+        let shared = Arc::new(Shared {
+            store,
+            config: Arc::new(target.clone()),
+            target: Arc::new(client),
+            namer: Namer::new(target.naming.clone(), default_upstream(config)),
+            names: moka::sync::Cache::new(10_000),
+            metrics,
+        });
+        shared.publish_counts();
+        Ok(Some(Backfill {
             offers: tx,
             recent: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(OFFER_DEDUP_TTL)
                 .build(),
-            store,
+            shared,
             wake: Arc::new(Notify::new()),
-            config: Arc::new(target.clone()),
-            target: Arc::new(client),
-            namer: Namer::new(target.naming.clone(), default_upstream(config)),
-            names: moka::sync::Cache::new(10_000),
-        };
-        Ok(Some(Pending { handle, offers: rx }))
+            intake: Some(rx),
+            stop: watch::channel(()).0,
+        }))
     }
 
-    /// The target registry, for reads through the project.
-    pub fn target(&self) -> &Arc<Upstream> {
-        &self.target
-    }
-
-    /// The project repository that back-fill gives `repo` of `upstream`
-    /// (whether or not this instance pushed it), when reading through the
-    /// project is on.
-    pub async fn read_through_repo(&self, upstream: &str, repo: &RepoName) -> Option<RepoName> {
-        if !self.config.read_through {
-            return None;
+    /// Starts the intake and the dispatcher, which run jobs through `proxy`
+    /// (the proxy being built around this handle, hence weak). A job cut
+    /// short stays pending and runs again at the next start.
+    pub fn start(mut self, proxy: Weak<Proxy>) -> Arc<Backfill> {
+        if let Some(offers) = self.intake.take() {
+            let (shared, wake) = (Arc::downgrade(&self.shared), Arc::clone(&self.wake));
+            tokio::spawn(worker::intake(offers, shared.clone(), Arc::clone(&wake)));
+            let dispatcher = worker::Dispatcher::new(shared, wake, proxy, self.stop.subscribe());
+            tokio::spawn(dispatcher.run());
         }
-        self.read_through_repo_any(upstream, repo).await
+        Arc::new(self)
     }
 
     /// The project repository that back-fill gives `repo` of `upstream`.
     async fn read_through_repo_any(&self, upstream: &str, repo: &RepoName) -> Option<RepoName> {
+        let shared = &self.shared;
         let source = Namer::source(upstream, repo);
-        if let Some(found) = self.names.get(&source) {
+        if let Some(found) = shared.names.get(&source) {
             return Some(found);
         }
-        let store = Arc::clone(&self.store);
-        let (namer, project) = (self.namer.clone(), self.config.project.clone()?);
+        let store = Arc::clone(&shared.store);
+        let (namer, project) = (shared.namer.clone(), shared.config.project.clone()?);
         let (up, r) = (upstream.to_string(), repo.clone());
         let found = tokio::task::spawn_blocking(move || {
             let name = namer.stream_name(&up, &r, |n| store.stream_holder(n).ok().flatten());
@@ -134,29 +153,21 @@ impl Backfill {
         .await
         .ok()
         .flatten()?;
-        self.names.insert(source, found.clone());
+        shared.names.insert(source, found.clone());
         Some(found)
     }
 
-    /// Offers a served image; never blocks, never fails the request.
-    pub fn offer(&self, offer: Offer) {
-        if self.recent.contains_key(&offer) {
-            return;
-        }
-        self.recent.insert(offer.clone(), ());
-        if self.offers.try_send(offer).is_err() {
-            tracing::debug!(
-                "back-fill intake is full; the image will be offered again on its next pull"
-            );
-        }
-    }
-
-    /// Whether the project holds this tag at this digest (back-filled).
-    pub async fn holds(&self, upstream: &str, repo: &RepoName, tag: &str, digest: &Digest) -> bool {
+    async fn holds_image(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &str,
+        digest: &Digest,
+    ) -> bool {
         let Some(target_repo) = self.read_through_repo_any(upstream, repo).await else {
             return false;
         };
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(&self.shared.store);
         let (tag, digest) = (tag.to_string(), digest.clone());
         tokio::task::spawn_blocking(move || store.holds(target_repo.as_str(), &tag, &digest))
             .await
@@ -165,40 +176,86 @@ impl Backfill {
             .unwrap_or(false)
     }
 
-    /// Jobs waiting or retrying, for the queue-depth gauge.
-    pub async fn pending_count(&self) -> usize {
-        let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || store.pending()).await {
-            Ok(Ok(pending)) => pending.len(),
-            _ => 0,
-        }
+    /// Jobs in each state (no I/O).
+    pub fn counts(&self) -> Counts {
+        self.shared.store.counts()
     }
 
-    /// The queue as `/admin/backfill` shows it.
-    pub async fn status(&self) -> Result<Status> {
-        let store = Arc::clone(&self.store);
-        let jobs = tokio::task::spawn_blocking(move || store.jobs())
-            .await
-            .map_err(|e| Error::storage("backfill status", e))??;
-        let pick = |state: JobState, limit: usize| -> Vec<Job> {
-            jobs.iter()
-                .filter(|j| j.state == state)
-                .take(limit)
-                .cloned()
-                .collect()
-        };
+    /// One page of the queue as `/admin/backfill` shows it: pending jobs
+    /// after the cursor `after` (oldest first), and the newest failed and
+    /// done ones, at most `limit` each.
+    pub async fn status(&self, after: Option<u64>, limit: usize) -> Result<Status> {
+        let store = Arc::clone(&self.shared.store);
+        let limit = limit.clamp(1, MAX_LISTED);
+        let (pending, failed, recent) = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>((
+                store.page(JobState::Pending, after, limit)?,
+                store.page(JobState::Failed, None, limit)?,
+                store.page(JobState::Done, None, limit)?,
+            ))
+        })
+        .await
+        .map_err(|e| Error::storage("backfill status", e))??;
+        let config = &self.shared.config;
         Ok(Status {
-            target: self
-                .config
+            target: config
                 .url
                 .as_ref()
                 .map(|u| u.to_string())
                 .unwrap_or_default(),
-            project: self.config.project.clone().unwrap_or_default(),
-            pending: pick(JobState::Pending, usize::MAX),
-            failed: pick(JobState::Failed, RECENT_LISTED),
-            recent: pick(JobState::Done, RECENT_LISTED),
+            project: config.project.clone().unwrap_or_default(),
+            counts: self.counts(),
+            pending: pending.jobs,
+            next: pending.next,
+            failed: failed.jobs,
+            recent: recent.jobs,
         })
+    }
+}
+
+impl Backfiller for Backfill {
+    fn offer(&self, offer: Offer) {
+        if self.recent.contains_key(&offer) {
+            return;
+        }
+        self.recent.insert(offer.clone(), ());
+        if self.offers.try_send(offer).is_err() {
+            self.shared.metrics.backfill_refused("intake_busy");
+            tracing::debug!(
+                "back-fill intake is full; the image will be offered again on its next pull"
+            );
+        }
+    }
+
+    fn target(&self) -> &Arc<Upstream> {
+        &self.shared.target
+    }
+
+    fn read_through_repo<'a>(
+        &'a self,
+        upstream: &'a str,
+        repo: &'a RepoName,
+    ) -> BoxFuture<'a, Option<RepoName>> {
+        Box::pin(async move {
+            if !self.shared.config.read_through {
+                return None;
+            }
+            self.read_through_repo_any(upstream, repo).await
+        })
+    }
+
+    fn holds<'a>(
+        &'a self,
+        upstream: &'a str,
+        repo: &'a RepoName,
+        tag: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(self.holds_image(upstream, repo, tag, digest))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -209,33 +266,16 @@ pub struct Status {
     pub target: String,
     /// The project.
     pub project: String,
-    /// Jobs still to do (with their last error, if any).
+    /// Jobs in each state.
+    pub counts: Counts,
+    /// Jobs still to do (with their last error, if any), oldest first.
     pub pending: Vec<Job>,
+    /// The cursor (`after=`) for the next page of pending jobs, if any.
+    pub next: Option<u64>,
     /// Jobs given up, newest first.
     pub failed: Vec<Job>,
     /// Jobs done, newest first.
     pub recent: Vec<Job>,
-}
-
-impl Pending {
-    /// The handle to give the proxy.
-    pub fn handle(&self) -> Backfill {
-        self.handle.clone()
-    }
-
-    /// Starts the intake and the dispatcher. They run until the runtime ends;
-    /// a job cut short stays pending and runs again at the next start.
-    pub fn start(self, proxy: Arc<Proxy>) {
-        let ctx = job::Context {
-            proxy,
-            target: Arc::clone(&self.handle.target),
-            store: Arc::clone(&self.handle.store),
-            config: Arc::clone(&self.handle.config),
-        };
-        let namer = self.handle.namer.clone();
-        tokio::spawn(worker::intake(self.offers, namer, self.handle.clone()));
-        tokio::spawn(worker::dispatch(ctx, Arc::clone(&self.handle.wake)));
-    }
 }
 
 fn default_upstream(config: &Config) -> &str {

@@ -2,96 +2,185 @@
 //! the dispatcher that runs due jobs with bounded concurrency and backoff.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use super::job::{self, Context};
 use super::naming::Namer;
-use super::store::{Job, JobState};
-use super::{Backfill, Offer};
+use super::store::{Enqueued, Job, JobState};
+use super::{Offer, Shared};
 use crate::cache::index::unix_now;
+use crate::pull_through::Proxy;
 
 /// First retry delay of a failing job; doubled per attempt up to `max_backoff`.
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 /// Longest the dispatcher sleeps without looking at the queue.
 const IDLE_RESCAN: Duration = Duration::from_secs(30);
+/// How often the dispatcher looks for the proxy still being built around it.
+const PROXY_WAIT: Duration = Duration::from_millis(10);
 
-/// Persists offered images as jobs.
-pub(super) async fn intake(mut offers: mpsc::Receiver<Offer>, namer: Namer, handle: Backfill) {
-    let project = handle.config.project.clone().unwrap_or_default();
+/// Persists offered images as jobs, until the handle (and its sender) drops.
+pub(super) async fn intake(
+    mut offers: mpsc::Receiver<Offer>,
+    shared: Weak<Shared>,
+    wake: Arc<Notify>,
+) {
     while let Some(offer) = offers.recv().await {
-        let (store, namer, project) = (Arc::clone(&handle.store), namer.clone(), project.clone());
-        let accepted = tokio::task::spawn_blocking(move || {
-            let source = Namer::source(&offer.upstream, &offer.repo);
-            let stream = namer.stream_name(&offer.upstream, &offer.repo, |name| {
-                store.stream_holder(name).ok().flatten()
-            });
-            if store.stream_holder(&stream)?.is_none() {
-                store.claim_stream(&stream, &source)?;
-            }
-            let target_repo = format!("{project}/{stream}");
-            store.enqueue(Job::new(
-                offer.upstream,
-                offer.repo,
-                offer.tag,
-                offer.digest,
-                target_repo,
-            ))
-        })
-        .await;
-        match accepted {
-            Ok(Ok(Some(job))) => {
-                tracing::info!(id = job.id, target = %job.target_repo, tag = %job.tag, digest = %job.digest, "back-fill job accepted");
-                handle.wake.notify_one();
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot persist a back-fill job"),
-            Err(e) => tracing::error!(error = %e, "back-fill intake task failed"),
-        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        accept(offer, &shared).await;
+        wake.notify_one();
     }
 }
 
-/// Runs due jobs, at most `workers` at once, until the runtime ends.
-pub(super) async fn dispatch(ctx: Context, wake: Arc<Notify>) {
-    let permits = Arc::new(Semaphore::new(ctx.config.workers));
-    let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
-    loop {
-        let store = Arc::clone(&ctx.store);
-        let pending = match tokio::task::spawn_blocking(move || store.pending()).await {
-            Ok(Ok(pending)) => pending,
+/// Names an offered image's stream and persists its job, unless the
+/// queue is full.
+async fn accept(offer: Offer, shared: &Shared) {
+    let store = Arc::clone(&shared.store);
+    let namer = shared.namer.clone();
+    let project = shared.config.project.clone().unwrap_or_default();
+    let max_pending = shared.config.max_pending_jobs;
+    let accepted = tokio::task::spawn_blocking(move || {
+        let source = Namer::source(&offer.upstream, &offer.repo);
+        let stream = namer.stream_name(&offer.upstream, &offer.repo, |name| {
+            store.stream_holder(name).ok().flatten()
+        });
+        if store.stream_holder(&stream)?.is_none() {
+            store.claim_stream(&stream, &source)?;
+        }
+        let target_repo = format!("{project}/{stream}");
+        let job = Job::new(
+            offer.upstream,
+            offer.repo,
+            offer.tag,
+            offer.digest,
+            target_repo,
+        );
+        store.enqueue(job.clone(), max_pending).map(|e| (e, job))
+    })
+    .await;
+    match accepted {
+        Ok(Ok((Enqueued::Accepted(job), _))) => {
+            tracing::info!(id = job.id, target = %job.target_repo, tag = %job.tag, digest = %job.digest, "back-fill job accepted");
+            shared.publish_counts();
+        }
+        Ok(Ok((Enqueued::Known, _))) => {}
+        Ok(Ok((Enqueued::Full, job))) => {
+            shared.metrics.backfill_refused("queue_full");
+            tracing::warn!(target = %job.target_repo, tag = %job.tag, digest = %job.digest, max_pending_jobs = max_pending, "back-fill queue is full; image not queued (it is offered again on a later pull)");
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot persist a back-fill job"),
+        Err(e) => tracing::error!(error = %e, "back-fill intake task failed"),
+    }
+}
+
+/// Runs due jobs, at most `workers` at once, until the back-fill handle drops.
+pub(super) struct Dispatcher {
+    shared: Weak<Shared>,
+    wake: Arc<Notify>,
+    proxy: Weak<Proxy>,
+    stop: watch::Receiver<()>,
+    permits: Arc<Semaphore>,
+    running: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl Dispatcher {
+    pub(super) fn new(
+        shared: Weak<Shared>,
+        wake: Arc<Notify>,
+        proxy: Weak<Proxy>,
+        stop: watch::Receiver<()>,
+    ) -> Self {
+        let workers = shared.upgrade().map_or(1, |s| s.config.workers);
+        Dispatcher {
+            shared,
+            wake,
+            proxy,
+            stop,
+            permits: Arc::new(Semaphore::new(workers)),
+            running: Arc::default(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            let (Some(proxy), Some(shared)) = (self.proxy().await, self.shared.upgrade()) else {
+                return;
+            };
+            let next_due = self.start_due(&shared, proxy).await;
+            drop(shared);
+            let now = unix_now();
+            let sleep = next_due
+                .map(|due| Duration::from_secs(due.saturating_sub(now).max(1)))
+                .unwrap_or(IDLE_RESCAN)
+                .min(IDLE_RESCAN);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.stop.changed() => return,
+            }
+        }
+    }
+
+    /// The proxy, once built around the handle; `None` once the handle is gone.
+    async fn proxy(&self) -> Option<Arc<Proxy>> {
+        loop {
+            if let Some(proxy) = self.proxy.upgrade() {
+                return Some(proxy);
+            }
+            if self.stop.has_changed().is_err() {
+                return None;
+            }
+            tokio::time::sleep(PROXY_WAIT).await;
+        }
+    }
+
+    /// Starts the jobs due now, as many as there are free workers; returns
+    /// when the next one not started is due.
+    async fn start_due(&self, shared: &Arc<Shared>, proxy: Arc<Proxy>) -> Option<u64> {
+        let free = self.permits.available_permits();
+        if free == 0 {
+            // A finishing job wakes the dispatcher.
+            return None;
+        }
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let store = Arc::clone(&shared.store);
+        let due = tokio::task::spawn_blocking(move || store.due(unix_now(), free, &running)).await;
+        let due = match due {
+            Ok(Ok(due)) => due,
             other => {
                 tracing::error!(?other, "cannot read the back-fill queue");
-                Vec::new()
+                return None;
             }
         };
-        let now = unix_now();
-        let mut next_due: Option<u64> = None;
-        for job in pending {
-            if running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&job.id)
-            {
-                continue;
-            }
-            if job.next_attempt > now {
-                next_due = Some(next_due.map_or(job.next_attempt, |d| d.min(job.next_attempt)));
-                continue;
-            }
-            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+        for job in due.jobs {
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
                 break;
             };
-            running
+            self.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(job.id);
-            let (ctx, running, wake) = (ctx.clone(), Arc::clone(&running), Arc::clone(&wake));
+            let ctx = Context {
+                proxy: Arc::clone(&proxy),
+                target: Arc::clone(&shared.target),
+                store: Arc::clone(&shared.store),
+                config: Arc::clone(&shared.config),
+            };
+            let (shared, running) = (Arc::clone(shared), Arc::clone(&self.running));
+            let wake = Arc::clone(&self.wake);
             tokio::spawn(async move {
                 let id = job.id;
                 execute(&ctx, job).await;
+                shared.publish_counts();
                 running
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -100,14 +189,7 @@ pub(super) async fn dispatch(ctx: Context, wake: Arc<Notify>) {
                 wake.notify_one();
             });
         }
-        let sleep = next_due
-            .map(|due| Duration::from_secs(due.saturating_sub(now).max(1)))
-            .unwrap_or(IDLE_RESCAN)
-            .min(IDLE_RESCAN);
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(sleep) => {}
-        }
+        due.next
     }
 }
 

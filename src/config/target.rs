@@ -14,6 +14,9 @@ use crate::secret::Secret;
 /// Where a pod finds its service account token.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
+/// Pending back-fill jobs held at most unless `max_pending_jobs` says otherwise.
+pub const DEFAULT_MAX_PENDING_JOBS: u64 = 10_000;
+
 /// The back-fill target. Back-fill is off unless `url` and `project` are set.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +47,10 @@ pub struct TargetConfig {
     pub fallback_platform: String,
     /// Jobs pushed at once.
     pub workers: usize,
+    /// Pending jobs the queue holds at most; past it an image is not queued
+    /// (a warning and `lasti_backfill_refused_total`), so a target that is
+    /// down for long cannot fill the disk with jobs.
+    pub max_pending_jobs: u64,
     /// Blobs up to this size are uploaded in one `PUT`; larger ones in chunks.
     pub monolithic_limit: ByteSize,
     /// Size of each `PATCH` of a chunked upload.
@@ -81,6 +88,7 @@ impl Default for TargetConfig {
             index_fallback: true,
             fallback_platform: "linux/amd64".to_string(),
             workers: 2,
+            max_pending_jobs: DEFAULT_MAX_PENDING_JOBS,
             monolithic_limit: ByteSize::mib(16),
             chunk_size: ByteSize::mib(16),
             max_backoff: Duration::from_secs(600),
@@ -179,6 +187,9 @@ impl TargetConfig {
         if self.workers == 0 || self.workers > 64 {
             return fail("workers must be between 1 and 64");
         }
+        if self.max_pending_jobs == 0 {
+            return fail("max_pending_jobs must be at least 1");
+        }
         if self.chunk_size.as_u64() < 1024 * 1024 {
             return fail("chunk_size must be at least 1 MiB");
         }
@@ -194,5 +205,21 @@ impl TargetConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    #[test]
+    fn the_pending_job_cap_has_a_default_and_is_at_least_one() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.target.max_pending_jobs, DEFAULT_MAX_PENDING_JOBS);
+        let capped = Config::from_toml("[target]\nmax_pending_jobs = 5").unwrap();
+        assert_eq!(capped.target.max_pending_jobs, 5);
+        let zero = Config::from_toml("[target]\nmax_pending_jobs = 0").unwrap();
+        assert!(zero.target.validate().is_err());
     }
 }

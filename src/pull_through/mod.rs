@@ -14,10 +14,11 @@ mod warm;
 
 use std::sync::Arc;
 
-use crate::backfill::{Backfill, Offer};
+use futures_util::future::BoxFuture;
+
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::oci::RepoName;
+use crate::oci::{Digest, RepoName};
 use crate::upstream::{TagList, Upstream, Upstreams};
 
 pub use blobs::BlobAnswer;
@@ -25,6 +26,51 @@ pub use listing::CachedImage;
 pub use manifests::ManifestAnswer;
 pub use referrers::ReferrersAnswer;
 pub use warm::Warmed;
+
+/// An image served to a client, offered for back-fill.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Offer {
+    /// The upstream's configured name.
+    pub upstream: String,
+    /// The repository as the upstream names it.
+    pub repo: RepoName,
+    /// The tag the client asked for.
+    pub tag: String,
+    /// The digest it was served.
+    pub digest: Digest,
+}
+
+/// What the proxy asks of back-fill: take the images it serves, and be a
+/// second source a miss may read through. Defined here and implemented by
+/// `backfill`, so the proxy knows nothing of the queue and depends on it
+/// only through this trait.
+pub trait Backfiller: Send + Sync + std::fmt::Debug {
+    /// Offers a served image; never blocks, never fails the request.
+    fn offer(&self, offer: Offer);
+
+    /// The project's registry, read through on a miss.
+    fn target(&self) -> &Arc<Upstream>;
+
+    /// The project repository that holds (or will hold) `repo` of
+    /// `upstream`, when reading through the project is on.
+    fn read_through_repo<'a>(
+        &'a self,
+        upstream: &'a str,
+        repo: &'a RepoName,
+    ) -> BoxFuture<'a, Option<RepoName>>;
+
+    /// Whether the project is known to hold this tag at this digest.
+    fn holds<'a>(
+        &'a self,
+        upstream: &'a str,
+        repo: &'a RepoName,
+        tag: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, bool>;
+
+    /// The implementation itself, for the admin listener's view of it.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
 
 /// How a request was answered, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +111,7 @@ pub struct Proxy {
     max_manifest_size: u64,
     manifest_flights: manifests::Flights,
     referrers: referrers::Lists,
-    backfill: Option<Backfill>,
+    backfill: Option<Arc<dyn Backfiller>>,
     fetch_permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
@@ -75,7 +121,7 @@ impl Proxy {
         upstreams: Upstreams,
         cache: Cache,
         max_manifest_size: u64,
-        backfill: Option<Backfill>,
+        backfill: Option<Arc<dyn Backfiller>>,
     ) -> Proxy {
         Proxy {
             upstreams,
@@ -108,12 +154,12 @@ impl Proxy {
     }
 
     /// The back-fill queue, when a target is configured.
-    pub fn backfill(&self) -> Option<&Backfill> {
+    pub fn backfill(&self) -> Option<&Arc<dyn Backfiller>> {
         self.backfill.as_ref()
     }
 
     /// Offers a tag just served for back-fill (cheap, never blocks).
-    fn offer(&self, upstream: &Upstream, repo: &RepoName, tag: &str, digest: &crate::oci::Digest) {
+    fn offer(&self, upstream: &Upstream, repo: &RepoName, tag: &str, digest: &Digest) {
         if let Some(backfill) = &self.backfill {
             backfill.offer(Offer {
                 upstream: upstream.name().to_string(),

@@ -4,7 +4,9 @@
 //! - `GET /readyz`: the data directory is writable and the stores answer
 //!   (the listeners are up, or this would not answer at all).
 //! - `GET /metrics`: Prometheus text format.
-//! - `GET /admin/backfill`: the back-fill queue (pending, failed, recent) as JSON.
+//! - `GET /admin/backfill[?limit=N&after=ID]`: the back-fill queue as JSON:
+//!   counts per state, a page of pending jobs (oldest first; `next` is the
+//!   `after` of the next page) and the newest failed and done jobs.
 //! - `GET /admin/cache`: every tag the cache holds, with size, last use and
 //!   whether it was back-filled, as JSON.
 //! - `POST /admin/warm` (`{"images": [...], "platforms": [...]}`): pulls
@@ -24,6 +26,7 @@ use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::backfill::{self, Backfill};
 use crate::body::{self, Body};
 use crate::oci::ImageRef;
 use crate::pull_through::Proxy;
@@ -68,7 +71,7 @@ async fn route(proxy: &Proxy, warmer: &Arc<Warmer>, request: Request<Incoming>) 
             }
         },
         "/metrics" => metrics(proxy).await,
-        "/admin/backfill" => backfill(proxy).await,
+        "/admin/backfill" => backfill(proxy, request.uri().query()).await,
         "/admin/cache" => match proxy.cached_images().await {
             Ok(images) => json(
                 StatusCode::OK,
@@ -126,11 +129,6 @@ async fn metrics(proxy: &Proxy) -> Response<Body> {
     cache
         .metrics()
         .cache_state(bytes, objects, cache.fills_in_flight());
-    if let Some(backfill) = proxy.backfill() {
-        cache
-            .metrics()
-            .backfill_pending(backfill.pending_count().await);
-    }
     Response::builder()
         .status(StatusCode::OK)
         .header(
@@ -141,11 +139,18 @@ async fn metrics(proxy: &Proxy) -> Response<Body> {
         .expect("static response")
 }
 
-async fn backfill(proxy: &Proxy) -> Response<Body> {
-    let Some(backfill) = proxy.backfill() else {
+async fn backfill(proxy: &Proxy, query: Option<&str>) -> Response<Body> {
+    let Some(backfill) = proxy
+        .backfill()
+        .and_then(|b| b.as_any().downcast_ref::<Backfill>())
+    else {
         return json(StatusCode::OK, br#"{"enabled":false}"#.to_vec());
     };
-    match backfill.status().await {
+    let (after, limit) = match listing_query(query) {
+        Ok(page) => page,
+        Err(message) => return bad_request(message),
+    };
+    match backfill.status(after, limit).await {
         Ok(status) => {
             let mut value = serde_json::to_value(&status).unwrap_or_default();
             value["enabled"] = serde_json::Value::Bool(true);
@@ -162,6 +167,34 @@ async fn backfill(proxy: &Proxy) -> Response<Body> {
             )
         }
     }
+}
+
+/// `after` and `limit` of a listing's query string.
+fn listing_query(query: Option<&str>) -> Result<(Option<u64>, usize), String> {
+    let (mut after, mut limit) = (None, backfill::DEFAULT_LISTED);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "after" => {
+                after = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("after={value:?} is not a job id"))?,
+                );
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=backfill::MAX_LISTED).contains(n))
+                    .ok_or_else(|| {
+                        format!("limit must be between 1 and {}", backfill::MAX_LISTED)
+                    })?;
+            }
+            _ => return Err(format!("unknown parameter {key:?} (limit, after)")),
+        }
+    }
+    Ok((after, limit))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

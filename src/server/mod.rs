@@ -32,12 +32,12 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::access::Access;
-use crate::backfill::{self, Backfill};
+use crate::backfill::Backfill;
 use crate::cache::Cache;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::pull_through::{Outcome, Proxy};
+use crate::pull_through::{Backfiller, Outcome, Proxy};
 use crate::upstream::Upstreams;
 use crate::warmer::Warmer;
 use access_log::{LoggedBody, Record};
@@ -88,25 +88,24 @@ impl Listeners {
     }
 }
 
-/// Builds the proxy from the configuration and starts back-fill, if configured.
+/// Builds the proxy from the configuration, with back-fill running inside
+/// it if configured (its tasks end when the proxy is dropped).
 pub async fn build_proxy(config: &Config) -> Result<Arc<Proxy>, StartError> {
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
     let upstreams =
         Upstreams::new(&config.upstreams, Arc::clone(&metrics)).map_err(StartError::Upstream)?;
     let cache = Cache::open(&config.data_dir, &config.cache, Arc::clone(&metrics)).await?;
     let (data_dir, config_copy) = (config.data_dir.clone(), config.clone());
-    let pending =
+    let backfill =
         tokio::task::spawn_blocking(move || Backfill::open(&data_dir, &config_copy, metrics))
             .await
             .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
-    let handle = pending.as_ref().map(backfill::Pending::handle);
     let max_manifest = config.cache.max_manifest_size.as_u64();
-    let proxy = Proxy::new(upstreams, cache, max_manifest, handle)
-        .with_fetch_cap(config.access.max_upstream_fetches);
-    let proxy = Arc::new(proxy);
-    if let Some(pending) = pending {
-        pending.start(Arc::clone(&proxy));
-    }
+    let proxy = Arc::new_cyclic(|proxy| {
+        let backfill = backfill.map(|b| b.start(proxy.clone()) as Arc<dyn Backfiller>);
+        Proxy::new(upstreams, cache, max_manifest, backfill)
+            .with_fetch_cap(config.access.max_upstream_fetches)
+    });
     Ok(proxy)
 }
 

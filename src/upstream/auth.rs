@@ -8,9 +8,8 @@
 //! that [`site::realm_trusted`] accepts, checked again as each token request
 //! is sent; never the client's credentials.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine;
 use http::{header, HeaderValue, Request, StatusCode};
@@ -24,6 +23,7 @@ use crate::config::UpstreamConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::{Challenge, Scheme};
+pub use crate::secret::Password;
 use crate::secret::Secret;
 
 /// Lifetime assumed for a token whose response gives none (distribution's rule).
@@ -42,61 +42,6 @@ struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
     expires_in: Option<u64>,
-}
-
-/// Where a password comes from.
-#[derive(Debug)]
-pub enum Password {
-    /// No password.
-    None,
-    /// Given once (inline or from the environment).
-    Fixed(Secret),
-    /// Read from a file, and read again whenever the file changes: a pod's
-    /// service account token is rotated in place.
-    File {
-        /// The file.
-        path: PathBuf,
-        /// The last value read and the file's modification time then.
-        last: Mutex<Option<(SystemTime, Secret)>>,
-    },
-}
-
-impl Password {
-    /// A password read from `path`, re-read when it changes.
-    pub fn file(path: PathBuf) -> Password {
-        Password::File {
-            path,
-            last: Mutex::new(None),
-        }
-    }
-
-    /// The current value.
-    pub fn current(&self) -> Option<Secret> {
-        match self {
-            Password::None => None,
-            Password::Fixed(secret) => Some(secret.clone()),
-            Password::File { path, last } => {
-                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-                let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-                if let (Some((seen, secret)), Some(now)) = (last.as_ref(), modified) {
-                    if *seen == now {
-                        return Some(secret.clone());
-                    }
-                }
-                match std::fs::read_to_string(path) {
-                    Ok(text) => {
-                        let secret = Secret::new(text.trim_end().to_string());
-                        *last = modified.map(|m| (m, secret.clone()));
-                        Some(secret)
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot read a password file");
-                        last.as_ref().map(|(_, s)| s.clone())
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Who to authenticate as, against which registry.
@@ -386,30 +331,6 @@ mod tests {
         assert!(a
             .check_realm(Some("https://y.azurecr.io/oauth2/token"))
             .is_err());
-    }
-
-    #[test]
-    fn a_password_file_is_read_again_when_it_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "one\n").unwrap();
-        let password = Password::file(path.clone());
-        assert_eq!(password.current().unwrap().expose(), "one");
-        std::fs::write(&path, "two").unwrap();
-        let later = SystemTime::now() + Duration::from_secs(5);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
-        assert_eq!(password.current().unwrap().expose(), "two");
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(
-            password.current().unwrap().expose(),
-            "two",
-            "keeps the last value"
-        );
     }
 
     #[test]
