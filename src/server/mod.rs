@@ -151,9 +151,9 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
     let windows = Arc::clone(proxy.cache().windows());
     let access = Access::new(&config.access, metrics).map_err(StartError::Upstream)?;
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-        (Some(cert), Some(key)) => Some(Arc::new(
+        (Some(cert), Some(key)) => Some(
             tls::ReloadingAcceptor::new(cert.clone(), key.clone()).map_err(StartError::Upstream)?,
-        )),
+        ),
         _ => None,
     };
     let warmer = Warmer::new(Arc::clone(&proxy));
