@@ -2,11 +2,11 @@
 //! `Bytes` that point into the page cache, never copied into a user-space
 //! buffer.
 //!
-//! Each live window is also listed (address → file and offset), so the
-//! plain-TCP connection can recognise a window's bytes when hyper writes them
-//! and send them with `sendfile(2)` straight from the page cache (see
-//! [`crate::server::sendfile`]); on TLS or HTTP/2 the same `Bytes` are read
-//! like any other memory. Either way the bytes on the wire are the file's.
+//! Each live window is also listed in the cache's [`Windows`] (address →
+//! file and offset), so the plain-TCP connection can recognise a window's
+//! bytes when hyper writes them and send them with `sendfile(2)` straight
+//! from the page cache (see [`crate::server::sendfile`]). Windows go only to
+//! such connections; the bytes on the wire are the file's.
 //!
 //! This is the one module with `unsafe`, for `mmap` and `mincore`.
 
@@ -36,12 +36,37 @@ struct Region {
     offset: u64,
 }
 
-/// Every live window, by the address of its first byte.
-static REGIONS: RwLock<BTreeMap<usize, Region>> = RwLock::new(BTreeMap::new());
+/// Every live window of a cache, by the address of its first byte. The
+/// cache owns it and lists each window it hands out; the server is handed
+/// it to look up the buffers hyper writes.
+#[derive(Debug, Default)]
+pub struct Windows {
+    regions: RwLock<BTreeMap<usize, Region>>,
+}
+
+impl Windows {
+    /// The file and offset that `bytes` were mapped from, when they lie
+    /// wholly inside one live window; `None` for any other memory.
+    ///
+    /// The caller must hold the `Bytes` that `bytes` borrows from (so the
+    /// window stays mapped and listed while the answer is used).
+    pub fn source(&self, bytes: &[u8]) -> Option<(Arc<File>, u64)> {
+        if bytes.is_empty() {
+            return None;
+        }
+        let start = bytes.as_ptr() as usize;
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        let (&base, region) = regions.range(..=start).next_back()?;
+        let skip = start - base;
+        (skip + bytes.len() <= region.len)
+            .then(|| (Arc::clone(&region.file), region.offset + skip as u64))
+    }
+}
 
 /// The owner of a window's `Bytes`: unlists the window, then unmaps it.
 struct Window {
     map: Mmap,
+    windows: Arc<Windows>,
 }
 
 impl AsRef<[u8]> for Window {
@@ -55,7 +80,8 @@ impl Drop for Window {
         // Unlisted before `map` is unmapped, so an address is never listed
         // for a mapping that no longer exists.
         let start = self.map.as_ptr() as usize;
-        REGIONS
+        self.windows
+            .regions
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&start);
@@ -123,8 +149,9 @@ impl Mapping {
         Ok(())
     }
 
-    /// The range as `Bytes` that unmap when dropped, listed for `sendfile`.
-    pub fn into_bytes(self) -> Bytes {
+    /// The range as `Bytes` that unmap when dropped, listed in `windows`
+    /// for `sendfile`.
+    pub fn into_bytes(self, windows: &Arc<Windows>) -> Bytes {
         let Some(map) = self.map else {
             return Bytes::new();
         };
@@ -133,11 +160,15 @@ impl Mapping {
             file: self.file,
             offset: self.offset,
         };
-        REGIONS
+        windows
+            .regions
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(map.as_ptr() as usize, region);
-        Bytes::from_owner(Window { map })
+        Bytes::from_owner(Window {
+            map,
+            windows: Arc::clone(windows),
+        })
     }
 }
 
@@ -145,12 +176,17 @@ impl Mapping {
 /// in the page cache, reading it in if need be (so this may block). The
 /// steps the blob reader takes, in one call, for tests.
 #[cfg(test)]
-pub fn window(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
+pub fn window(
+    windows: &Arc<Windows>,
+    file: &Arc<File>,
+    offset: u64,
+    len: usize,
+) -> io::Result<Bytes> {
     let mapping = Mapping::new(file, offset, len)?;
     if !mapping.is_resident() {
         mapping.read_in()?;
     }
-    Ok(mapping.into_bytes())
+    Ok(mapping.into_bytes(windows))
 }
 
 /// Whether every page of `map` is in the page cache (`mincore(2)`), which
@@ -167,23 +203,6 @@ fn resident(map: &Mmap) -> bool {
     // pages, as mincore writes.
     let rc = unsafe { libc::mincore(aligned as *mut libc::c_void, len, pages.as_mut_ptr()) };
     rc == 0 && pages.iter().all(|p| p & 1 == 1)
-}
-
-/// The file and offset that `bytes` were mapped from, when they lie wholly
-/// inside one live window; `None` for any other memory.
-///
-/// The caller must hold the `Bytes` that `bytes` borrows from (so the window
-/// stays mapped and listed while the answer is used).
-pub fn source(bytes: &[u8]) -> Option<(Arc<File>, u64)> {
-    if bytes.is_empty() {
-        return None;
-    }
-    let start = bytes.as_ptr() as usize;
-    let regions = REGIONS.read().unwrap_or_else(|e| e.into_inner());
-    let (&base, region) = regions.range(..=start).next_back()?;
-    let skip = start - base;
-    (skip + bytes.len() <= region.len)
-        .then(|| (Arc::clone(&region.file), region.offset + skip as u64))
 }
 
 #[cfg(test)]
@@ -203,12 +222,13 @@ mod tests {
     fn a_window_holds_the_file_range_and_knows_its_source() {
         let (_tmp, file, content) = blob(3 * 4096 + 100);
         let offset = 4096 + 17;
-        let bytes = window(&file, offset as u64, 5000).unwrap();
+        let windows = Arc::new(Windows::default());
+        let bytes = window(&windows, &file, offset as u64, 5000).unwrap();
         assert_eq!(&bytes[..], &content[offset..offset + 5000]);
 
-        let (_, at) = source(&bytes).expect("a window is listed");
+        let (_, at) = windows.source(&bytes).expect("a window is listed");
         assert_eq!(at, offset as u64);
-        let (_, at) = source(&bytes[100..200]).expect("a part of it too");
+        let (_, at) = windows.source(&bytes[100..200]).expect("a part of it too");
         assert_eq!(at, offset as u64 + 100);
     }
 
@@ -223,7 +243,7 @@ mod tests {
             eprintln!("this file system keeps clean pages cached (tmpfs?); nothing to check");
             return;
         }
-        let bytes = window(&file, 8192, 200 * 4096).unwrap();
+        let bytes = window(&Arc::default(), &file, 8192, 200 * 4096).unwrap();
         let probe = unsafe {
             MmapOptions::new()
                 .offset(8192)
@@ -239,18 +259,14 @@ mod tests {
     fn other_memory_and_dropped_windows_have_no_source() {
         let (_tmp, file, _) = blob(8192);
         let heap = vec![1u8; 4096];
-        assert!(source(&heap).is_none());
-        assert!(source(&[]).is_none());
+        let windows = Arc::new(Windows::default());
+        assert!(windows.source(&heap).is_none());
+        assert!(windows.source(&[]).is_none());
 
-        let bytes = window(&file, 0, 8192).unwrap();
-        let start = bytes.as_ptr() as usize;
+        let bytes = window(&windows, &file, 0, 8192).unwrap();
+        assert!(windows.source(&bytes).is_some());
         drop(bytes);
-        // Another test may have mapped something at the same address since.
-        let regions = REGIONS.read().unwrap();
-        let listed = regions.get(&start);
-        assert!(
-            listed.is_none_or(|r| !Arc::ptr_eq(&r.file, &file)),
-            "a dropped window is unlisted"
-        );
+        let regions = windows.regions.read().unwrap();
+        assert!(regions.is_empty(), "a dropped window is unlisted");
     }
 }

@@ -149,6 +149,8 @@ struct Inner {
     placing: Mutex<()>,
     /// Whether every blob file found at start is in `usage` (see `upkeep`).
     indexed: AtomicBool,
+    /// The mapped windows handed out, for the server's `sendfile`.
+    windows: Arc<mapped::Windows>,
     /// Wakes the eviction task.
     evictor: Arc<tokio::sync::Notify>,
     manifests: moka::sync::Cache<Digest, Arc<Manifest>>,
@@ -197,6 +199,7 @@ impl Cache {
             fills: Mutex::new(HashMap::new()),
             placing: Mutex::new(()),
             indexed: AtomicBool::new(false),
+            windows: Arc::default(),
             evictor: Arc::new(tokio::sync::Notify::new()),
             manifests,
             manifest_types: moka::sync::Cache::new(MANIFEST_TYPE_ENTRIES),
@@ -207,6 +210,12 @@ impl Cache {
         Ok(Cache {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The windows of stored blobs handed out as mapped memory: a
+    /// connection that sends them with `sendfile` looks its buffers up here.
+    pub fn windows(&self) -> &Arc<mapped::Windows> {
+        &self.inner.windows
     }
 
     /// Whether every blob file found at start is indexed.

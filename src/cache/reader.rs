@@ -24,15 +24,16 @@ use super::pread;
 use super::usage::Lease;
 
 /// How a stored blob's bytes reach the connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub enum Delivery {
     /// Read into buffers: for connections that read the body's memory
     /// (TLS encrypts it, HTTP/2 frames it).
     #[default]
     Copied,
-    /// Mapped windows, for a connection that sends them with `sendfile`
-    /// and never reads the mapped memory itself.
-    Mapped,
+    /// Mapped windows, listed in the cache's [`mapped::Windows`], for a
+    /// connection that finds them there and sends them with `sendfile`,
+    /// never reading the mapped memory itself.
+    Mapped(Arc<mapped::Windows>),
 }
 
 /// Size of one read from a cache file.
@@ -155,10 +156,12 @@ impl BlobReader {
             }
             if self.offset < available {
                 let limit = available.min(self.end);
-                let mapped = self.follow.is_none() && self.delivery == Delivery::Mapped;
-                return Some(match mapped {
-                    true => self.map(limit).await,
-                    false => self.read(limit).await,
+                return Some(match (&self.follow, &self.delivery) {
+                    (None, Delivery::Mapped(windows)) => {
+                        let windows = Arc::clone(windows);
+                        self.map(limit, &windows).await
+                    }
+                    _ => self.read(limit).await,
                 });
             }
             if matches!(state, FillState::Complete) {
@@ -181,7 +184,7 @@ impl BlobReader {
     /// already in the page cache (the usual hit) is handed out at once; one
     /// that is not is read in on a blocking thread first, so the async
     /// threads never wait on the disk.
-    async fn map(&mut self, limit: u64) -> io::Result<Bytes> {
+    async fn map(&mut self, limit: u64, windows: &Arc<mapped::Windows>) -> io::Result<Bytes> {
         let len = (limit - self.offset).min(mapped::WINDOW) as usize;
         let mapping = mapped::Mapping::new(&self.file, self.offset, len)?;
         let mapping = if mapping.is_resident() {
@@ -191,7 +194,7 @@ impl BlobReader {
                 .await
                 .map_err(io::Error::other)??
         };
-        let chunk = mapping.into_bytes();
+        let chunk = mapping.into_bytes(windows);
         self.offset += chunk.len() as u64;
         Ok(chunk)
     }
@@ -216,13 +219,14 @@ mod tests {
     /// with an error instead of crashing the process.
     #[tokio::test]
     async fn a_stored_file_that_cannot_be_read_fails_the_response_not_the_process() {
-        for delivery in [Delivery::Mapped, Delivery::Copied] {
+        for delivery in [Delivery::Mapped(Arc::default()), Delivery::Copied] {
             let mut tmp = tempfile::NamedTempFile::new().unwrap();
             let size = 3 * mapped::WINDOW as usize;
             tmp.write_all(&vec![5u8; size]).unwrap();
             let file = Arc::new(std::fs::File::open(tmp.path()).unwrap());
             tmp.as_file().set_len(mapped::WINDOW + 100).unwrap();
-            let reader = BlobReader::stored(file, 0, size as u64, None).with_delivery(delivery);
+            let reader =
+                BlobReader::stored(file, 0, size as u64, None).with_delivery(delivery.clone());
             let mut stream = std::pin::pin!(reader.into_stream());
             let mut got = 0;
             let err = loop {

@@ -24,6 +24,7 @@ use super::h2_flood::FloodGuard;
 use super::sendfile::SendfileStream;
 use super::tls::ReloadingAcceptor;
 use super::App;
+use crate::cache::mapped::Windows;
 use crate::cache::reader::Delivery;
 
 /// Time a client gets to finish the TLS handshake.
@@ -44,6 +45,9 @@ pub struct Shared {
     pub limits: Limits,
     /// Counts the bytes sent with `sendfile`.
     pub sent_from_files: IntCounter,
+    /// The cache's mapped windows, which plain-TCP connections send with
+    /// `sendfile`.
+    pub windows: Arc<Windows>,
 }
 
 /// Serves `stream` until it ends, times out, or the server drains
@@ -59,7 +63,8 @@ pub async fn serve(
     let activity = Activity::new();
     match &shared.tls {
         None => {
-            let io = SendfileStream::new(stream, shared.sent_from_files.clone());
+            let counter = shared.sent_from_files.clone();
+            let io = SendfileStream::new(stream, counter, Arc::clone(&shared.windows));
             let io = FloodGuard::new(io);
             watch_over(&shared, io, true, peer, activity, drain).await
         }
@@ -78,7 +83,7 @@ pub async fn serve(
 }
 
 /// Runs hyper's connection beside the watchdog. `sendfile` says whether
-/// `io` sends mapped cache windows with `sendfile` (then its HTTP/1.x
+/// `io` sends the cache's mapped windows with `sendfile` (then its HTTP/1.x
 /// responses may carry them; see [`Delivery`]).
 async fn watch_over<I>(
     shared: &Shared,
@@ -91,10 +96,12 @@ async fn watch_over<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (app, requests) = (Arc::clone(&shared.app), Arc::clone(&activity));
+    let windows = Arc::clone(&shared.windows);
     let service = service_fn(move |mut request: Request<Incoming>| {
         let (app, activity) = (Arc::clone(&app), Arc::clone(&requests));
         if sendfile && request.version() < http::Version::HTTP_2 {
-            request.extensions_mut().insert(Delivery::Mapped);
+            let mapped = Delivery::Mapped(Arc::clone(&windows));
+            request.extensions_mut().insert(mapped);
         }
         async move { Ok::<_, Infallible>(app.respond(peer.ip(), &activity, request).await) }
     });

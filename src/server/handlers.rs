@@ -54,7 +54,7 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
             let digest = parse_digest(digest)?;
             let range = parse_range(request.headers())?;
             let answer = proxy.blob(upstream, &repo, &digest, range, head).await?;
-            let delivery = request.extensions().get().copied().unwrap_or_default();
+            let delivery = request.extensions().get().cloned().unwrap_or_default();
             Ok(response::blob(answer, digest.as_str(), delivery))
         }
         Route::Referrers { name, digest } => {

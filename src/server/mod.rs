@@ -147,11 +147,12 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
     let proxy = build_proxy(config).await?;
     let metrics = Arc::clone(proxy.cache().metrics());
     let sent_from_files = metrics.sendfile_bytes();
+    let windows = Arc::clone(proxy.cache().windows());
     let access = Access::new(&config.access, metrics).map_err(StartError::Upstream)?;
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-        (Some(cert), Some(key)) => Some(Arc::new(
+        (Some(cert), Some(key)) => Some(
             tls::ReloadingAcceptor::new(cert.clone(), key.clone()).map_err(StartError::Upstream)?,
-        )),
+        ),
         _ => None,
     };
     let warmer = Warmer::new(Arc::clone(&proxy));
@@ -173,6 +174,7 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
             send: config.access.send_timeout,
         },
         sent_from_files,
+        windows,
     };
     Ok(Daemon {
         shared: Arc::new(shared),

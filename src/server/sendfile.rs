@@ -11,28 +11,31 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::cache::mapped;
+use crate::cache::mapped::Windows;
 
 /// A TCP connection that sends cache windows with `sendfile`.
 #[derive(Debug)]
 pub struct SendfileStream {
     tcp: TcpStream,
     sent_from_files: IntCounter,
+    windows: Arc<Windows>,
 }
 
 impl SendfileStream {
-    /// Wraps an accepted connection; `sent_from_files` counts the bytes
-    /// that went out with `sendfile`.
-    pub fn new(tcp: TcpStream, sent_from_files: IntCounter) -> Self {
+    /// Wraps an accepted connection that sends the buffers it finds in
+    /// `windows` with `sendfile`; `sent_from_files` counts those bytes.
+    pub fn new(tcp: TcpStream, sent_from_files: IntCounter, windows: Arc<Windows>) -> Self {
         SendfileStream {
             tcp,
             sent_from_files,
+            windows,
         }
     }
 
@@ -79,7 +82,7 @@ impl AsyncWrite for SendfileStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Some((file, offset)) = mapped::source(buf) {
+        if let Some((file, offset)) = self.windows.source(buf) {
             return self.poll_sendfile(cx, &file, offset, buf.len());
         }
         Pin::new(&mut self.tcp).poll_write(cx, buf)
@@ -97,12 +100,12 @@ impl AsyncWrite for SendfileStream {
             Some(first) => &bufs[first..],
             None => return Poll::Ready(Ok(0)),
         };
-        if let Some((file, offset)) = mapped::source(&bufs[0]) {
+        if let Some((file, offset)) = self.windows.source(&bufs[0]) {
             return self.poll_sendfile(cx, &file, offset, bufs[0].len());
         }
         let plain = bufs
             .iter()
-            .position(|b| mapped::source(b).is_some())
+            .position(|b| self.windows.source(b).is_some())
             .unwrap_or(bufs.len());
         Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[..plain])
     }
@@ -152,7 +155,8 @@ mod tests {
         let mut tmp = tempfile::NamedTempFile::new().unwrap();
         tmp.write_all(&content).unwrap();
         let file = Arc::new(std::fs::File::open(tmp.path()).unwrap());
-        let whole = mapped::window(&file, 0, content.len()).unwrap();
+        let windows = Arc::new(Windows::default());
+        let whole = crate::cache::mapped::window(&windows, &file, 0, content.len()).unwrap();
         // A part of a window, as a range request or a partial write leaves it.
         let part = whole.slice(1000..3 * 1024 * 1024 + 7);
 
@@ -166,7 +170,7 @@ mod tests {
         });
         let (tcp, _) = listener.accept().await.unwrap();
         let counter = IntCounter::new("sent", "sent").unwrap();
-        let mut stream = SendfileStream::new(tcp, counter.clone());
+        let mut stream = SendfileStream::new(tcp, counter.clone(), windows);
         let head: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
         let tail: &[u8] = b"\r\nthe end";
         write_all_vectored(&mut stream, &[head, &whole, tail, &part]).await;

@@ -1,10 +1,12 @@
 //! TLS for clients: rustls from PEM files, HTTP/2 and HTTP/1.1 by ALPN, and
 //! the certificate reloaded when its file changes (cert-manager and
-//! OpenShift's service CA rotate them in place).
+//! OpenShift's service CA rotate them in place). A background task watches
+//! the file on the blocking pool, so accepting a connection never touches
+//! the disk.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
@@ -23,7 +25,6 @@ pub struct ReloadingAcceptor {
 struct State {
     acceptor: TlsAcceptor,
     modified: Option<SystemTime>,
-    checked: Instant,
 }
 
 impl std::fmt::Debug for ReloadingAcceptor {
@@ -36,41 +37,72 @@ impl std::fmt::Debug for ReloadingAcceptor {
 
 impl ReloadingAcceptor {
     /// Loads the certificate and key; fails when they do not make a valid pair.
-    pub fn new(cert: PathBuf, key: PathBuf) -> Result<ReloadingAcceptor, String> {
+    /// Loads the certificate and key and starts watching the certificate
+    /// file; fails when they do not make a valid pair.
+    pub fn new(cert: PathBuf, key: PathBuf) -> Result<Arc<ReloadingAcceptor>, String> {
         let acceptor = load(&cert, &key)?;
         let modified = modified(&cert);
-        Ok(ReloadingAcceptor {
+        let reloading = Arc::new(ReloadingAcceptor {
             cert,
             key,
-            state: Mutex::new(State {
-                acceptor,
-                modified,
-                checked: Instant::now(),
-            }),
-        })
+            state: Mutex::new(State { acceptor, modified }),
+        });
+        tokio::spawn(watch(Arc::downgrade(&reloading)));
+        Ok(reloading)
     }
 
-    /// The current acceptor, reloaded first if the certificate changed. A
-    /// broken new pair is logged and the previous one kept.
+    /// The current acceptor.
     pub fn acceptor(&self) -> TlsAcceptor {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            let now = modified(&self.cert);
-            if now != state.modified {
-                match load(&self.cert, &self.key) {
-                    Ok(acceptor) => {
-                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                        state.acceptor = acceptor;
-                        state.modified = now;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "new TLS certificate rejected; keeping the old one")
-                    }
-                }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.acceptor.clone()
+    }
+
+    /// Reloads the pair if the certificate file changed. A broken new pair
+    /// is logged and the previous one kept. Blocks.
+    fn reload_if_changed(&self) {
+        let now = modified(&self.cert);
+        let before = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .modified;
+        if now == before {
+            return;
+        }
+        match load(&self.cert, &self.key) {
+            Ok(acceptor) => {
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                *state = State {
+                    acceptor,
+                    modified: now,
+                };
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new TLS certificate rejected; keeping the old one");
+                self.state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .modified = now;
             }
         }
-        state.acceptor.clone()
+    }
+}
+
+/// Looks at the certificate file every [`RELOAD_CHECK`] until the acceptor
+/// is dropped.
+async fn watch(acceptor: Weak<ReloadingAcceptor>) {
+    loop {
+        tokio::time::sleep(RELOAD_CHECK).await;
+        let Some(acceptor) = acceptor.upgrade() else {
+            return;
+        };
+        if tokio::task::spawn_blocking(move || acceptor.reload_if_changed())
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 
