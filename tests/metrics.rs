@@ -179,6 +179,7 @@ async fn every_documented_metric_is_exported_and_health_answers() {
         "lasti_fetches_in_flight",
         "lasti_digest_failures_total",
         "lasti_backfill_pushed_bytes_total",
+        "lasti_backfill_refused_total",
         "lasti_backfill_push_duration_seconds",
     ] {
         assert!(
