@@ -253,10 +253,6 @@ impl Backfiller for Backfill {
     ) -> BoxFuture<'a, bool> {
         Box::pin(self.holds_image(upstream, repo, tag, digest))
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 /// The back-fill queue's state, for operators.

@@ -67,9 +67,6 @@ pub trait Backfiller: Send + Sync + std::fmt::Debug {
         tag: &'a str,
         digest: &'a Digest,
     ) -> BoxFuture<'a, bool>;
-
-    /// The implementation itself, for the admin listener's view of it.
-    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// How a request was answered, for logs and metrics.

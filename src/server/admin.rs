@@ -36,16 +36,25 @@ use crate::warmer::Warmer;
 const MAX_WARM_REQUEST: usize = 64 * 1024;
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, warmer: Arc<Warmer>) {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    warmer: Arc<Warmer>,
+    backfill: Option<Arc<Backfill>>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (proxy, warmer) = (Arc::clone(&proxy), Arc::clone(&warmer));
+        let (proxy, warmer, backfill) = (Arc::clone(&proxy), Arc::clone(&warmer), backfill.clone());
         let service = service_fn(move |request| {
             let (proxy, warmer) = (Arc::clone(&proxy), Arc::clone(&warmer));
-            async move { Ok::<_, Infallible>(route(&proxy, &warmer, request).await) }
+            let backfill = backfill.clone();
+            async move {
+                let response = route(&proxy, &warmer, backfill.as_deref(), request).await;
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -54,7 +63,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, warmer: Arc<Warmer>
     }
 }
 
-async fn route(proxy: &Proxy, warmer: &Arc<Warmer>, request: Request<Incoming>) -> Response<Body> {
+async fn route(
+    proxy: &Proxy,
+    warmer: &Arc<Warmer>,
+    backfill: Option<&Backfill>,
+    request: Request<Incoming>,
+) -> Response<Body> {
     match request.uri().path() {
         "/admin/warm" if request.method() == Method::POST => warm(warmer, request).await,
         "/admin/warm" => json(
@@ -71,7 +85,7 @@ async fn route(proxy: &Proxy, warmer: &Arc<Warmer>, request: Request<Incoming>) 
             }
         },
         "/metrics" => metrics(proxy).await,
-        "/admin/backfill" => backfill(proxy, request.uri().query()).await,
+        "/admin/backfill" => backfill_status(backfill, request.uri().query()).await,
         "/admin/cache" => match proxy.cached_images().await {
             Ok(images) => json(
                 StatusCode::OK,
@@ -139,11 +153,8 @@ async fn metrics(proxy: &Proxy) -> Response<Body> {
         .expect("static response")
 }
 
-async fn backfill(proxy: &Proxy, query: Option<&str>) -> Response<Body> {
-    let Some(backfill) = proxy
-        .backfill()
-        .and_then(|b| b.as_any().downcast_ref::<Backfill>())
-    else {
+async fn backfill_status(backfill: Option<&Backfill>, query: Option<&str>) -> Response<Body> {
+    let Some(backfill) = backfill else {
         return json(StatusCode::OK, br#"{"enabled":false}"#.to_vec());
     };
     let (after, limit) = match listing_query(query) {

@@ -91,6 +91,14 @@ impl Listeners {
 /// Builds the proxy from the configuration, with back-fill running inside
 /// it if configured (its tasks end when the proxy is dropped).
 pub async fn build_proxy(config: &Config) -> Result<Arc<Proxy>, StartError> {
+    Ok(build_services(config).await?.0)
+}
+
+/// The proxy and, if configured, its running back-fill (for the admin
+/// listener's view of the queue).
+async fn build_services(
+    config: &Config,
+) -> Result<(Arc<Proxy>, Option<Arc<Backfill>>), StartError> {
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
     let upstreams =
         Upstreams::new(&config.upstreams, Arc::clone(&metrics)).map_err(StartError::Upstream)?;
@@ -101,12 +109,14 @@ pub async fn build_proxy(config: &Config) -> Result<Arc<Proxy>, StartError> {
             .await
             .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
     let max_manifest = config.cache.max_manifest_size.as_u64();
+    let mut running = None;
     let proxy = Arc::new_cyclic(|proxy| {
-        let backfill = backfill.map(|b| b.start(proxy.clone()) as Arc<dyn Backfiller>);
-        Proxy::new(upstreams, cache, max_manifest, backfill)
+        running = backfill.map(|b| b.start(proxy.clone()));
+        let backfiller = running.clone().map(|b| b as Arc<dyn Backfiller>);
+        Proxy::new(upstreams, cache, max_manifest, backfiller)
             .with_fetch_cap(config.access.max_upstream_fetches)
     });
-    Ok(proxy)
+    Ok((proxy, running))
 }
 
 /// Serves the registry API (and the admin endpoints) until `shutdown`
@@ -144,7 +154,7 @@ struct Daemon {
 /// Builds the proxy and the connection settings, schedules the warm list
 /// and starts the admin listener.
 async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, StartError> {
-    let proxy = build_proxy(config).await?;
+    let (proxy, backfill) = build_services(config).await?;
     let metrics = Arc::clone(proxy.cache().metrics());
     let sent_from_files = metrics.sendfile_bytes();
     let windows = Arc::clone(proxy.cache().windows());
@@ -157,8 +167,10 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
     };
     let warmer = Warmer::new(Arc::clone(&proxy));
     warmer.schedule(&config.warm);
-    let admin_task = admin
-        .map(|admin| tokio::spawn(admin::serve(admin, Arc::clone(&proxy), Arc::clone(&warmer))));
+    let admin_task = admin.map(|admin| {
+        let serving = admin::serve(admin, Arc::clone(&proxy), Arc::clone(&warmer), backfill);
+        tokio::spawn(serving)
+    });
     let app = App {
         proxy,
         access,
