@@ -8,6 +8,7 @@ pub mod fill;
 mod fill_error;
 pub mod index;
 pub mod mapped;
+mod open_blobs;
 mod pread;
 pub mod reader;
 mod sink;
@@ -32,6 +33,7 @@ use crate::oci::Digest;
 use fill::{Fill, FillWriter, Subscription};
 pub use fill_error::FillError;
 use index::{Index, TagRecord};
+use open_blobs::{OpenBlob, OpenBlobs, IN_MEMORY_UP_TO};
 use store::{BlobStore, TempBlob};
 use usage::{Lease, Usage};
 
@@ -60,6 +62,9 @@ pub struct StoredBlob {
     pub size: u64,
     /// The manifest media type, when the blob is a manifest.
     pub manifest_type: Option<Arc<str>>,
+    /// The whole content, when the blob is small enough to be kept in
+    /// memory: served without touching the file.
+    pub content: Option<Bytes>,
     /// Keeps it from eviction while read.
     pub lease: Lease,
 }
@@ -116,6 +121,7 @@ impl Inner {
             }
             self.manifests.invalidate(&digest);
             self.manifest_types.invalidate(&digest);
+            self.open_blobs.forget(&digest);
             match self.store.remove(&digest) {
                 Ok(()) => {
                     tracing::debug!(%digest, "evicted");
@@ -149,6 +155,8 @@ struct Inner {
     placing: Mutex<()>,
     /// Whether every blob file found at start is in `usage` (see `upkeep`).
     indexed: AtomicBool,
+    /// Hot blobs kept open, small ones in memory.
+    open_blobs: OpenBlobs,
     /// The mapped windows handed out, for the server's `sendfile`.
     windows: Arc<mapped::Windows>,
     /// Wakes the eviction task.
@@ -199,6 +207,7 @@ impl Cache {
             fills: Mutex::new(HashMap::new()),
             placing: Mutex::new(()),
             indexed: AtomicBool::new(false),
+            open_blobs: OpenBlobs::default(),
             windows: Arc::default(),
             evictor: Arc::new(tokio::sync::Notify::new()),
             manifests,
@@ -254,31 +263,65 @@ impl Cache {
         let Some((lease, touch)) = self.lease(digest).await? else {
             return Ok(None);
         };
+        let open = match self.inner.open_blobs.get(digest) {
+            Some(open) => {
+                if touch {
+                    let file = Arc::clone(&open.file);
+                    tokio::task::spawn_blocking(move || file.set_modified(SystemTime::now()));
+                }
+                open
+            }
+            None => match self.open_blob(digest, touch).await? {
+                Some(open) => open,
+                None => {
+                    tracing::warn!(%digest, "blob vanished from the store; forgetting it");
+                    self.inner.usage.forget(digest);
+                    return Ok(None);
+                }
+            },
+        };
+        Ok(Some(StoredBlob {
+            file: Arc::clone(&open.file),
+            size: open.size,
+            manifest_type: open.manifest_type.clone(),
+            content: open.content.clone(),
+            lease,
+        }))
+    }
+
+    /// Opens a stored blob on the blocking pool (reading it whole when it
+    /// is small) and keeps it open; `None` when its file is gone.
+    async fn open_blob(&self, digest: &Digest, touch: bool) -> Result<Option<Arc<OpenBlob>>> {
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
-        let opened = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let Some((file, meta)) = inner.store.open_blob(&d)? else {
                 return Ok(None);
             };
             if touch {
                 let _ = file.set_modified(SystemTime::now());
             }
-            Ok::<_, std::io::Error>(Some((file, meta.len(), inner.manifest_type(&d))))
+            let size = meta.len();
+            let content = match size <= IN_MEMORY_UP_TO {
+                true => {
+                    let mut buf = vec![0u8; size as usize];
+                    pread::read_exact_at(&file, &mut buf, 0)?;
+                    Some(Bytes::from(buf))
+                }
+                false => None,
+            };
+            let open = Arc::new(OpenBlob {
+                file: Arc::new(file),
+                size,
+                manifest_type: inner.manifest_type(&d),
+                content,
+            });
+            inner.open_blobs.insert(d, Arc::clone(&open));
+            Ok::<_, std::io::Error>(Some(open))
         })
         .await
         .map_err(|e| Error::storage("open blob", e))?
-        .map_err(|e| Error::storage("open blob", e))?;
-        let Some((file, size, manifest_type)) = opened else {
-            tracing::warn!(%digest, "blob vanished from the store; forgetting it");
-            self.inner.usage.forget(digest);
-            return Ok(None);
-        };
-        Ok(Some(StoredBlob {
-            file: Arc::new(file),
-            size,
-            manifest_type,
-            lease,
-        }))
+        .map_err(|e| Error::storage("open blob", e))
     }
 
     /// Finds a blob: stored, being filled, or missing (then a fill starts and
@@ -356,18 +399,21 @@ impl Cache {
         let Some(media_type) = blob.manifest_type.clone() else {
             return Ok(None);
         };
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; blob.size as usize];
-            pread::read_exact_at(&blob.file, &mut buf, 0)?;
-            Ok::<_, std::io::Error>(buf)
-        })
-        .await
-        .map_err(|e| Error::storage("read manifest", e))?
-        .map_err(|e| Error::storage("read manifest", e))?;
+        let bytes = match blob.content {
+            Some(content) => content,
+            None => tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; blob.size as usize];
+                pread::read_exact_at(&blob.file, &mut buf, 0)?;
+                Ok::<_, std::io::Error>(Bytes::from(buf))
+            })
+            .await
+            .map_err(|e| Error::storage("read manifest", e))?
+            .map_err(|e| Error::storage("read manifest", e))?,
+        };
         let manifest = Arc::new(Manifest {
             digest: digest.clone(),
             media_type: media_type.to_string(),
-            bytes: Bytes::from(bytes),
+            bytes,
         });
         self.inner
             .manifests
@@ -598,6 +644,34 @@ mod tests {
         cache.inner.remove_victims(vec![digest.clone()]);
         assert_eq!(cache.inner.index.manifest_type(&digest).unwrap(), None);
         assert!(cache.manifest(&digest).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_hot_blob_is_served_without_opening_its_file_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 30).await;
+        let small_content = vec![3u8; 100];
+        let large_content = vec![4u8; 2 * IN_MEMORY_UP_TO as usize];
+        let small = fill(&cache, &small_content).await;
+        let large = fill(&cache, &large_content).await;
+        for digest in [&small, &large] {
+            assert!(cache.stored_blob(digest).await.unwrap().is_some());
+            // Gone from its name: a hit that opened the file would miss it.
+            std::fs::remove_file(cache.inner.store.path(digest)).unwrap();
+        }
+        let hit = cache.stored_blob(&small).await.unwrap().expect("kept");
+        assert_eq!(hit.content.as_deref(), Some(&small_content[..]));
+        let hit = cache.stored_blob(&large).await.unwrap().expect("kept open");
+        assert!(hit.content.is_none(), "only small blobs are kept in memory");
+        let mut buf = vec![0u8; large_content.len()];
+        pread::read_exact_at(&hit.file, &mut buf, 0).unwrap();
+        assert!(buf == large_content);
+        drop(hit);
+        // Evicted: forgotten.
+        cache.inner.usage.forget(&large);
+        cache.inner.remove_victims(vec![large.clone()]);
+        assert!(cache.inner.open_blobs.get(&large).is_none());
+        assert!(cache.stored_blob(&large).await.unwrap().is_none());
     }
 
     #[test]

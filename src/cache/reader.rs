@@ -48,6 +48,7 @@ pub struct BlobReader {
     live: Option<broadcast::Receiver<LiveMsg>>,
     follow: Option<watch::Receiver<Progress>>,
     delivery: Delivery,
+    content: Option<Bytes>,
     done: bool,
     _lease: Option<Lease>,
 }
@@ -63,6 +64,7 @@ impl BlobReader {
             live: None,
             follow: None,
             delivery: Delivery::Copied,
+            content: None,
             done: false,
             _lease: lease,
         }
@@ -79,9 +81,16 @@ impl BlobReader {
             live: if start == 0 { sub.live } else { None },
             follow: Some(sub.progress),
             delivery: Delivery::Copied,
+            content: None,
             done: false,
             _lease: None,
         }
+    }
+
+    /// Serves a stored blob from its whole content in memory, not its file.
+    pub fn with_content(mut self, content: Option<Bytes>) -> Self {
+        self.content = content;
+        self
     }
 
     /// Chooses how a stored blob's bytes are handed out (a fill's are always
@@ -109,6 +118,16 @@ impl BlobReader {
         }
         if let Some(item) = self.next_live().await {
             return item;
+        }
+        if let Some(content) = self.content.take() {
+            let (start, end) = (self.offset as usize, self.end as usize);
+            self.offset = self.end;
+            return Some(match content.get(start..end) {
+                Some(_) => Ok(content.slice(start..end)),
+                None => Err(io::Error::other(
+                    "a blob in memory is shorter than recorded",
+                )),
+            });
         }
         self.next_from_file().await
     }

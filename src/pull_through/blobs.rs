@@ -136,7 +136,9 @@ fn stored_answer(blob: StoredBlob, range: Option<RangeSpec>) -> Result<BlobAnswe
         size: Some(blob.size),
         media_type,
         range,
-        reader: Some(BlobReader::stored(blob.file, start, end, Some(blob.lease))),
+        reader: Some(
+            BlobReader::stored(blob.file, start, end, Some(blob.lease)).with_content(blob.content),
+        ),
         outcome: Outcome::Hit,
     })
 }
