@@ -43,7 +43,13 @@ fn kubectl() -> String {
 /// exports), else the virtualenv ./scripts/test makes, else one on PATH.
 fn kubernetes_validate() -> PathBuf {
     if let Some(path) = std::env::var_os("LASTI_KUBERNETES_VALIDATE") {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "LASTI_KUBERNETES_VALIDATE is {}, which does not exist",
+            path.display()
+        );
+        return path;
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
