@@ -1,37 +1,86 @@
-//! deploy/ agrees with lasti: each overlay renders with `kubectl kustomize`,
-//! every object passes the Kubernetes schemas offline (`kubernetes-validate
-//! --strict`), OpenShift and monitoring kinds are checked for the fields that
-//! matter, ports and probes match the configuration lasti is given, that
-//! configuration passes `lasti check-config`, and the image's runtime
-//! contract (an arbitrary UID in group 0, a group-writable data directory)
-//! holds for the real binary.
+//! deploy/ agrees with lasti and with Rahti: each overlay, and the
+//! monitoring kustomization, renders with `kubectl kustomize` (whichever
+//! kubectl the README's test command finds or installs: Debian 12's 1.20,
+//! with kustomize v2.0.3, as well as a current one), every object passes the
+//! Kubernetes schemas offline (`kubernetes-validate --strict`), OpenShift and
+//! monitoring kinds are checked for the fields that matter, ports and probes
+//! match the configuration lasti is given, that configuration with the pod's
+//! arguments passes `lasti check-config`, the pod fits a default Rahti
+//! project (its LimitRange, no monitoring kinds in the overlays, a cache
+//! below its volume), and the image's runtime contract (an arbitrary UID in
+//! group 0, a group-writable data directory) holds for the real binary.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lasti::config::Config;
+use lasti::config::{Config, Overrides};
+use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-const OVERLAYS: [&str; 2] = ["ephemeral", "persistent"];
-const KUBECTL: &str = "/usr/bin/kubectl";
-const VALIDATE: &str = "kubernetes-validate";
+const OVERLAYS: [&str; 2] = ["overlays/ephemeral", "overlays/persistent"];
+const MONITORING: &str = "monitoring";
+/// The namespace the rendered pod is taken to run in.
+const NAMESPACE: &str = "my-project";
+/// Rahti's LimitRange: a container's limit is at most this many times its request.
+const RAHTI_LIMIT_TO_REQUEST: f64 = 5.0;
 
-fn render(overlay: &str) -> String {
-    common::require_tool(KUBECTL);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy/overlays")
-        .join(overlay);
-    let out = Command::new(KUBECTL)
+/// `LASTI_TEST_KUBECTL` renders with another kubectl (e.g. Debian's, unpacked
+/// elsewhere); by default the one the README's test command installs.
+fn kubectl() -> String {
+    let kubectl = std::env::var("LASTI_TEST_KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
+    assert!(
+        Path::new(&kubectl).exists(),
+        "{kubectl} is missing: run ./scripts/test, which installs Debian's \
+         kubernetes-client when there is no kubectl"
+    );
+    kubectl
+}
+
+/// `kubernetes-validate`: `LASTI_KUBERNETES_VALIDATE` (which ./scripts/test
+/// exports), else the virtualenv ./scripts/test makes, else one on PATH.
+fn kubernetes_validate() -> PathBuf {
+    if let Some(path) = std::env::var_os("LASTI_KUBERNETES_VALIDATE") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "LASTI_KUBERNETES_VALIDATE is {}, which does not exist",
+            path.display()
+        );
+        return path;
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")));
+    let venv = cache.map(|c| c.join("lasti-test/venv/bin/kubernetes-validate"));
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("kubernetes-validate"))
+            .find(|p| p.exists())
+    });
+    venv.filter(|p| p.exists()).or(on_path).unwrap_or_else(|| {
+        panic!(
+            "kubernetes-validate not found: run ./scripts/test, which installs it \
+             in a virtualenv under ${{XDG_CACHE_HOME:-$HOME/.cache}}/lasti-test/venv, \
+             or set LASTI_KUBERNETES_VALIDATE to its path"
+        )
+    })
+}
+
+fn render(dir: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(dir);
+    let out = Command::new(kubectl())
         .arg("kustomize")
-        .arg(&dir)
+        .arg(&path)
         .output()
         .expect("run kubectl");
     assert!(
         out.status.success(),
-        "kustomize {overlay}: {}",
+        "kustomize {dir}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 YAML")
@@ -43,8 +92,6 @@ fn objects(yaml: &str) -> Vec<Value> {
         .filter(|v| !v.is_null())
         .collect()
 }
-
-use serde::Deserialize;
 
 fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     objects
@@ -58,11 +105,49 @@ fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{what} is not a string: {v:?}"))
 }
 
-/// The configuration the ConfigMap gives lasti.
+fn container(objects: &[Value]) -> &Value {
+    &find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The container's arguments as the kubelet passes them: `$(VAR)` replaced
+/// by the container's environment, the namespace taken to be [`NAMESPACE`].
+fn pod_args(container: &Value) -> Vec<String> {
+    let env = container["env"].as_sequence().expect("container env");
+    let value_of = |var: &Value| -> String {
+        if let Some(value) = var["value"].as_str() {
+            return value.to_string();
+        }
+        let field = &var["valueFrom"]["fieldRef"]["fieldPath"];
+        assert_eq!(field.as_str(), Some("metadata.namespace"), "{var:?}");
+        NAMESPACE.to_string()
+    };
+    let args = container["args"].as_sequence().expect("container args");
+    args.iter()
+        .map(|arg| {
+            let mut arg = str_of(arg, "arg").to_string();
+            for var in env {
+                let name = str_of(&var["name"], "env name");
+                arg = arg.replace(&format!("$({name})"), &value_of(var));
+            }
+            arg
+        })
+        .collect()
+}
+
+/// The configuration the ConfigMap gives lasti, with the pod's arguments applied.
 fn config_of(objects: &[Value]) -> (String, Config) {
     let map = find(objects, "ConfigMap");
     let text = str_of(&map["data"]["lasti.toml"], "lasti.toml").to_string();
-    let config = Config::from_toml(&text).expect("the ConfigMap's config parses");
+    let mut config = Config::from_toml(&text).expect("the ConfigMap's config parses");
+    let args = pod_args(container(objects));
+    let project = args
+        .iter()
+        .position(|a| a == "--target-project")
+        .map(|i| args[i + 1].clone());
+    config.apply(Overrides {
+        target_project: project,
+        ..Overrides::default()
+    });
     (text, config)
 }
 
@@ -75,14 +160,35 @@ fn container_port(container: &Value, name: &str) -> u16 {
     port["containerPort"].as_u64().expect("containerPort") as u16
 }
 
+/// A Kubernetes quantity (`500m`, `2`, `128Mi`, `20Gi`) as a number.
+fn quantity(v: &Value) -> f64 {
+    let text = v
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| v.as_u64().map(|n| n.to_string()))
+        .unwrap_or_else(|| panic!("not a quantity: {v:?}"));
+    let units = [
+        ("m", 1e-3),
+        ("Ki", 1024.0),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = text.strip_suffix(suffix) {
+            return n.parse::<f64>().expect("a number") * factor;
+        }
+    }
+    text.parse().expect("a plain number")
+}
+
 #[test]
 fn overlays_pass_the_kubernetes_schemas() {
-    common::require_tool(&which(VALIDATE));
-    for overlay in OVERLAYS {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join(format!("{overlay}.yaml"));
-        std::fs::write(&file, render(overlay)).unwrap();
-        let out = Command::new(which(VALIDATE))
+    let validate = kubernetes_validate();
+    for dir in OVERLAYS.iter().chain([&MONITORING]) {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("rendered.yaml");
+        std::fs::write(&file, render(dir)).unwrap();
+        let out = Command::new(&validate)
             .arg("--strict")
             .arg(&file)
             .output()
@@ -92,11 +198,13 @@ fn overlays_pass_the_kubernetes_schemas() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success(), "{overlay} failed validation:\n{log}");
-        assert!(
-            log.contains("passed for resource deployment/lasti"),
-            "{log}"
-        );
+        assert!(out.status.success(), "{dir} failed validation:\n{log}");
+        if *dir != MONITORING {
+            assert!(
+                log.contains("passed for resource deployment/lasti"),
+                "{log}"
+            );
+        }
     }
 }
 
@@ -143,6 +251,21 @@ fn overlays_agree_with_lastis_configuration() {
             config.data_dir
         );
 
+        // Back-fill into the project the pod runs in, from the project's own image stream.
+        assert!(config.target.enabled(), "{overlay}: back-fill is on");
+        assert_eq!(config.target.project.as_deref(), Some(NAMESPACE));
+        let image = str_of(&container["image"], "image");
+        assert!(
+            !image.contains('/'),
+            "{overlay}: {image} is an image stream name"
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"]["alpha.image.policy.openshift.io/resolve-names"]
+                .as_str(),
+            Some("*"),
+            "{overlay}: the image is looked up in the project's image streams"
+        );
+
         // The Service exposes the container's named ports; the Route only the registry.
         let service = find(&objects, "Service");
         let targets: Vec<&str> = service["spec"]["ports"]
@@ -152,6 +275,14 @@ fn overlays_agree_with_lastis_configuration() {
             .map(|p| str_of(&p["targetPort"], "targetPort"))
             .collect();
         assert_eq!(targets, ["registry", "admin"]);
+        let labels = pod["metadata"]["labels"].as_mapping().unwrap();
+        for (k, v) in service["spec"]["selector"].as_mapping().unwrap() {
+            assert_eq!(
+                labels.get(k),
+                Some(v),
+                "{overlay}: the Service selects the pods"
+            );
+        }
         let route = find(&objects, "Route");
         assert_eq!(route["apiVersion"].as_str(), Some("route.openshift.io/v1"));
         assert_eq!(route["spec"]["to"]["kind"].as_str(), Some("Service"));
@@ -162,11 +293,82 @@ fn overlays_agree_with_lastis_configuration() {
         );
         assert_eq!(route["spec"]["tls"]["termination"].as_str(), Some("edge"));
 
-        // Prometheus scrapes the admin port's /metrics on the same pods.
-        let monitor = find(&objects, "PodMonitor");
-        let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
-        assert_eq!(endpoint["port"].as_str(), Some("admin"));
-        assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+        // The service account may push into the project.
+        let binding = find(&objects, "RoleBinding");
+        assert_eq!(
+            binding["roleRef"]["name"].as_str(),
+            Some("system:image-builder")
+        );
+        assert_eq!(binding["subjects"][0]["name"].as_str(), Some("lasti"));
+    }
+    let persistent = objects(&render("overlays/persistent"));
+    let claim = &find(&persistent, "Deployment")["spec"]["template"]["spec"]["volumes"][1];
+    assert_eq!(
+        claim["persistentVolumeClaim"]["claimName"],
+        find(&persistent, "PersistentVolumeClaim")["metadata"]["name"]
+    );
+}
+
+/// What a default Rahti project has: no monitoring kinds unless user
+/// workload monitoring is on, a LimitRange, a storage quota.
+#[test]
+fn overlays_fit_a_default_rahti_project() {
+    for overlay in OVERLAYS {
+        let objects = objects(&render(overlay));
+        for object in &objects {
+            let api = str_of(&object["apiVersion"], "apiVersion");
+            assert!(
+                !api.starts_with("monitoring.coreos.com/"),
+                "{overlay} renders {api} {:?}, which a project without user \
+                 workload monitoring refuses; it belongs in deploy/{MONITORING}",
+                object["kind"]
+            );
+        }
+        let resources = &container(&objects)["resources"];
+        for what in ["cpu", "memory"] {
+            let request = quantity(&resources["requests"][what]);
+            let limit = quantity(&resources["limits"][what]);
+            assert!(
+                limit <= request * RAHTI_LIMIT_TO_REQUEST,
+                "{overlay}: a {what} limit of {limit} is over {RAHTI_LIMIT_TO_REQUEST} \
+                 times its request {request}, which Rahti's LimitRange refuses"
+            );
+        }
+        let (_, config) = config_of(&objects);
+        let volumes = find(&objects, "Deployment")["spec"]["template"]["spec"]["volumes"].clone();
+        let data = volumes
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some("data"))
+            .expect("a data volume");
+        let size = if data["emptyDir"].is_mapping() {
+            quantity(&data["emptyDir"]["sizeLimit"])
+        } else {
+            quantity(
+                &find(&objects, "PersistentVolumeClaim")["spec"]["resources"]["requests"]
+                    ["storage"],
+            )
+        };
+        assert!(
+            (config.cache.max_size.as_u64() as f64) < size,
+            "{overlay}: cache.max_size ({} bytes) is not below the data volume's {size} bytes",
+            config.cache.max_size.as_u64()
+        );
+    }
+}
+
+/// The monitoring kustomization scrapes and alerts on the overlays' pods.
+#[test]
+fn monitoring_watches_the_overlays_pods() {
+    let monitoring = objects(&render(MONITORING));
+    let monitor = find(&monitoring, "PodMonitor");
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"].as_str(), Some("admin"));
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    for overlay in OVERLAYS {
+        let objects = objects(&render(overlay));
+        let pod = &find(&objects, "Deployment")["spec"]["template"];
         let labels = pod["metadata"]["labels"].as_mapping().unwrap();
         for (k, v) in monitor["spec"]["selector"]["matchLabels"]
             .as_mapping()
@@ -178,43 +380,35 @@ fn overlays_agree_with_lastis_configuration() {
                 "{overlay}: PodMonitor selects the pods"
             );
         }
-
-        // Alerts, each with a severity and a summary.
-        let alerts = &find(&objects, "PrometheusRule")["spec"]["groups"][0]["rules"];
-        for alert in alerts.as_sequence().unwrap() {
-            assert!(alert["labels"]["severity"].as_str().is_some(), "{alert:?}");
-            assert!(
-                alert["annotations"]["summary"].as_str().is_some(),
-                "{alert:?}"
-            );
-        }
-
-        // The service account may push into the project.
-        let binding = find(&objects, "RoleBinding");
-        assert_eq!(
-            binding["roleRef"]["name"].as_str(),
-            Some("system:image-builder")
-        );
-        assert_eq!(binding["subjects"][0]["name"].as_str(), Some("lasti"));
+        let admin = container_port(container(&objects), "admin");
+        assert_eq!(admin, config_of(&objects).1.admin_listen.unwrap().port());
     }
-    let persistent = objects(&render("persistent"));
-    let claim = &find(&persistent, "Deployment")["spec"]["template"]["spec"]["volumes"][1];
-    assert_eq!(
-        claim["persistentVolumeClaim"]["claimName"],
-        find(&persistent, "PersistentVolumeClaim")["metadata"]["name"]
-    );
+    // Alerts, each with a severity and a summary.
+    let alerts = &find(&monitoring, "PrometheusRule")["spec"]["groups"][0]["rules"];
+    for alert in alerts.as_sequence().unwrap() {
+        assert!(alert["labels"]["severity"].as_str().is_some(), "{alert:?}");
+        assert!(
+            alert["annotations"]["summary"].as_str().is_some(),
+            "{alert:?}"
+        );
+    }
 }
 
+/// lasti accepts the ConfigMap's configuration with the pod's arguments,
+/// as it starts in the pod (`check-config` in place of `serve`).
 #[test]
-fn the_configmaps_config_passes_check_config() {
-    let objects = objects(&render("ephemeral"));
+fn the_pods_configuration_passes_check_config() {
+    let objects = objects(&render("overlays/ephemeral"));
     let (text, _) = config_of(&objects);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lasti.toml");
     std::fs::write(&file, text).unwrap();
+    let mut args = pod_args(container(&objects));
+    assert_eq!(args.pop().as_deref(), Some("serve"));
     let out = Command::new(env!("CARGO_BIN_EXE_lasti"))
         .arg("--config")
         .arg(&file)
+        .args(&args)
         .arg("check-config")
         .output()
         .unwrap();
@@ -223,7 +417,9 @@ fn the_configmaps_config_passes_check_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    assert!(stdout.contains(&format!("{NAMESPACE:?}")), "{stdout}");
 }
 
 /// What the Containerfile's runtime stage promises: lasti runs as an
@@ -301,14 +497,4 @@ fn lasti_runs_as_an_arbitrary_uid_in_group_zero() {
     let _ = child.wait();
     assert_eq!(ready, 200, "ready with a group-writable data directory");
     assert!(data.join("index.redb").exists());
-}
-
-fn which(tool: &str) -> String {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let path = Path::new(dir).join(tool);
-        if path.exists() {
-            return path.display().to_string();
-        }
-    }
-    format!("/usr/local/bin/{tool}")
 }

@@ -234,7 +234,7 @@ async fn the_dashboard_and_the_alerts_use_only_exported_metrics() {
     assert!(used.len() >= 15, "{used:?}");
     let rules = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/deploy/base/prometheusrule.yaml"
+        "/deploy/monitoring/prometheusrule.yaml"
     ))
     .unwrap();
     let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rules).unwrap();
