@@ -131,6 +131,19 @@ pub enum Error {
     /// The local disk or metadata store failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// Another process holds the data directory: lasti refuses to start
+    /// rather than share (or clean) another's files.
+    #[error(
+        "data directory {} is in use by another lasti process{}; stop it, or give this one its own --data-dir",
+        dir.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    DataDirInUse {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The holder's process id, as it wrote it in the lock file.
+        pid: Option<u32>,
+    },
 }
 
 impl Error {
@@ -160,7 +173,7 @@ impl Error {
             | UpstreamTimeout { .. }
             | UpstreamInvalid { .. }
             | ReferrersUnavailable { .. } => Origin::Upstream,
-            Storage(_) => Origin::Internal,
+            Storage(_) | DataDirInUse { .. } => Origin::Internal,
         }
     }
 
@@ -194,7 +207,7 @@ impl Error {
             UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamInvalid { .. } => {
                 ErrorCode::Unavailable
             }
-            Storage(_) => ErrorCode::Unknown,
+            Storage(_) | DataDirInUse { .. } => ErrorCode::Unknown,
         }
     }
 
@@ -236,6 +249,7 @@ impl Error {
             UpstreamInvalid { .. } => "upstream_invalid",
             ReferrersUnavailable { .. } => "referrers_unavailable",
             Storage(_) => "storage",
+            DataDirInUse { .. } => "data_dir_in_use",
         }
     }
 
