@@ -185,6 +185,19 @@ impl Error {
         )
     }
 
+    /// The upstream that failed us, for the faults an operator should see
+    /// as warnings: out of reach, too slow, broken answers, rate limits.
+    /// `None` for answers that are normal traffic (unknown names, denials).
+    pub fn faulty_upstream(&self) -> Option<&str> {
+        match self {
+            Error::UpstreamUnavailable { upstream, .. }
+            | Error::UpstreamTimeout { upstream, .. }
+            | Error::UpstreamInvalid { upstream, .. }
+            | Error::UpstreamTooManyRequests { upstream, .. } => Some(upstream),
+            _ => None,
+        }
+    }
+
     /// The OCI error code sent to the client.
     pub fn code(&self) -> ErrorCode {
         use Error::*;
@@ -337,5 +350,20 @@ mod tests {
         }
         .is_retryable());
         assert!(!Error::ManifestUnknown.is_retryable());
+    }
+
+    #[test]
+    fn an_upstream_out_of_reach_is_a_fault_an_unknown_name_is_not() {
+        let down = Error::UpstreamUnavailable {
+            upstream: "docker.io".into(),
+            message: "connection refused".into(),
+        };
+        assert_eq!(down.faulty_upstream(), Some("docker.io"));
+        assert_eq!(Error::ManifestUnknown.faulty_upstream(), None);
+        let denied = Error::UpstreamDenied {
+            upstream: "docker.io".into(),
+            message: "no".into(),
+        };
+        assert_eq!(denied.faulty_upstream(), None);
     }
 }
