@@ -9,16 +9,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::secret::Secret;
 
 mod access;
+mod render;
 mod target;
 mod upstream;
 mod warm;
 pub use access::{AccessConfig, AccessMode, TlsConfig};
+pub use render::REDACTED;
 pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
 pub use upstream::{TagRule, UpstreamConfig};
 pub use warm::WarmConfig;
@@ -35,7 +37,7 @@ pub const DOCKER_HUB_NAME: &str = "docker.io";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
 
 /// The whole configuration of one lasti process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address of the registry API listener.
@@ -86,7 +88,7 @@ impl Default for Config {
 }
 
 /// How logs are written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` (default) or `json` (one object per line, for log collectors).
@@ -105,7 +107,7 @@ impl Default for LogConfig {
 }
 
 /// The log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Readable lines for a terminal.
@@ -115,18 +117,22 @@ pub enum LogFormat {
 }
 
 /// Limits of the on-disk and in-memory cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Disk quota for cached blobs and manifests, in the space their files
     /// take (allocated blocks); least recently used blobs are evicted past it.
+    #[serde(serialize_with = "render::size")]
     pub max_size: ByteSize,
     /// Memory kept for hot manifests, served without touching the disk.
+    #[serde(serialize_with = "render::size")]
     pub manifest_memory: ByteSize,
     /// Largest manifest accepted from an upstream; larger ones are refused, not stored.
+    #[serde(serialize_with = "render::size")]
     pub max_manifest_size: ByteSize,
     /// Largest blob accepted from an upstream: one announced larger is
     /// refused, and one without a length is cut off (an endless body).
+    #[serde(serialize_with = "render::size")]
     pub max_blob_size: ByteSize,
 }
 
@@ -164,11 +170,12 @@ pub struct Overrides {
     pub target_username: Option<String>,
 }
 
-/// Why a configuration was refused.
+/// Why a configuration was refused. A message names the file or key; the
+/// cause, if any, is its `source`, so a printed chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -176,7 +183,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or has unknown keys.
-    #[error("invalid config {path}: {source}")]
+    #[error("invalid config {path}")]
     Parse {
         /// The file.
         path: PathBuf,
