@@ -33,8 +33,12 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 /// The name clients and containerd's `ns=` use for Docker Hub.
 pub const DOCKER_HUB_NAME: &str = "docker.io";
-/// Where the admin listener (back-fill status, later metrics and health) listens.
-pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+/// Where the admin listener (health, metrics, back-fill and warm status)
+/// listens: beside the API port. Not 9090, Prometheus's own port (and
+/// 9091-9100 its pushgateway, alertmanager and exporters), which is taken
+/// on any machine that runs Prometheus; not 5001, which kind's local
+/// registry and distribution's debug listener use.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:5002";
 
 /// The whole configuration of one lasti process.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -352,6 +356,19 @@ mod tests {
         );
         assert!(config.upstreams[0].uses_library_prefix());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_admin_port_stays_clear_of_prometheus_and_the_api() {
+        let config = Config::default();
+        let admin = config.admin_listen.unwrap().port();
+        assert_ne!(admin, config.listen.port());
+        assert!(!(9090..=9100).contains(&admin), "{admin}");
+        let example = Config::from_toml(include_str!("../../config/lasti.toml")).unwrap();
+        assert_eq!(
+            example.admin_listen, config.admin_listen,
+            "the example shows the default"
+        );
     }
 
     #[test]
