@@ -131,6 +131,19 @@ pub enum Error {
     /// The local disk or metadata store failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// Another process holds the data directory: lasti refuses to start
+    /// rather than share (or clean) another's files.
+    #[error(
+        "data directory {} is in use by another lasti process{}; stop it, or give this one its own --data-dir",
+        dir.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    DataDirInUse {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The holder's process id, as it wrote it in the lock file.
+        pid: Option<u32>,
+    },
 }
 
 impl Error {
@@ -160,7 +173,7 @@ impl Error {
             | UpstreamTimeout { .. }
             | UpstreamInvalid { .. }
             | ReferrersUnavailable { .. } => Origin::Upstream,
-            Storage(_) => Origin::Internal,
+            Storage(_) | DataDirInUse { .. } => Origin::Internal,
         }
     }
 
@@ -170,6 +183,19 @@ impl Error {
             self,
             Error::UpstreamUnavailable { .. } | Error::UpstreamTimeout { .. }
         )
+    }
+
+    /// The upstream that failed us, for the faults an operator should see
+    /// as warnings: out of reach, too slow, broken answers, rate limits.
+    /// `None` for answers that are normal traffic (unknown names, denials).
+    pub fn faulty_upstream(&self) -> Option<&str> {
+        match self {
+            Error::UpstreamUnavailable { upstream, .. }
+            | Error::UpstreamTimeout { upstream, .. }
+            | Error::UpstreamInvalid { upstream, .. }
+            | Error::UpstreamTooManyRequests { upstream, .. } => Some(upstream),
+            _ => None,
+        }
     }
 
     /// The OCI error code sent to the client.
@@ -194,7 +220,7 @@ impl Error {
             UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamInvalid { .. } => {
                 ErrorCode::Unavailable
             }
-            Storage(_) => ErrorCode::Unknown,
+            Storage(_) | DataDirInUse { .. } => ErrorCode::Unknown,
         }
     }
 
@@ -236,6 +262,7 @@ impl Error {
             UpstreamInvalid { .. } => "upstream_invalid",
             ReferrersUnavailable { .. } => "referrers_unavailable",
             Storage(_) => "storage",
+            DataDirInUse { .. } => "data_dir_in_use",
         }
     }
 
@@ -323,5 +350,20 @@ mod tests {
         }
         .is_retryable());
         assert!(!Error::ManifestUnknown.is_retryable());
+    }
+
+    #[test]
+    fn an_upstream_out_of_reach_is_a_fault_an_unknown_name_is_not() {
+        let down = Error::UpstreamUnavailable {
+            upstream: "docker.io".into(),
+            message: "connection refused".into(),
+        };
+        assert_eq!(down.faulty_upstream(), Some("docker.io"));
+        assert_eq!(Error::ManifestUnknown.faulty_upstream(), None);
+        let denied = Error::UpstreamDenied {
+            upstream: "docker.io".into(),
+            message: "no".into(),
+        };
+        assert_eq!(denied.faulty_upstream(), None);
     }
 }

@@ -1,8 +1,14 @@
 //! The `lasti` command: parse flags, load the configuration, start logging,
 //! run the server until SIGTERM or Ctrl-C.
+//!
+//! A failure is a user's to act on (a port taken, a directory in use, a bad
+//! key), so it is printed as one line, its causes each once, and never as
+//! a backtrace: `RUST_BACKTRACE=1` is for panics.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -79,8 +85,35 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each said once: a cause whose
+/// text its parent already holds (a library that prints its source in its
+/// own message) is left out.
+fn chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let overrides = Overrides {
         listen: cli.listen,
         data_dir: cli.data_dir,
@@ -94,11 +127,7 @@ fn main() -> anyhow::Result<()> {
     };
     let config = Config::load(cli.config.as_deref(), overrides)?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            println!("{config:#?}");
-            println!("configuration is valid");
-            Ok(())
-        }
+        Command::CheckConfig => check_config(&config),
         Command::Serve => serve(config),
         Command::Warm {
             images,
@@ -123,6 +152,27 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Prints the effective configuration as a config file. A reader that
+/// stops early (`| head`) is not an error.
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let text = config
+        .to_toml()
+        .context("cannot write the configuration as TOML")?;
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(
+        out,
+        "# The configuration is valid. Effective values follow; secrets show as {}.\n\n{text}",
+        lasti::config::REDACTED
+    )
+    .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -141,14 +191,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listeners = lasti::server::Listeners::bind(&config)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} / {:?}",
-                    config.listen, config.admin_listen
-                )
-            })?;
+        let listeners = lasti::server::Listeners::bind(&config).await?;
         lasti::server::run(listeners, config, shutdown_signal()).await?;
         Ok(())
     })

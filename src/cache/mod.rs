@@ -4,6 +4,7 @@
 //! This module knows nothing of HTTP: callers ask for a digest and get a
 //! stored file, a fill to follow, or a fill to feed.
 
+mod dir_lock;
 pub mod fill;
 mod fill_error;
 pub mod index;
@@ -30,6 +31,7 @@ use crate::config::CacheConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
+use dir_lock::DirLock;
 use fill::{Fill, FillWriter, Subscription};
 pub use fill_error::FillError;
 use index::{Index, TagRecord};
@@ -171,8 +173,8 @@ struct Inner {
 }
 
 impl Cache {
-    /// Opens the cache in `data_dir`: cleans temporary files and opens the
-    /// index; the blob files are indexed in the background.
+    /// Opens the cache in `data_dir`: locks it (one process per
+    /// directory), cleans temporary files and opens the index; the blob files are indexed in the background.
     pub async fn open(
         data_dir: &Path,
         config: &CacheConfig,
@@ -193,7 +195,11 @@ impl Cache {
         config: &CacheConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Cache> {
-        let store = BlobStore::open(data_dir).map_err(|e| Error::storage("open blob store", e))?;
+        // The lock comes first: the store cleans tmp/, which would delete
+        // another process's fills in progress.
+        let lock = DirLock::acquire(data_dir)?;
+        let store =
+            BlobStore::open(data_dir, lock).map_err(|e| Error::storage("open blob store", e))?;
         let index = Index::open(&data_dir.join("index.redb"))?;
         let manifests = moka::sync::Cache::builder()
             .max_capacity(config.manifest_memory.as_u64())

@@ -4,6 +4,7 @@
 //! <data>/blobs/sha256/ab/ab12...   one file per verified blob or manifest
 //! <data>/tmp/<random>.part         fills in progress; removed on drop and on start
 //! <data>/index.redb                tags and manifest media types (see `index`)
+//! <data>/lock                      held by the one process using the directory
 //! ```
 //! Paths are built only from a parsed [`Digest`] (validated lowercase hex), so
 //! nothing a client sends ever becomes a path. A file is renamed into
@@ -18,6 +19,7 @@ use std::time::SystemTime;
 
 use rand::Rng;
 
+use super::dir_lock::DirLock;
 use crate::oci::{Algorithm, Digest};
 
 /// One cached object found on disk at start.
@@ -45,14 +47,18 @@ pub fn charge(meta: &fs::Metadata) -> u64 {
 pub struct BlobStore {
     blobs: PathBuf,
     tmp: PathBuf,
+    /// Held as long as the store: the directory is this process's alone.
+    _lock: DirLock,
 }
 
 impl BlobStore {
-    /// Creates the tree if needed and removes temporary files a crash left behind.
-    pub fn open(data_dir: &Path) -> io::Result<BlobStore> {
+    /// Creates the tree if needed and removes temporary files a crash left
+    /// behind; only with the directory's lock, so never another process's.
+    pub fn open(data_dir: &Path, lock: DirLock) -> io::Result<BlobStore> {
         let store = BlobStore {
             blobs: data_dir.join("blobs"),
             tmp: data_dir.join("tmp"),
+            _lock: lock,
         };
         fs::create_dir_all(&store.blobs)?;
         fs::create_dir_all(&store.tmp)?;
@@ -218,10 +224,14 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    fn open(dir: &Path) -> BlobStore {
+        BlobStore::open(dir, DirLock::acquire(dir).unwrap()).unwrap()
+    }
+
     #[test]
     fn commit_places_the_file_under_its_digest() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let temp = store.temp().unwrap();
         temp.file().write_all(b"hello").unwrap();
         let digest = Digest::sha256_of(b"hello");
@@ -240,14 +250,15 @@ mod tests {
     #[test]
     fn dropped_temp_files_vanish_and_leftovers_are_cleaned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let temp = store.temp().unwrap();
         let path = temp.path().to_path_buf();
         drop(temp);
         assert!(!path.exists());
+        drop(store);
 
         fs::write(dir.path().join("tmp/crashed.part"), b"half").unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(store.scan().unwrap().is_empty());
     }
@@ -255,7 +266,7 @@ mod tests {
     #[test]
     fn foreign_files_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         fs::create_dir_all(dir.path().join("blobs/sha256/zz")).unwrap();
         fs::write(dir.path().join("blobs/sha256/zz/not-a-digest"), b"x").unwrap();
         assert!(store.scan().unwrap().is_empty());

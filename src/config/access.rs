@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::ConfigError;
 
 /// Who may pull, and how many requests a client may make.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessConfig {
     /// `anonymous` (anyone may pull) or `authenticated` (every registry
@@ -92,7 +92,7 @@ impl Default for AccessConfig {
 }
 
 /// Whether clients must authenticate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessMode {
     /// Anyone may pull (`registry-viewer` for `system:anonymous`).
@@ -102,7 +102,7 @@ pub enum AccessMode {
 }
 
 /// Serve the registry API over TLS (HTTP/1.1 and HTTP/2 by ALPN).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain; reloaded when the file changes.

@@ -9,16 +9,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::secret::Secret;
 
 mod access;
+mod render;
 mod target;
 mod upstream;
 mod warm;
 pub use access::{AccessConfig, AccessMode, TlsConfig};
+pub use render::REDACTED;
 pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
 pub use upstream::{TagRule, UpstreamConfig};
 pub use warm::WarmConfig;
@@ -31,11 +33,15 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 /// The name clients and containerd's `ns=` use for Docker Hub.
 pub const DOCKER_HUB_NAME: &str = "docker.io";
-/// Where the admin listener (back-fill status, later metrics and health) listens.
-pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+/// Where the admin listener (health, metrics, back-fill and warm status)
+/// listens: beside the API port. Not 9090, Prometheus's own port (and
+/// 9091-9100 its pushgateway, alertmanager and exporters), which is taken
+/// on any machine that runs Prometheus; not 5001, which kind's local
+/// registry and distribution's debug listener use.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:5002";
 
 /// The whole configuration of one lasti process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address of the registry API listener.
@@ -86,7 +92,7 @@ impl Default for Config {
 }
 
 /// How logs are written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` (default) or `json` (one object per line, for log collectors).
@@ -105,7 +111,7 @@ impl Default for LogConfig {
 }
 
 /// The log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Readable lines for a terminal.
@@ -115,18 +121,22 @@ pub enum LogFormat {
 }
 
 /// Limits of the on-disk and in-memory cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Disk quota for cached blobs and manifests, in the space their files
     /// take (allocated blocks); least recently used blobs are evicted past it.
+    #[serde(serialize_with = "render::size")]
     pub max_size: ByteSize,
     /// Memory kept for hot manifests, served without touching the disk.
+    #[serde(serialize_with = "render::size")]
     pub manifest_memory: ByteSize,
     /// Largest manifest accepted from an upstream; larger ones are refused, not stored.
+    #[serde(serialize_with = "render::size")]
     pub max_manifest_size: ByteSize,
     /// Largest blob accepted from an upstream: one announced larger is
     /// refused, and one without a length is cut off (an endless body).
+    #[serde(serialize_with = "render::size")]
     pub max_blob_size: ByteSize,
 }
 
@@ -164,11 +174,12 @@ pub struct Overrides {
     pub target_username: Option<String>,
 }
 
-/// Why a configuration was refused.
+/// Why a configuration was refused. A message names the file or key; the
+/// cause, if any, is its `source`, so a printed chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -176,7 +187,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or has unknown keys.
-    #[error("invalid config {path}: {source}")]
+    #[error("invalid config {path}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -345,6 +356,19 @@ mod tests {
         );
         assert!(config.upstreams[0].uses_library_prefix());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_admin_port_stays_clear_of_prometheus_and_the_api() {
+        let config = Config::default();
+        let admin = config.admin_listen.unwrap().port();
+        assert_ne!(admin, config.listen.port());
+        assert!(!(9090..=9100).contains(&admin), "{admin}");
+        let example = Config::from_toml(include_str!("../../config/lasti.toml")).unwrap();
+        assert_eq!(
+            example.admin_listen, config.admin_listen,
+            "the example shows the default"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::ConfigError;
@@ -18,7 +18,7 @@ pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/servicea
 pub const DEFAULT_MAX_PENDING_JOBS: u64 = 10_000;
 
 /// The back-fill target. Back-fill is off unless `url` and `project` are set.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TargetConfig {
     /// The registry: the in-cluster service
@@ -29,6 +29,10 @@ pub struct TargetConfig {
     /// User name for `docker login`-style auth; OpenShift ignores it.
     pub username: String,
     /// Token, inline. Prefer `token_env`, `token_file`, or the pod's service account.
+    #[serde(
+        serialize_with = "super::render::secret",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub token: Option<Secret>,
     /// Environment variable holding the token.
     pub token_env: Option<String>,
@@ -52,8 +56,10 @@ pub struct TargetConfig {
     /// down for long cannot fill the disk with jobs.
     pub max_pending_jobs: u64,
     /// Blobs up to this size are uploaded in one `PUT`; larger ones in chunks.
+    #[serde(serialize_with = "super::render::size")]
     pub monolithic_limit: ByteSize,
     /// Size of each `PATCH` of a chunked upload.
+    #[serde(serialize_with = "super::render::size")]
     pub chunk_size: ByteSize,
     /// Longest wait between retries of a failing job.
     #[serde(with = "humantime_serde")]
@@ -102,7 +108,7 @@ impl Default for TargetConfig {
 }
 
 /// The image stream naming rule (see `backfill::naming`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NamingConfig {
     /// Joins the components of a name: `bitnami/redis` -> `bitnami-redis`.
@@ -128,7 +134,7 @@ impl Default for NamingConfig {
 }
 
 /// When the upstream's name starts an image stream name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamPrefix {
     /// Never (names from different upstreams may then collide and get hash suffixes).

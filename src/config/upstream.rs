@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{ConfigError, DOCKER_HUB_NAME};
 use crate::secret::Secret;
 /// One upstream registry and how to talk to it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Registry host name as clients write it (`docker.io`, `ghcr.io`); used for
@@ -26,6 +26,10 @@ pub struct UpstreamConfig {
     /// User name for Basic auth or for the token realm.
     pub username: Option<String>,
     /// Password or token, inline. Prefer `password_env` or `password_file`.
+    #[serde(
+        serialize_with = "super::render::secret",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub password: Option<Secret>,
     /// Name of an environment variable holding the password.
     pub password_env: Option<String>,
@@ -100,7 +104,7 @@ impl Default for UpstreamConfig {
 }
 
 /// A TTL for the tags whose repository and tag match these glob patterns.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TagRule {
     /// Glob over the repository as stored upstream (`library/*`); default `*`.

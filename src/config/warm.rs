@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 use crate::oci::ImageRef;
 
 /// `[warm]`: empty by default (nothing is pulled unasked).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WarmConfig {
     /// Images as people name them: `centos:7`, `ghcr.io/org/app:v1`,

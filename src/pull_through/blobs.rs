@@ -216,7 +216,10 @@ async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter, metrics:
         }
     }
     if let Some(err) = last_error {
-        tracing::warn!(%digest, error = %err, "blob fetch failed");
+        // Logged here as well as with each waiting request: the fill may
+        // outlive every client that asked for it.
+        let upstream = sources.last().map(|(u, _)| u.name()).unwrap_or_default();
+        tracing::warn!(upstream, %digest, error = %err, "blob fetch failed");
         writer.fail(err);
         return;
     }

@@ -56,11 +56,24 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest pause between `accept` attempts that keep failing.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Why the daemon could not start.
+/// Why the daemon could not start. Each message names the thing at fault;
+/// the cause, if any, is its `source`, not repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A listener's address could not be bound (taken, or not this host's).
+    #[error("cannot listen on {addr} for the {role} ({key})")]
+    Listen {
+        /// The address that failed.
+        addr: SocketAddr,
+        /// The configuration key and flag that set it.
+        key: &'static str,
+        /// What it would have served.
+        role: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The cache could not be opened.
-    #[error("cache: {0}")]
+    #[error("cannot open the cache")]
     Cache(#[from] crate::error::Error),
     /// An upstream's client could not be built (bad CA file, ...).
     #[error("{0}")]
@@ -77,14 +90,39 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses of the configuration.
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let api = TcpListener::bind(config.listen).await?;
+    /// Binds the addresses of the configuration; an error names the one that failed.
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let api = bind(config.listen, "listen, --listen", "registry API").await?;
         let admin = match config.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => {
+                Some(bind(addr, "admin_listen, --admin-listen", "admin endpoints").await?)
+            }
             None => None,
         };
         Ok(Listeners { api, admin })
+    }
+}
+
+async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+    role: &'static str,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr,
+            key,
+            role,
+            source,
+        })
+}
+
+/// A listener's address for the log: the bound one (port 0 resolved).
+fn shown_addr(listener: &TcpListener) -> String {
+    match listener.local_addr() {
+        Ok(addr) => addr.to_string(),
+        Err(e) => format!("unknown ({e})"),
     }
 }
 
@@ -126,9 +164,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    let admin = listeners.admin.as_ref().map_or("off".into(), shown_addr);
     let daemon = build(listeners.admin, &config).await?;
     tracing::info!(
-        addr = ?listeners.api.local_addr().ok(),
+        addr = %shown_addr(&listeners.api),
+        %admin,
         upstream = daemon.shared.app.proxy.upstreams().default_upstream().name(),
         max_open_blobs = daemon.shared.app.budget.size(),
         "lasti listening"

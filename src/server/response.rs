@@ -39,10 +39,13 @@ pub fn base() -> Response<Body> {
 
 /// The OCI error body for any error, with the status and headers it implies.
 pub fn error(err: &Error) -> Response<Body> {
-    match err.origin() {
-        Origin::Internal => tracing::error!(error = %err, "request failed"),
-        Origin::Upstream => tracing::info!(error = %err, "request failed upstream"),
-        Origin::Client => tracing::debug!(error = %err, "bad request"),
+    // The message logged is the body's: clients (skopeo, docker) often
+    // show only the status, so the log is where the reason is found.
+    match (err.origin(), err.faulty_upstream()) {
+        (Origin::Internal, _) => tracing::error!(error = %err, "request failed"),
+        (_, Some(upstream)) => tracing::warn!(upstream, error = %err, "upstream failed"),
+        (Origin::Upstream, None) => tracing::info!(error = %err, "request failed upstream"),
+        (Origin::Client, None) => tracing::debug!(error = %err, "bad request"),
     }
     let message = match err.origin() {
         // Internal details (paths, store errors) stay in the log.

@@ -1,0 +1,255 @@
+//! What a newcomer meets on the first day: mistakes (a data directory in
+//! use, a port taken) answered with one clear line and a non-zero exit,
+//! `check-config` output that is a config file, and an unreachable
+//! upstream that shows up in the log as a warning.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::process::Setup;
+use tempfile::TempDir;
+
+/// Nothing listens here: an upstream that is never asked, or unreachable.
+const NO_UPSTREAM: &str = "http://127.0.0.1:9";
+
+/// Runs `lasti ARGS` to completion (killed after 30 s), with a backtrace
+/// asked for, as many shells have it.
+fn lasti(args: &[&str]) -> Output {
+    Command::new("/usr/bin/timeout")
+        .args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")])
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("LASTI_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lasti")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The error a failed start printed: one short chain, once, no backtrace.
+fn assert_one_clear_error(out: &Output) -> String {
+    let text = stderr(out);
+    assert!(!out.status.success(), "exited 0: {text}");
+    assert_ne!(out.status.code(), Some(137), "killed, not exited: {text}");
+    assert!(!text.contains("Caused by"), "a chain printed twice: {text}");
+    assert!(!text.contains("Backtrace"), "a backtrace: {text}");
+    assert!(!text.contains("Some("), "a Debug dump: {text}");
+    assert!(!text.contains("panicked"), "a panic: {text}");
+    let errors: Vec<_> = text.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {text}");
+    text
+}
+
+fn loopback_ports() -> (String, String) {
+    let (a, b) = (common::free_port(), common::free_port());
+    (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"))
+}
+
+#[test]
+fn a_second_lasti_on_a_data_dir_in_use_leaves_it_alone_and_says_so() {
+    let work = TempDir::new().unwrap();
+    let setup = Setup::write(work.path(), NO_UPSTREAM, "", "");
+    let _first = setup.start();
+    let fill = work.path().join("data/tmp/in-progress.part");
+    std::fs::write(&fill, b"half a layer").unwrap();
+
+    let (api, admin) = loopback_ports();
+    let config = work.path().join("lasti.toml");
+    let out = lasti(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        &api,
+        "--admin-listen",
+        &admin,
+    ]);
+
+    assert!(fill.exists(), "the running lasti's fill was deleted");
+    let text = assert_one_clear_error(&out);
+    let dir = work.path().join("data");
+    assert!(
+        text.contains(&dir.display().to_string()),
+        "names the directory: {text}"
+    );
+    assert!(
+        text.contains("another lasti process"),
+        "says who holds it: {text}"
+    );
+}
+
+#[test]
+fn a_taken_port_names_the_one_address_that_failed() {
+    let work = TempDir::new().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let (api, _) = loopback_ports();
+    let data = work.path().join("data");
+    let out = lasti(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--upstream",
+        &format!("docker.io={NO_UPSTREAM}"),
+        "--listen",
+        &api,
+        "--admin-listen",
+        &taken,
+    ]);
+    let text = assert_one_clear_error(&out);
+    assert!(text.contains(&taken), "names {taken}: {text}");
+    assert!(!text.contains(&api), "names only the failed one: {text}");
+    assert!(text.contains("admin"), "says which listener: {text}");
+}
+
+#[test]
+fn a_bad_config_file_is_one_line_with_its_cause_once() {
+    let work = TempDir::new().unwrap();
+    let path = work.path().join("lasti.toml");
+    std::fs::write(&path, "lisen = \"0.0.0.0:1\"\n").unwrap();
+    let out = lasti(&["--config", path.to_str().unwrap(), "check-config"]);
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("Caused by"), "{text}");
+    assert!(!text.contains("Backtrace"), "{text}");
+    assert_eq!(
+        text.matches("unknown field").count(),
+        1,
+        "cause printed once: {text}"
+    );
+    assert!(text.contains(&path.display().to_string()), "{text}");
+
+    let missing = work.path().join("missing.toml");
+    let out = lasti(&["--config", missing.to_str().unwrap(), "check-config"]);
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("No such file").count(),
+        1,
+        "cause printed once: {text}"
+    );
+}
+
+/// Waits (at most 10 s) until `path` holds `needle`.
+fn wait_for_text(path: &Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged {needle:?}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_start_up_line_shows_plain_addresses() {
+    let work = TempDir::new().unwrap();
+    let (api, admin) = loopback_ports();
+    let log = work.path().join("stderr");
+    let mut child = Command::new("/usr/bin/timeout")
+        .args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")])
+        .args(["--data-dir", work.path().join("data").to_str().unwrap()])
+        .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
+        .args(["--listen", &api, "--admin-listen", &admin])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = wait_for_text(&log, "lasti listening");
+    common::end_wrapped(&mut child);
+    let line = text
+        .lines()
+        .find(|l| l.contains("lasti listening"))
+        .unwrap();
+    assert!(!line.contains("Some("), "{line}");
+    assert!(line.contains(&format!("addr={api}")), "{line}");
+    assert!(line.contains(&format!("admin={admin}")), "{line}");
+}
+
+#[test]
+fn check_config_prints_a_config_file_that_reads_back_the_same() {
+    let work = TempDir::new().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/lasti.toml");
+    let first = lasti(&["--config", example, "check-config"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let printed = String::from_utf8(first.stdout).unwrap();
+    for wanted in ["max_size = \"50 GiB\"", "tag_ttl = \"10m\"", "[[upstream]]"] {
+        assert!(printed.contains(wanted), "no {wanted:?}:\n{printed}");
+    }
+    for unwanted in ["Config {", "Some(", "53.7 GB"] {
+        assert!(!printed.contains(unwanted), "{unwanted:?}:\n{printed}");
+    }
+
+    let path = work.path().join("printed.toml");
+    std::fs::write(&path, &printed).unwrap();
+    let second = lasti(&["--config", path.to_str().unwrap(), "check-config"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(String::from_utf8(second.stdout).unwrap(), printed);
+}
+
+#[test]
+fn check_config_into_a_closed_pipe_exits_cleanly() {
+    // `lasti check-config | head -1`: the reader is gone before lasti writes.
+    let mut child = Command::new("/usr/bin/timeout")
+        .args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")])
+        .arg("check-config")
+        .env_remove("LASTI_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let text = stderr(&out);
+    assert!(out.status.success(), "{:?}: {text}", out.status);
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn an_unreachable_upstream_is_a_warning_with_its_name_and_reason() {
+    let work = TempDir::new().unwrap();
+    let (api, admin) = loopback_ports();
+    let log = work.path().join("stderr");
+    let mut child = Command::new("/usr/bin/timeout")
+        .args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")])
+        .args(["--data-dir", work.path().join("data").to_str().unwrap()])
+        .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
+        .args(["--listen", &api, "--admin-listen", &admin])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = api.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::http_get_status(addr, "/v2/", None).is_err() {
+        assert!(std::time::Instant::now() < deadline, "lasti did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = common::http_get_status(addr, "/v2/library/alpine/manifests/3.20", None);
+    assert_eq!(status.unwrap(), 502);
+    // What the 502 body says: the upstream's name and the reason.
+    let text = wait_for_text(&log, "upstream docker.io unavailable");
+    common::end_wrapped(&mut child);
+    let line = text
+        .lines()
+        .find(|l| l.contains("upstream docker.io unavailable"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("upstream=\"docker.io\""), "{line}");
+    assert!(line.contains("Connection refused"), "the reason: {line}");
+}
