@@ -17,7 +17,7 @@
 //! verification.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
@@ -202,9 +202,20 @@ fn gather(first: Bytes, chunks: &mut mpsc::Receiver<Bytes>) -> Vec<Bytes> {
     batch
 }
 
+/// Writes a batch with as few `writev` calls as the kernel allows.
 fn write_all(file: &File, batch: &[Bytes]) -> std::io::Result<()> {
     let mut file = file;
-    batch.iter().try_for_each(|chunk| file.write_all(chunk))
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|chunk| IoSlice::new(chunk)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn hash(mut hasher: Hasher, batch: &[Bytes]) -> Hasher {
