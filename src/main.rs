@@ -181,7 +181,7 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    lasti::telemetry::init(&config.log);
+    let _log = lasti::telemetry::init(&config.log);
     match lasti::server::open_files::raise_limit() {
         Ok(limit) => tracing::info!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
