@@ -10,12 +10,11 @@ pub async fn run(admin_url: &str, json: bool) -> Result<(), String> {
         return Err(format!("{admin_url}/admin/cache answered {status}"));
     }
     if json {
-        println!("{}", String::from_utf8_lossy(&body));
-        return Ok(());
+        return super::print(&format!("{}\n", String::from_utf8_lossy(&body)));
     }
     let images: Vec<CachedImage> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    println!(
-        "{:<12} {:<40} {:<20} {:<19} {:>10} {:>12} BACKFILLED",
+    let mut table = format!(
+        "{:<12} {:<40} {:<20} {:<19} {:>10} {:>12} BACKFILLED\n",
         "UPSTREAM", "REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST USE"
     );
     let now = crate::cache::index::unix_now();
@@ -41,10 +40,10 @@ pub async fn run(admin_url: &str, json: bool) -> Result<(), String> {
             None => "-",
         };
         let digest: String = image.digest.to_string().chars().take(19).collect();
-        println!(
-            "{:<12} {:<40} {:<20} {:<19} {:>10} {:>12} {}",
+        table.push_str(&format!(
+            "{:<12} {:<40} {:<20} {:<19} {:>10} {:>12} {}\n",
             image.upstream, image.repository, image.tag, digest, size, last_use, backfilled
-        );
+        ));
     }
-    Ok(())
+    super::print(&table)
 }

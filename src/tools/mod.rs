@@ -20,6 +20,19 @@ pub fn client() -> LocalClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// Writes `text` to standard output. A reader that went away (`lasti ls |
+/// head`) is no error: it has all it wanted.
+pub fn print(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to standard output: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `http://host:port` for a listen address; `0.0.0.0` and `::` become loopback.
 pub fn local_url(addr: SocketAddr) -> String {
     let host = match addr.ip() {
