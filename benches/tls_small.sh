@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Small cached blobs over TLS and HTTP/2: lasti against nginx serving the
+# same files, with h2load, in one run. Image configs, small layers and
+# signatures are the most frequent hits; this is their figure.
+#
+# Usage: benches/tls_small.sh   (env: REPEAT=3 CONNS=16 REQUESTS=20000 SIZES="183 4096 65536")
+# Output: one line per size and server, then the ratios (medians of REPEAT):
+#   <size> <server> rps <n> cpu_us_per_req <n>
+# Needs: nginx, nghttp2-client (h2load), openssl, curl (Debian), a release build.
+# lasti runs with its info-level access log on, as in production.
+# Everything listens on 127.0.0.1; the servers started here are stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPEAT=${REPEAT:-3}
+CONNS=${CONNS:-16}
+REQUESTS=${REQUESTS:-20000}
+SIZES=${SIZES:-"183 4096 65536"}
+NGINX_TLS=${NGINX_TLS:-15120}
+NGINX_PLAIN=${NGINX_PLAIN:-15121}
+LASTI_TLS=${LASTI_TLS:-15122}
+
+cargo build --release --bin lasti >&2
+WORK=$(mktemp -d /tmp/lasti-tls-small.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+
+mkdir -p "$WORK/root/v2/bench/small/blobs"
+declare -A DIGEST
+for size in $SIZES; do
+  head -c "$size" /dev/urandom >"$WORK/blob"
+  digest="sha256:$(sha256sum "$WORK/blob" | cut -d' ' -f1)"
+  mv "$WORK/blob" "$WORK/root/v2/bench/small/blobs/$digest"
+  DIGEST[$size]=$digest
+done
+
+# nginx's workers run as another user.
+chmod 755 "$WORK"
+chmod -R a+rX "$WORK/root"
+
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$NGINX_TLS ssl http2;
+    ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem;
+    root $WORK/root;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PLAIN;
+    root $WORK/root;
+    location = /v2/ { return 200 '{}'; }
+  }
+}
+EOF
+nginx -c "$WORK/nginx.conf"
+
+cat >"$WORK/lasti.toml" <<EOF
+listen = "127.0.0.1:$LASTI_TLS"
+admin_listen = "127.0.0.1:0"
+data_dir = "$WORK/data"
+[log]
+filter = "info"
+[tls]
+cert_file = "$WORK/cert.pem"
+key_file = "$WORK/key.pem"
+[[upstream]]
+name = "docker.io"
+url = "http://127.0.0.1:$NGINX_PLAIN"
+EOF
+timeout 3600 target/release/lasti --config "$WORK/lasti.toml" >"$WORK/lasti.log" 2>&1 &
+WRAPPER=$!
+PIDS+=("$WRAPPER")
+for _ in $(seq 100); do curl -kfsS -o /dev/null "https://127.0.0.1:$LASTI_TLS/v2/" && break; sleep 0.1; done
+LASTI_PID=$(pgrep -P "$WRAPPER")
+NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
+
+# CPU time (µs) of a list of PIDs.
+cpu_us() {
+  local total=0 pid ticks
+  for pid in "$@"; do
+    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    total=$((total + ticks))
+  done
+  echo $((total * 1000000 / $(getconf CLK_TCK)))
+}
+
+# h2load's requests/s for a URL, and the CPU the servers used per request.
+measure() { # url pids...
+  local url=$1; shift
+  local before after out rps
+  before=$(cpu_us "$@")
+  out=$(h2load -c "$CONNS" -m 1 -n "$REQUESTS" "$url" 2>&1)
+  after=$(cpu_us "$@")
+  grep -q " 0 failed, 0 errored" <<<"$out" || { echo "h2load reported errors for $url" >&2; echo "$out" >&2; exit 1; }
+  rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
+  echo "$rps $(( (after - before) / REQUESTS ))"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+for size in $SIZES; do
+  path="/v2/bench/small/blobs/${DIGEST[$size]}"
+  curl -kfsS -o /dev/null "https://127.0.0.1:$LASTI_TLS$path"  # the miss; every request after is a hit
+  for server in nginx lasti; do
+    : >"$WORK/rps"; : >"$WORK/cpu"
+    for _ in $(seq "$REPEAT"); do
+      if [ "$server" = nginx ]; then
+        read -r rps cpu < <(measure "https://127.0.0.1:$NGINX_TLS$path" $NGINX_PIDS)
+      else
+        read -r rps cpu < <(measure "https://127.0.0.1:$LASTI_TLS$path" "$LASTI_PID")
+      fi
+      echo "$rps" >>"$WORK/rps"; echo "$cpu" >>"$WORK/cpu"
+    done
+    echo "$size $server rps $(median <"$WORK/rps") cpu_us_per_req $(median <"$WORK/cpu") (runs: $(tr '\n' ' ' <"$WORK/rps"))"
+  done
+done
