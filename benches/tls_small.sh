@@ -56,6 +56,9 @@ http {
   sendfile on;
   tcp_nopush on;
   default_type application/octet-stream;
+  # h2load does not reconnect: no per-connection request limit.
+  keepalive_requests 10000000;
+  http2_max_requests 10000000;
   server {
     listen 127.0.0.1:$NGINX_TLS ssl http2;
     ssl_certificate $WORK/cert.pem;

@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,13 +57,22 @@ async fn closed_by_server(stream: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
     got
 }
 
-/// Descriptors of this process (lasti runs in it) open on `file`.
-fn open_descriptors(file: &Path) -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target == file)
-        .count()
+/// The status of a plain GET of `url`.
+async fn status_of(url: &str) -> u16 {
+    get(url, &[]).await.status.as_u16()
+}
+
+/// Waits until a GET of `url` is answered 200 again: the stalled responses
+/// gave their places in the open-blob budget back.
+async fn until_served(what: &str, url: &str) {
+    let waiting = async {
+        while status_of(url).await != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(SOON, waiting)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {SOON:?}"));
 }
 
 async fn until(what: &str, condition: impl Fn() -> bool) {
@@ -239,20 +247,25 @@ async fn an_h2_connection_without_streams_is_closed() {
 async fn a_zero_window_stream_loses_its_connection_and_file_after_the_send_timeout() {
     within(async {
         let fake = FakeUpstream::start().await;
-        let cfg = config_with(&fake, |c| c.access.send_timeout = SHORT);
+        // The three stalled responses take the whole open-blob budget.
+        let cfg = config_with(&fake, |c| {
+            c.access.send_timeout = SHORT;
+            c.access.max_open_blobs = 3;
+        });
         let lasti = Lasti::start_with(cfg, None).await;
         let (digest, _) = cached_blob(&fake, &lasti, MIB).await;
-        let file = blob_file(lasti.data_dir(), &digest);
+        let url = format!("{}{}", lasti.url(), blob_path(REPO, &digest));
         let (connection, bodies) = zero_window_client(lasti.addr, &digest, 3).await;
-        assert!(
-            open_descriptors(&file) >= 1,
-            "the stalled responses hold the file"
+        assert_eq!(
+            status_of(&url).await,
+            503,
+            "the stalled responses hold the blob"
         );
         until("the stalled connection is closed", || {
             connection.is_finished()
         })
         .await;
-        until("the blob file is closed", || open_descriptors(&file) == 0).await;
+        until_served("the stalled responses let the blob go", &url).await;
         drop(bodies);
         // Others are still served.
         let reply = get(&format!("{}{}", lasti.url(), blob_path(REPO, &digest)), &[]).await;
@@ -265,22 +278,29 @@ async fn a_zero_window_stream_loses_its_connection_and_file_after_the_send_timeo
 async fn an_unread_http1_response_loses_its_connection_and_file_after_the_send_timeout() {
     within(async {
         let fake = FakeUpstream::start().await;
-        let cfg = config_with(&fake, |c| c.access.send_timeout = SHORT);
+        // The unread response takes the whole open-blob budget.
+        let cfg = config_with(&fake, |c| {
+            c.access.send_timeout = SHORT;
+            c.access.max_open_blobs = 1;
+        });
         let lasti = Lasti::start_with(cfg, None).await;
         // Larger than what loopback socket buffers absorb.
         let (digest, _) = cached_blob(&fake, &lasti, 48 * MIB).await;
-        let file = blob_file(lasti.data_dir(), &digest);
+        let url = format!("{}{}", lasti.url(), blob_path(REPO, &digest));
         let mut client = TcpStream::connect(lasti.addr).await.unwrap();
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
             blob_path(REPO, &digest)
         );
         client.write_all(request.as_bytes()).await.unwrap();
-        until("the response holds the file", || {
-            open_descriptors(&file) >= 1
-        })
-        .await;
-        until("the blob file is closed", || open_descriptors(&file) == 0).await;
+        // Answered at once while the unread response holds its place
+        // (a 503), then, after the send timeout, served again.
+        assert_eq!(
+            status_of(&url).await,
+            503,
+            "the unread response holds the blob"
+        );
+        until_served("the unread response let the blob go", &url).await;
         let mut got = Vec::new();
         tokio::time::timeout(SOON, client.read_to_end(&mut got))
             .await
@@ -308,10 +328,7 @@ async fn past_the_open_file_budget_a_blob_gets_503_with_retry_after() {
         assert_eq!(head.status, 200, "a HEAD opens no file and is not refused");
         drop(bodies);
         connection.abort();
-        until("the budget is free again", || {
-            open_descriptors(&blob_file(lasti.data_dir(), &digest)) == 0
-        })
-        .await;
+        until_served("the budget is free again", &url).await;
         let reply = get(&url, &[]).await;
         assert_eq!(reply.status, 200);
         assert!(reply.body == blob, "the whole blob");
