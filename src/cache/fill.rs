@@ -231,7 +231,7 @@ impl FillWriter {
         let closed = FillError::WriterStopped("fill already closed");
         let sink = self.sink.as_mut().ok_or(closed)?;
         if sink.send(chunk).await.is_err() {
-            let output = self.sink.take().expect("sink present").finish().await;
+            let output = self.sink.take().expect("sink present").finish().await?;
             return Err(output
                 .error
                 .unwrap_or(FillError::WriterStopped("the sink ended")));
@@ -252,7 +252,7 @@ impl FillWriter {
             .take()
             .ok_or(FillError::WriterStopped("fill already closed"))?
             .finish()
-            .await;
+            .await?;
         if let Some(error) = output.error {
             return Err(error);
         }

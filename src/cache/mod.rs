@@ -86,11 +86,29 @@ impl Inner {
     /// Syncs a verified temporary file, renames it into place and records
     /// it, the last two under the placement lock. Blocks.
     fn store_blob(&self, temp: TempBlob, digest: &Digest) -> std::io::Result<()> {
+        self.store_object(temp, digest, None)
+    }
+
+    /// [`Inner::store_blob`] for a manifest: its media type is recorded in
+    /// the same critical section, so an eviction of the same digest cannot
+    /// delete the new row. Blocks.
+    fn store_object(
+        &self,
+        temp: TempBlob,
+        digest: &Digest,
+        manifest_type: Option<&str>,
+    ) -> std::io::Result<()> {
         let charge = temp.sync()?;
         {
             let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(media_type) = manifest_type {
+                self.index
+                    .put_manifest_type(digest, media_type)
+                    .map_err(std::io::Error::other)?;
+            }
             self.store.place(temp, digest)?;
             self.usage.insert(digest.clone(), charge, SystemTime::now());
+            self.open_blobs.forget(digest);
         }
         if self.usage.over_quota() {
             self.evictor.notify_one();
@@ -133,6 +151,8 @@ impl Inner {
             }
         }
         self.metrics.evicted(removed.len());
+        let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+        removed.retain(|digest| !self.usage.contains(digest));
         if let Err(e) = self.index.remove_manifest_types(&removed) {
             tracing::warn!(error = %e, "cannot forget the media types of evicted manifests");
         }
@@ -233,6 +253,22 @@ impl Cache {
         &self.inner.windows
     }
 
+    /// Marks a blob used without reading it (a manifest served from memory,
+    /// a tag answered from its record), so eviction sees it as hot; its
+    /// file's modification time is refreshed when stale.
+    pub fn touch(&self, digest: &Digest) {
+        let Some((_lease, persist)) = self.inner.usage.lease(digest) else {
+            return;
+        };
+        if persist {
+            let path = self.inner.store.path(digest);
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::options().append(true).open(path)?;
+                file.set_modified(SystemTime::now())
+            });
+        }
+    }
+
     /// Whether every blob file found at start is indexed.
     pub fn indexed(&self) -> bool {
         self.inner.indexed.load(Ordering::Acquire)
@@ -322,7 +358,12 @@ impl Cache {
                 manifest_type: inner.manifest_type(&d),
                 content,
             });
-            inner.open_blobs.insert(d, Arc::clone(&open));
+            // Kept only while stored: an eviction since the lease may have
+            // forgotten it already.
+            let _placing = inner.placing.lock().unwrap_or_else(|p| p.into_inner());
+            if inner.usage.contains(&d) {
+                inner.open_blobs.insert(d, Arc::clone(&open));
+            }
             Ok::<_, std::io::Error>(Some(open))
         })
         .await
@@ -397,6 +438,7 @@ impl Cache {
     /// A stored manifest by digest, from memory or disk.
     pub async fn manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>> {
         if let Some(m) = self.inner.manifests.get(digest) {
+            self.touch(digest);
             return Ok(Some(m));
         }
         let Some(blob) = self.stored_blob(digest).await? else {
@@ -442,7 +484,6 @@ impl Cache {
         let inner = Arc::clone(&self.inner);
         let m = Arc::clone(&manifest);
         tokio::task::spawn_blocking(move || {
-            inner.index.put_manifest_type(&m.digest, &m.media_type)?;
             let temp = inner
                 .store
                 .temp()
@@ -451,7 +492,7 @@ impl Cache {
                 .write_all(&m.bytes)
                 .map_err(|e| Error::storage("write manifest", e))?;
             inner
-                .store_blob(temp, &m.digest)
+                .store_object(temp, &m.digest, Some(&m.media_type))
                 .map_err(|e| Error::storage("commit manifest", e))?;
             inner
                 .manifest_types
@@ -678,6 +719,35 @@ mod tests {
         cache.inner.remove_victims(vec![large.clone()]);
         assert!(cache.inner.open_blobs.get(&large).is_none());
         assert!(cache.stored_blob(&large).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_manifest_served_from_memory_stays_hot() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for three block-sized objects.
+        let cache = open(dir.path(), 3 * 4096 + 100).await;
+        let bytes = Bytes::from_static(b"{\"schemaVersion\":2,\"hot\":true}");
+        let manifest = Arc::new(Manifest {
+            digest: Digest::sha256_of(&bytes),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            bytes,
+        });
+        let m = manifest.digest.clone();
+        cache.put_manifest(manifest).await.unwrap();
+        let a = fill(&cache, b"a").await;
+        let _b = fill(&cache, b"b").await;
+        // Served from memory: it must count as used.
+        assert!(cache.manifest(&m).await.unwrap().is_some());
+        let _c = fill(&cache, b"c").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cache.inner.store.path(&a).exists() {
+            assert!(std::time::Instant::now() < deadline, "never evicted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            cache.inner.store.path(&m).exists(),
+            "the least recently used blob went, not the hot manifest"
+        );
     }
 
     #[test]

@@ -75,10 +75,14 @@ impl Handle {
         self.queue.send(chunk).await.map_err(drop)
     }
 
-    /// Closes the queue and waits for the sink to write and hash what it holds.
-    pub async fn finish(self) -> Output {
+    /// Closes the queue and waits for the sink to write and hash what it
+    /// holds; fails when the sink's task ended without an answer (it
+    /// panicked, or the runtime is shutting down).
+    pub async fn finish(self) -> Result<Output, FillError> {
         drop(self.queue);
-        self.task.await.expect("fill sink panicked")
+        self.task
+            .await
+            .map_err(|_| FillError::WriterStopped("the fill's sink task ended"))
     }
 }
 

@@ -79,8 +79,26 @@ impl BlobStore {
                 continue;
             };
             for prefix in prefixes {
-                for entry in fs::read_dir(prefix?.path())? {
-                    let entry = entry?;
+                let entries = match prefix.and_then(|p| fs::read_dir(p.path())) {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "skipping an unreadable directory of the blob store");
+                        continue;
+                    }
+                };
+                for entry in entries {
+                    // One unreadable entry costs that blob, not the index.
+                    let found_one = entry.and_then(|entry| {
+                        let meta = entry.metadata()?;
+                        Ok((entry, meta))
+                    });
+                    let (entry, meta) = match found_one {
+                        Ok(found_one) => found_one,
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "skipping an unreadable blob file");
+                            continue;
+                        }
+                    };
                     let name = entry.file_name();
                     let parsed = name.to_str().and_then(|hex| {
                         Digest::parse(&format!("{}:{hex}", algorithm.as_str())).ok()
@@ -89,7 +107,6 @@ impl BlobStore {
                         tracing::warn!(file = %entry.path().display(), "ignoring a foreign file in the blob store");
                         continue;
                     };
-                    let meta = entry.metadata()?;
                     found.push(StoredBlob {
                         digest,
                         size: meta.len(),

@@ -6,7 +6,8 @@
 //! survives restarts without a second record that could disagree with the disk.
 //!
 //! Each blob is charged the space it takes on disk (its allocated blocks:
-//! a 1 KiB blob takes a 4 KiB block), so the quota bounds what `du` shows.
+//! a 1 KiB blob takes a 4 KiB block), so the quota bounds what `du` shows
+//! for `blobs/` (fills in progress and the index come on top).
 //!
 //! A blob being read holds a [`Lease`]; eviction never picks a leased blob.
 //! A lease is a clone of its entry's token, so it counts for exactly the
