@@ -216,6 +216,34 @@ async fn an_idle_keepalive_connection_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_connection_waits_keepalive_timeout_not_header_read_timeout() {
+    within(async {
+        let fake = FakeUpstream::start().await;
+        let cfg = config_with(&fake, |c| {
+            c.access.header_read_timeout = SHORT;
+            c.access.keepalive_timeout = LONG;
+        });
+        let lasti = Lasti::start_with(cfg, None).await;
+        let mut client = TcpStream::connect(lasti.addr).await.unwrap();
+        let request = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
+        for _ in 0..2 {
+            client.write_all(request).await.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(SOON, client.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            let said = String::from_utf8_lossy(&buf[..n]);
+            assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+            // Idle for three times header_read_timeout, well within
+            // keepalive_timeout: the connection must still be there.
+            tokio::time::sleep(SHORT * 3).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_connection_without_streams_is_closed() {
     within(async {
         let fake = FakeUpstream::start().await;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use http_body_util::BodyExt;
 
-use super::{Outcome, Proxy};
+use super::{Backfiller, Outcome, Proxy};
 use crate::cache::fill::{FillWriter, Subscription};
 use crate::cache::reader::BlobReader;
 use crate::cache::{BlobLookup, FillError, StoredBlob};
@@ -64,10 +64,14 @@ impl Proxy {
                         return Err(err);
                     }
                 };
-                let sources = self.sources(upstream, repo).await;
+                // The fill task owns the writer from here on, so a client
+                // leaving cannot fail the fill for the others.
+                let backfill = self.backfill.clone();
+                let (upstream, repo) = (Arc::clone(upstream), repo.clone());
                 let metrics = Arc::clone(self.cache.metrics());
                 let digest = digest.clone();
                 tokio::spawn(async move {
+                    let sources = sources_of(backfill.as_ref(), &upstream, &repo).await;
                     fill(sources, digest, *writer, metrics).await;
                     drop(permit);
                 });
@@ -177,15 +181,24 @@ impl Proxy {
     /// The project first (when reading through it is on and back-fill has
     /// named this repository there), then the upstream.
     pub(super) async fn sources(&self, upstream: &Arc<Upstream>, repo: &RepoName) -> Sources {
-        let mut sources = Vec::with_capacity(2);
-        if let Some(backfill) = &self.backfill {
-            if let Some(target_repo) = backfill.read_through_repo(upstream.name(), repo).await {
-                sources.push((Arc::clone(backfill.target()), target_repo));
-            }
-        }
-        sources.push((Arc::clone(upstream), repo.clone()));
-        sources
+        sources_of(self.backfill.as_ref(), upstream, repo).await
     }
+}
+
+/// The project first (when reading through it is on), then the upstream.
+async fn sources_of(
+    backfill: Option<&Arc<dyn Backfiller>>,
+    upstream: &Arc<Upstream>,
+    repo: &RepoName,
+) -> Sources {
+    let mut sources = Vec::with_capacity(2);
+    if let Some(backfill) = backfill {
+        if let Some(target_repo) = backfill.read_through_repo(upstream.name(), repo).await {
+            sources.push((Arc::clone(backfill.target()), target_repo));
+        }
+    }
+    sources.push((Arc::clone(upstream), repo.clone()));
+    sources
 }
 
 /// Feeds a fill from its sources, resuming after a broken body (from the

@@ -296,6 +296,8 @@ impl Proxy {
         outcome: Outcome,
     ) -> Result<ManifestAnswer> {
         if head {
+            // A HEAD is a use too: keep the manifest from looking cold.
+            self.cache.touch(&record.digest);
             return Ok(ManifestAnswer::Head {
                 digest: record.digest,
                 media_type: record.media_type,

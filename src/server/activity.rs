@@ -3,9 +3,13 @@
 //! response being sent, since when it has waited for the client to take
 //! its next bytes.
 //!
-//! hyper has no idle timeout (its `header_read_timeout` starts only at a
-//! request's first byte) and cannot tell a response stuck behind a zero
-//! HTTP/2 window from one waiting for its upstream. So each request holds an
+//! hyper has no idle timeout before a connection's first byte (its
+//! `header_read_timeout`, given the longer of lasti's two limits, starts at
+//! a request's first byte or when a keep-alive connection goes idle), and
+//! cannot tell a response stuck behind a zero HTTP/2 window from one
+//! waiting for its upstream. The watchdog counts from accept to the first
+//! request head (`header_read_timeout`) and from each response to the next
+//! head (`keepalive_timeout`). So each request holds an
 //! [`InFlight`] guard until its response body is dropped, and each body is
 //! wrapped in a [`WatchedBody`] whose clock runs only while the body has
 //! handed out a piece and nobody has come back for the next one. The

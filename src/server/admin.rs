@@ -35,6 +35,9 @@ use crate::warmer::Warmer;
 /// The largest `POST /admin/warm` body read.
 const MAX_WARM_REQUEST: usize = 64 * 1024;
 
+/// Pause after a failing `accept` on the admin listener.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
@@ -44,8 +47,14 @@ pub async fn serve(
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tracing::warn!(error = %e, "admin listener: accept failed");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
         };
         let (proxy, warmer, backfill) = (Arc::clone(&proxy), Arc::clone(&warmer), backfill.clone());
         let service = service_fn(move |request| {

@@ -244,7 +244,10 @@ fn http_builder(access: &AccessConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(access.header_read_timeout)
+        // hyper's timer also runs while a keep-alive connection waits for
+        // its next request; the watchdog (`activity`) enforces both limits,
+        // so hyper's must not cut the idle wait short of keepalive_timeout.
+        .header_read_timeout(access.header_read_timeout.max(access.keepalive_timeout))
         .max_buf_size(access.max_header_bytes);
     builder
         .http2()

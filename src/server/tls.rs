@@ -36,7 +36,6 @@ impl std::fmt::Debug for ReloadingAcceptor {
 }
 
 impl ReloadingAcceptor {
-    /// Loads the certificate and key; fails when they do not make a valid pair.
     /// Loads the certificate and key and starts watching the certificate
     /// file; fails when they do not make a valid pair.
     pub fn new(cert: PathBuf, key: PathBuf) -> Result<Arc<ReloadingAcceptor>, String> {
@@ -78,12 +77,10 @@ impl ReloadingAcceptor {
                     modified: now,
                 };
             }
+            // Tried again at the next check: the key may be written after
+            // the certificate.
             Err(e) => {
-                tracing::error!(error = %e, "new TLS certificate rejected; keeping the old one");
-                self.state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .modified = now;
+                tracing::error!(error = %e, "new TLS certificate rejected; keeping the old one")
             }
         }
     }
