@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::lasti::{config, Lasti};
 use common::oci_layout::{BuiltImage, BuiltIndex, ImageSpec, Layout};
@@ -46,23 +46,6 @@ fn with_target(mut cfg: Config, target_url: &str) -> Config {
     cfg.target.token = Some(Secret::new(TOKEN.into()));
     cfg.target.max_backoff = Duration::from_secs(2);
     cfg
-}
-
-/// Polls `/admin/backfill` until `ready` holds, at most `limit`.
-async fn wait_status(admin: &str, limit: Duration, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let reply = common::http::get(&format!("{admin}/admin/backfill"), &[]).await;
-        let status: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-        if ready(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "back-fill status never got there: {status:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn count(status: &Value, list: &str) -> usize {
@@ -116,10 +99,9 @@ async fn a_pulled_image_lands_in_the_project_with_identical_digests() {
     skopeo::pull_to_dir(&src, &work.path().join("pulled"), false)
         .await
         .unwrap();
-    let status = wait_status(&lasti.admin_url(), Duration::from_secs(30), |s| {
-        count(s, "recent") == 1
-    })
-    .await;
+    let status = lasti
+        .backfill_status_when(Duration::from_secs(30), |s| count(s, "recent") == 1)
+        .await;
     assert_eq!(status["recent"][0]["target_repo"], "proj/centos");
     assert_eq!(count(&status, "failed"), 0);
 
@@ -137,7 +119,9 @@ async fn a_pulled_image_lands_in_the_project_with_identical_digests() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = wait_status(&lasti.admin_url(), Duration::from_secs(5), |_| true).await;
+    let status = lasti
+        .backfill_status_when(Duration::from_secs(5), |_| true)
+        .await;
     assert_eq!(count(&status, "recent") + count(&status, "pending"), 1);
 }
 
@@ -175,10 +159,9 @@ async fn a_multi_platform_index_lands_with_every_platform() {
         0,
         "the client did not pull arm64"
     );
-    let status = wait_status(&lasti.admin_url(), Duration::from_secs(30), |s| {
-        count(s, "recent") == 1
-    })
-    .await;
+    let status = lasti
+        .backfill_status_when(Duration::from_secs(30), |s| count(s, "recent") == 1)
+        .await;
     assert_eq!(status["recent"][0]["target_repo"], "proj/bitnami-redis");
 
     let all = target_digests(
@@ -217,10 +200,9 @@ async fn an_openshift_token_realm_is_used_like_docker_login() {
     )
     .await
     .unwrap();
-    wait_status(&lasti.admin_url(), Duration::from_secs(30), |s| {
-        count(s, "recent") == 1
-    })
-    .await;
+    lasti
+        .backfill_status_when(Duration::from_secs(30), |s| count(s, "recent") == 1)
+        .await;
     let (granted, requests) = {
         let state = shim.state.lock().unwrap();
         (state.realm_granted, state.realm_requests)
@@ -258,10 +240,9 @@ async fn a_denied_push_is_reported_and_not_retried() {
     )
     .await
     .unwrap();
-    let status = wait_status(&lasti.admin_url(), Duration::from_secs(20), |s| {
-        count(s, "failed") == 1
-    })
-    .await;
+    let status = lasti
+        .backfill_status_when(Duration::from_secs(20), |s| count(s, "failed") == 1)
+        .await;
     let failed = &status["failed"][0];
     assert!(
         failed["last_error"]
@@ -272,7 +253,9 @@ async fn a_denied_push_is_reported_and_not_retried() {
     );
     assert_eq!(failed["attempts"], 1);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let status = wait_status(&lasti.admin_url(), Duration::from_secs(5), |_| true).await;
+    let status = lasti
+        .backfill_status_when(Duration::from_secs(5), |_| true)
+        .await;
     assert_eq!(
         status["failed"][0]["attempts"], 1,
         "no retries after a permanent refusal"
@@ -300,16 +283,16 @@ async fn jobs_retry_while_the_target_is_down_and_complete_when_it_returns() {
     )
     .await
     .unwrap();
-    let status = wait_status(&lasti.admin_url(), Duration::from_secs(20), |s| {
-        s["pending"][0]["attempts"].as_u64().unwrap_or(0) >= 2
-    })
-    .await;
+    let status = lasti
+        .backfill_status_when(Duration::from_secs(20), |s| {
+            s["pending"][0]["attempts"].as_u64().unwrap_or(0) >= 2
+        })
+        .await;
     assert!(status["pending"][0]["last_error"].as_str().is_some());
     shim.state.lock().unwrap().down = false;
-    wait_status(&lasti.admin_url(), Duration::from_secs(30), |s| {
-        count(s, "recent") == 1
-    })
-    .await;
+    lasti
+        .backfill_status_when(Duration::from_secs(30), |s| count(s, "recent") == 1)
+        .await;
     let pushed = target_digests(
         &backend.host(),
         "proj/later:v1",
@@ -337,10 +320,9 @@ async fn misses_read_through_the_project_and_survive_a_lost_upstream() {
     )
     .await
     .unwrap();
-    wait_status(&first.admin_url(), Duration::from_secs(30), |s| {
-        count(s, "recent") == 1
-    })
-    .await;
+    first
+        .backfill_status_when(Duration::from_secs(30), |s| count(s, "recent") == 1)
+        .await;
 
     // A second lasti with an empty cache takes the blobs from the project.
     let second = Lasti::start_with(cfg(), None).await;
@@ -409,10 +391,9 @@ async fn a_refused_index_falls_back_to_the_default_platform_and_says_so() {
     )
     .await
     .unwrap();
-    let status = wait_status(&lasti.admin_url(), Duration::from_secs(30), |s| {
-        count(s, "recent") == 1
-    })
-    .await;
+    let status = lasti
+        .backfill_status_when(Duration::from_secs(30), |s| count(s, "recent") == 1)
+        .await;
     let notes = status["recent"][0]["notes"].to_string();
     assert!(
         notes.contains("refused the index") && notes.contains("linux/amd64"),
