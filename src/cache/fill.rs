@@ -198,7 +198,9 @@ impl FillWriter {
             p.state = FillState::Running;
         });
         if let Some((temp, hasher)) = self.pending.take() {
-            self.sink = Some(sink::spawn(Arc::clone(&self.fill), temp, hasher, size));
+            let slots = Arc::clone(&self.cache.inner.fill_slots);
+            let fill = Arc::clone(&self.fill);
+            self.sink = Some(sink::spawn(fill, temp, hasher, size, slots));
         }
     }
 

@@ -177,6 +177,8 @@ struct Inner {
     placing: Mutex<()>,
     /// Whether every blob file found at start is in `usage` (see `upkeep`).
     indexed: AtomicBool,
+    /// The blocking-pool slots all fills' write and hash steps share.
+    fill_slots: Arc<tokio::sync::Semaphore>,
     /// Hot blobs kept open, small ones in memory.
     open_blobs: OpenBlobs,
     /// The mapped windows handed out, for the server's `sendfile`.
@@ -233,6 +235,7 @@ impl Cache {
             fills: Mutex::new(HashMap::new()),
             placing: Mutex::new(()),
             indexed: AtomicBool::new(false),
+            fill_slots: sink::io_slots(),
             open_blobs: OpenBlobs::default(),
             windows: Arc::default(),
             evictor: Arc::new(tokio::sync::Notify::new()),

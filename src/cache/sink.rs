@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::{IoSlice, Write};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
@@ -43,8 +43,11 @@ const OVERLAP_FROM_BYTES: usize = 256 * 1024;
 /// takes up to two threads; the pool has 512, so hits always find one.
 pub const IO_SLOTS: usize = 16;
 
-/// The blocking steps of all fills share these slots.
-static SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(IO_SLOTS));
+/// The slots the blocking steps of one cache's fills share: [`IO_SLOTS`]
+/// of them. The cache owns them and hands them to each sink.
+pub fn io_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(IO_SLOTS))
+}
 
 /// What the sink hands back when its queue closes.
 #[derive(Debug)]
@@ -87,7 +90,13 @@ impl Handle {
 }
 
 /// Starts the sink of a fill whose size is `size` (if known).
-pub fn spawn(fill: Arc<Fill>, temp: TempBlob, hasher: Hasher, size: Option<u64>) -> Handle {
+pub fn spawn(
+    fill: Arc<Fill>,
+    temp: TempBlob,
+    hasher: Hasher,
+    size: Option<u64>,
+    slots: Arc<Semaphore>,
+) -> Handle {
     let (queue, chunks) = mpsc::channel::<Bytes>(QUEUE);
     let sink = Sink {
         fill,
@@ -100,6 +109,7 @@ pub fn spawn(fill: Arc<Fill>, temp: TempBlob, hasher: Hasher, size: Option<u64>)
         },
         size,
         written: 0,
+        slots,
     };
     Handle {
         queue,
@@ -112,6 +122,7 @@ struct Sink {
     out: Output,
     size: Option<u64>,
     written: u64,
+    slots: Arc<Semaphore>,
 }
 
 impl Sink {
@@ -132,7 +143,8 @@ impl Sink {
     /// Writes and hashes one batch on the blocking pool.
     async fn write(&mut self, batch: &[Bytes]) -> Result<(), FillError> {
         let stopped = FillError::WriterStopped;
-        let _slot = SLOTS
+        let _slot = self
+            .slots
             .acquire()
             .await
             .map_err(|_| stopped("fill slots closed"))?;
