@@ -84,15 +84,10 @@ pub enum BlobLookup {
 
 impl Inner {
     /// Syncs a verified temporary file, renames it into place and records
-    /// it, the last two under the placement lock. Blocks.
-    fn store_blob(&self, temp: TempBlob, digest: &Digest) -> std::io::Result<()> {
-        self.store_object(temp, digest, None)
-    }
-
-    /// [`Inner::store_blob`] for a manifest: its media type is recorded in
-    /// the same critical section, so an eviction of the same digest cannot
-    /// delete the new row. Blocks.
-    fn store_object(
+    /// it, the last two under the placement lock. A manifest's media type
+    /// is recorded in the same critical section, so an eviction of the same
+    /// digest cannot delete the new row. Blocks.
+    fn store_blob(
         &self,
         temp: TempBlob,
         digest: &Digest,
@@ -425,7 +420,7 @@ impl Cache {
     async fn commit_fill(&self, temp: TempBlob, digest: &Digest) {
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
-        let committed = tokio::task::spawn_blocking(move || inner.store_blob(temp, &d)).await;
+        let committed = tokio::task::spawn_blocking(move || inner.store_blob(temp, &d, None)).await;
         match committed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(%digest, error = %e, "cannot store a verified blob"),
@@ -495,7 +490,7 @@ impl Cache {
                 .write_all(&m.bytes)
                 .map_err(|e| Error::storage("write manifest", e))?;
             inner
-                .store_object(temp, &m.digest, Some(&m.media_type))
+                .store_blob(temp, &m.digest, Some(&m.media_type))
                 .map_err(|e| Error::storage("commit manifest", e))?;
             inner
                 .manifest_types

@@ -170,13 +170,6 @@ impl BlobStore {
         temp.file().sync_data()
     }
 
-    /// Syncs a verified temporary file and renames it into place.
-    pub fn commit(&self, temp: TempBlob, digest: &Digest) -> io::Result<()> {
-        temp.sync()?;
-        self.place(temp, digest)?;
-        self.sync_place(digest)
-    }
-
     /// Renames a synced temporary file into place. [`BlobStore::sync_place`]
     /// then makes the rename durable.
     pub fn place(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
@@ -252,7 +245,9 @@ mod tests {
         let temp = store.temp().unwrap();
         temp.file().write_all(b"hello").unwrap();
         let digest = Digest::sha256_of(b"hello");
-        store.commit(temp, &digest).unwrap();
+        temp.sync().unwrap();
+        store.place(temp, &digest).unwrap();
+        store.sync_place(&digest).unwrap();
         let (_, meta) = store.open_blob(&digest).unwrap().unwrap();
         assert_eq!(meta.len(), 5);
         assert!(charge(&meta) >= 5);
