@@ -200,7 +200,8 @@ impl FillWriter {
         if let Some((temp, hasher)) = self.pending.take() {
             let slots = Arc::clone(&self.cache.inner.fill_slots);
             let fill = Arc::clone(&self.fill);
-            self.sink = Some(sink::spawn(fill, temp, hasher, size, slots));
+            let direct = self.cache.inner.direct_writes;
+            self.sink = Some(sink::spawn(fill, temp, hasher, size, slots, direct));
         }
     }
 

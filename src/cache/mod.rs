@@ -5,6 +5,7 @@
 //! stored file, a fill to follow, or a fill to feed.
 
 mod dir_lock;
+mod file_writer;
 pub mod fill;
 mod fill_error;
 pub mod index;
@@ -187,6 +188,8 @@ struct Inner {
     tags: moka::sync::Cache<String, TagRecord>,
     metrics: Arc<Metrics>,
     max_blob_size: u64,
+    /// Whether large fills bypass the page cache (`cache.direct_writes`).
+    direct_writes: bool,
 }
 
 impl Cache {
@@ -239,6 +242,7 @@ impl Cache {
             tags: moka::sync::Cache::new(TAG_MEMORY_ENTRIES),
             metrics,
             max_blob_size: config.max_blob_size.as_u64(),
+            direct_writes: config.direct_writes,
         };
         Ok(Cache {
             inner: Arc::new(inner),

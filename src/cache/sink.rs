@@ -16,14 +16,13 @@
 //! latest chunk) is held back for the fill's writer to release after
 //! verification.
 
-use std::fs::File;
-use std::io::{IoSlice, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::file_writer::FileWriter;
 use super::fill::Fill;
 use super::fill_error::FillError;
 use super::store::TempBlob;
@@ -96,6 +95,7 @@ pub fn spawn(
     hasher: Hasher,
     size: Option<u64>,
     slots: Arc<Semaphore>,
+    direct: bool,
 ) -> Handle {
     let (queue, chunks) = mpsc::channel::<Bytes>(QUEUE);
     let sink = Sink {
@@ -110,6 +110,8 @@ pub fn spawn(
         size,
         written: 0,
         slots,
+        writer: None,
+        direct,
     };
     Handle {
         queue,
@@ -123,6 +125,11 @@ struct Sink {
     size: Option<u64>,
     written: u64,
     slots: Arc<Semaphore>,
+    /// Opened on the first batch's blocking step (opening may touch the
+    /// disk); `None` after a cache error.
+    writer: Option<FileWriter>,
+    /// Whether a large fill may bypass the page cache.
+    direct: bool,
 }
 
 impl Sink {
@@ -148,8 +155,16 @@ impl Sink {
             .acquire()
             .await
             .map_err(|_| stopped("fill slots closed"))?;
-        let file = match self.out.cache_error {
-            None => Some(self.out.temp.shared_file()),
+        let writer = match self.out.cache_error {
+            None => Some(self.writer.take().map_or_else(
+                || {
+                    let file = self.out.temp.shared_file();
+                    let path = self.out.temp.path().to_path_buf();
+                    let size = self.size.filter(|_| self.direct);
+                    Opening::Later(file, path, size)
+                },
+                Opening::Open,
+            )),
             Some(_) => None,
         };
         let algorithm = self.out.hasher.algorithm();
@@ -158,7 +173,7 @@ impl Sink {
         let (hasher, written) = if bytes < OVERLAP_FROM_BYTES {
             let batch = batch.to_vec();
             tokio::task::spawn_blocking(move || {
-                let written = file.map(|f| write_all(&f, &batch));
+                let written = writer.map(|w| w.write(&batch));
                 (hash(hasher, &batch), written)
             })
             .await
@@ -167,8 +182,7 @@ impl Sink {
             let to_hash = batch.to_vec();
             let to_write = batch.to_vec();
             let hashing = tokio::task::spawn_blocking(move || hash(hasher, &to_hash));
-            let writing =
-                tokio::task::spawn_blocking(move || file.map(|f| write_all(&f, &to_write)));
+            let writing = tokio::task::spawn_blocking(move || writer.map(|w| w.write(&to_write)));
             let (hashed, written) = tokio::join!(hashing, writing);
             (
                 hashed.map_err(|_| stopped("the fill's hash step failed"))?,
@@ -176,11 +190,16 @@ impl Sink {
             )
         };
         self.out.hasher = hasher;
+        let written = written.map(|(writer, result)| {
+            self.writer = Some(writer);
+            result
+        });
         if let Some(Err(e)) = written {
             // Keep streaming to the clients; only the cache gives up.
             tracing::warn!(error = %e, "cannot write the cache file; streaming without caching");
             self.out.cache_error = Some(format!("cannot write the cache file: {e}"));
             self.fill.stop_caching();
+            self.writer = None;
         }
         Ok(())
     }
@@ -218,20 +237,23 @@ fn gather(first: Bytes, chunks: &mut mpsc::Receiver<Bytes>) -> Vec<Bytes> {
     batch
 }
 
-/// Writes a batch with as few `writev` calls as the kernel allows.
-fn write_all(file: &File, batch: &[Bytes]) -> std::io::Result<()> {
-    let mut file = file;
-    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|chunk| IoSlice::new(chunk)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        match file.write_vectored(rest) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// The sink's file writer, or what it takes to open it on the blocking pool.
+enum Opening {
+    Open(FileWriter),
+    Later(Arc<std::fs::File>, std::path::PathBuf, Option<u64>),
+}
+
+impl Opening {
+    /// Writes one batch (opening the writer first if need be) and hands the
+    /// writer back for the next.
+    fn write(self, batch: &[Bytes]) -> (FileWriter, std::io::Result<()>) {
+        let mut writer = match self {
+            Opening::Open(writer) => writer,
+            Opening::Later(file, path, size) => FileWriter::new(file, &path, size),
+        };
+        let result = writer.write_batch(batch);
+        (writer, result)
     }
-    Ok(())
 }
 
 fn hash(mut hasher: Hasher, batch: &[Bytes]) -> Hasher {

@@ -138,6 +138,10 @@ pub struct CacheConfig {
     /// refused, and one without a length is cut off (an endless body).
     #[serde(serialize_with = "render::size")]
     pub max_blob_size: ByteSize,
+    /// Write blobs of 16 MiB and more around the page cache (`O_DIRECT`):
+    /// on a miss, the page-cache write of a large blob costs more CPU than
+    /// its hash. Off: every fill goes through the page cache.
+    pub direct_writes: bool,
 }
 
 impl Default for CacheConfig {
@@ -147,6 +151,7 @@ impl Default for CacheConfig {
             manifest_memory: ByteSize::mib(64),
             max_manifest_size: ByteSize::mib(4),
             max_blob_size: ByteSize::gib(64),
+            direct_writes: true,
         }
     }
 }
