@@ -20,6 +20,8 @@
 //!
 //! - [`backfill`]: the durable queue that pushes every pulled image into the
 //!   Rahti project's registry, and the image stream naming rule.
+//! - [`cluster`]: several replicas as one cache: which one owns (fetches)
+//!   a blob.
 //! - [`warmer`]: the warm list and `POST /admin/warm`, pulling images into
 //!   the cache in the background.
 //!
@@ -34,6 +36,7 @@ pub mod access;
 pub mod backfill;
 pub mod body;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod metrics;
