@@ -20,6 +20,8 @@
 //!
 //! - [`backfill`]: the durable queue that pushes every pulled image into the
 //!   Rahti project's registry, and the image stream naming rule.
+//! - [`bucket`]: the object store (S3) replicas share, behind the local
+//!   disk: verified blobs published after their fill, read on a local miss.
 //! - [`cluster`]: several replicas as one cache: which one owns (fetches)
 //!   a blob.
 //! - [`warmer`]: the warm list and `POST /admin/warm`, pulling images into
@@ -35,6 +37,7 @@
 pub mod access;
 pub mod backfill;
 pub mod body;
+pub mod bucket;
 pub mod cache;
 pub mod cluster;
 pub mod config;

@@ -50,6 +50,10 @@ pub struct Metrics {
     backfill_pushed_bytes: IntCounter,
     backfill_push_duration: Histogram,
     warmed_images: IntCounterVec,
+    bucket_requests: IntCounterVec,
+    bucket_duration: HistogramVec,
+    bucket_bytes: IntCounterVec,
+    fill_sources: IntCounterVec,
 }
 
 /// Registers `metric` and hands it back; every name is registered once.
@@ -119,6 +123,10 @@ impl Metrics {
             backfill_push_duration: histogram(r, "lasti_backfill_push_duration_seconds", "Duration of back-fill job attempts.", &[], PUSH_BUCKETS)
                 .with_label_values(&[] as &[&str]),
             warmed_images: counter(r, "lasti_warm_images_total", "Images of the warm list and of /admin/warm pulled into the cache, by outcome (done, failed).", &["outcome"]),
+            bucket_requests: counter(r, "lasti_bucket_requests_total", "Requests to the shared object store, by operation (get, put, delete) and result (found, missing, stored, removed, error).", &["op", "result"]),
+            bucket_duration: histogram(r, "lasti_bucket_request_duration_seconds", "Time to the object store's response headers, by operation.", &["op"], LATENCY_BUCKETS),
+            bucket_bytes: counter(r, "lasti_bucket_bytes_total", "Blob bytes read from (in) and uploaded to (out) the object store.", &["direction"]),
+            fill_sources: counter(r, "lasti_fill_sources_total", "Blob fills completed, by the tier that supplied the bytes (bucket, project, upstream).", &["tier"]),
             registry,
         }
         .with_outcomes()
@@ -149,6 +157,9 @@ impl Metrics {
         }
         for source in ["cache", "upstream"] {
             self.served_bytes.with_label_values(&[source]);
+        }
+        for tier in ["bucket", "project", "upstream"] {
+            self.fill_sources.with_label_values(&[tier]);
         }
         self
     }
@@ -254,6 +265,30 @@ impl Metrics {
     /// A blob streamed but not cached (the disk is full).
     pub fn cache_write_failure(&self) {
         self.cache_write_failures.inc();
+    }
+
+    /// One request to the object store took `elapsed` to its headers.
+    pub fn bucket_request(&self, op: &str, elapsed: Duration) {
+        self.bucket_duration
+            .with_label_values(&[op])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The result of one object-store request.
+    pub fn bucket_result(&self, op: &str, result: &str) {
+        self.bucket_requests.with_label_values(&[op, result]).inc();
+    }
+
+    /// Blob bytes moved to or from the object store.
+    pub fn bucket_bytes(&self, direction: &str, bytes: u64) {
+        self.bucket_bytes
+            .with_label_values(&[direction])
+            .inc_by(bytes);
+    }
+
+    /// A fill completed with bytes from `tier`.
+    pub fn fill_source(&self, tier: &str) {
+        self.fill_sources.with_label_values(&[tier]).inc();
     }
 
     /// Blobs evicted.

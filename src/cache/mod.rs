@@ -11,7 +11,7 @@ mod fill_error;
 pub mod index;
 pub mod mapped;
 mod open_blobs;
-mod pread;
+pub(crate) mod pread;
 pub mod reader;
 mod sink;
 pub mod store;

@@ -15,11 +15,13 @@ use url::Url;
 use crate::secret::Secret;
 
 mod access;
+mod bucket;
 mod render;
 mod target;
 mod upstream;
 mod warm;
 pub use access::{AccessConfig, AccessMode, TlsConfig};
+pub use bucket::BucketConfig;
 pub use render::REDACTED;
 pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
 pub use upstream::{TagRule, UpstreamConfig};
@@ -68,6 +70,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Images pulled into the cache without being asked, on a schedule.
     pub warm: WarmConfig,
+    /// The object store shared by replicas; off unless configured.
+    pub bucket: BucketConfig,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             access: AccessConfig::default(),
             tls: TlsConfig::default(),
             warm: WarmConfig::default(),
+            bucket: BucketConfig::default(),
         }
     }
 }
@@ -279,6 +284,7 @@ impl Config {
 
     fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
         self.target.resolve_token_source()?;
+        self.bucket.resolve_secrets()?;
         for upstream in &mut self.upstreams {
             if let Some(var) = &upstream.password_env {
                 let value = std::env::var(var).map_err(|_| {
@@ -322,6 +328,7 @@ impl Config {
         self.access.validate()?;
         self.tls.validate()?;
         self.warm.validate()?;
+        self.bucket.validate()?;
         let mut names = std::collections::HashSet::new();
         for upstream in &self.upstreams {
             upstream.validate()?;

@@ -9,12 +9,14 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
 use super::{Backfiller, Outcome, Proxy};
+use crate::bucket::{self, Bucket};
 use crate::cache::fill::{FillWriter, Subscription};
 use crate::cache::reader::BlobReader;
-use crate::cache::{BlobLookup, FillError, StoredBlob};
+use crate::cache::{BlobLookup, Cache, FillError, StoredBlob};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::media_type::OCTET_STREAM;
@@ -68,11 +70,15 @@ impl Proxy {
                 // leaving cannot fail the fill for the others.
                 let backfill = self.backfill.clone();
                 let (upstream, repo) = (Arc::clone(upstream), repo.clone());
-                let metrics = Arc::clone(self.cache.metrics());
+                let tiers = Tiers {
+                    bucket: self.bucket.clone(),
+                    cache: self.cache.clone(),
+                    metrics: Arc::clone(self.cache.metrics()),
+                };
                 let digest = digest.clone();
                 tokio::spawn(async move {
                     let sources = sources_of(backfill.as_ref(), &upstream, &repo).await;
-                    fill(sources, digest, *writer, metrics).await;
+                    fill(tiers, sources, digest, *writer).await;
                     drop(permit);
                 });
                 filling_answer(sub, range, Outcome::Miss).await
@@ -201,29 +207,59 @@ async fn sources_of(
     sources
 }
 
-/// Feeds a fill from its sources, resuming after a broken body (from the
-/// same source, then from the next one, which serves the same digest).
-async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter, metrics: Arc<Metrics>) {
+/// What a fill needs besides its registry sources.
+struct Tiers {
+    /// The shared object store, asked first and published to after.
+    bucket: Option<Arc<Bucket>>,
+    cache: Cache,
+    metrics: Arc<Metrics>,
+}
+
+/// Feeds a fill: from the shared object store if it has the blob, else
+/// from its registry sources, resuming after a broken body (from the same
+/// source, then from the next one, which serves the same digest). A blob
+/// fetched from a registry is published to the object store once stored.
+async fn fill(tiers: Tiers, sources: Sources, digest: Digest, mut writer: FillWriter) {
+    let mut from_bucket = false;
+    if let Some(bucket) = &tiers.bucket {
+        match fetch_from_bucket(bucket, &digest, &mut writer).await {
+            Ok(found) => from_bucket = found,
+            // Availability first: the registries still have it.
+            Err(err) => {
+                tracing::warn!(%digest, at = writer.written(), error = %err, "object store read failed; fetching from the registry")
+            }
+        }
+    }
+    let bucket_bytes = writer.written() > 0;
     let mut last_error = None;
-    'sources: for (source, repo) in &sources {
-        let mut resumes = 0;
-        loop {
-            match fetch_into(source, repo, &digest, &mut writer).await {
-                Ok(()) => {
-                    last_error = None;
-                    break 'sources;
-                }
-                // Before the first byte, `Upstream::request` already retried.
-                Err(err)
-                    if writer.written() > 0 && err.is_retryable() && resumes < RESUME_ATTEMPTS =>
-                {
-                    resumes += 1;
-                    tracing::warn!(source = source.name(), %digest, at = writer.written(), error = %err, "blob body broke off; resuming");
-                }
-                Err(err) => {
-                    tracing::debug!(source = source.name(), %digest, error = %err, "blob source failed");
-                    last_error = Some(err);
-                    continue 'sources;
+    let mut tier = "bucket";
+    if !from_bucket {
+        'sources: for (index, (source, repo)) in sources.iter().enumerate() {
+            let mut resumes = 0;
+            loop {
+                match fetch_into(source, repo, &digest, &mut writer).await {
+                    Ok(()) => {
+                        last_error = None;
+                        tier = match index + 1 == sources.len() {
+                            true => "upstream",
+                            false => "project",
+                        };
+                        break 'sources;
+                    }
+                    // Before the first byte, `Upstream::request` already retried.
+                    Err(err)
+                        if writer.written() > 0
+                            && err.is_retryable()
+                            && resumes < RESUME_ATTEMPTS =>
+                    {
+                        resumes += 1;
+                        tracing::warn!(source = source.name(), %digest, at = writer.written(), error = %err, "blob body broke off; resuming");
+                    }
+                    Err(err) => {
+                        tracing::debug!(source = source.name(), %digest, error = %err, "blob source failed");
+                        last_error = Some(err);
+                        continue 'sources;
+                    }
                 }
             }
         }
@@ -236,20 +272,83 @@ async fn fill(sources: Sources, digest: Digest, mut writer: FillWriter, metrics:
         writer.fail(err);
         return;
     }
-    let upstream = sources
-        .last()
-        .map(|(u, _)| u.name().to_string())
-        .unwrap_or_default();
+    let upstream = match from_bucket {
+        true => bucket::NAME.to_string(),
+        false => sources
+            .last()
+            .map(|(u, _)| u.name().to_string())
+            .unwrap_or_default(),
+    };
     match writer.finish().await {
-        Ok(size) => tracing::debug!(%upstream, %digest, size, "blob stored"),
+        Ok(size) => {
+            tracing::debug!(%upstream, %digest, size, tier, "blob stored");
+            tiers.metrics.fill_source(tier);
+            if let (Some(bucket), false) = (tiers.bucket, from_bucket) {
+                tokio::spawn(publish(bucket, tiers.cache, digest));
+            }
+        }
         Err(reason) => {
             tracing::warn!(%upstream, %digest, %reason, "blob rejected");
             if reason.is_upstream_fault() {
-                metrics.digest_failure();
+                tiers.metrics.digest_failure();
+                // Bytes from the store that fail the check must not be read
+                // again: the next miss goes to the registries.
+                if let (Some(bucket), true) = (&tiers.bucket, bucket_bytes) {
+                    if let Err(e) = bucket.remove(&digest).await {
+                        tracing::warn!(%digest, error = %e, "cannot remove a corrupt blob from the object store");
+                    }
+                }
             }
             writer.fail(fill_failure(&upstream, reason));
         }
     }
+}
+
+/// Uploads a blob just stored to the object store, from its cache file
+/// (held from eviction while read).
+async fn publish(bucket: Arc<Bucket>, cache: Cache, digest: Digest) {
+    let blob = match cache.stored_blob(&digest).await {
+        Ok(Some(blob)) => blob,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "cannot read a stored blob to publish");
+            return;
+        }
+    };
+    match bucket.publish(&digest, blob.file, blob.size).await {
+        Ok(()) => tracing::debug!(%digest, size = blob.size, "blob published to the object store"),
+        Err(e) => tracing::warn!(%digest, error = %e, "cannot publish a blob to the object store"),
+    }
+}
+
+/// The blob from the object store into the fill, from where the fill is.
+/// `Ok(false)`: the store does not have it.
+async fn fetch_from_bucket(
+    bucket: &Bucket,
+    digest: &Digest,
+    writer: &mut FillWriter,
+) -> Result<bool> {
+    let offset = writer.written();
+    let Some(found) = bucket.get(digest, offset).await? else {
+        return Ok(false);
+    };
+    if offset == 0 {
+        writer.start(Some(found.size), None);
+    }
+    let mut body = found.body;
+    while let Some(chunk) = body.next().await {
+        writer
+            .write(chunk?)
+            .await
+            .map_err(|reason| fill_failure(bucket::NAME, reason))?;
+    }
+    if writer.expected_size().is_some_and(|n| writer.written() < n) {
+        return Err(Error::UpstreamUnavailable {
+            upstream: bucket::NAME.to_string(),
+            message: "blob body ended early".into(),
+        });
+    }
+    Ok(true)
 }
 
 /// The error a client of a failed fill gets: the upstream's fault, or the

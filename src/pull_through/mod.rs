@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use crate::bucket::Bucket;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::oci::{Digest, RepoName};
@@ -110,6 +111,7 @@ pub struct Proxy {
     referrers: referrers::Lists,
     backfill: Option<Arc<dyn Backfiller>>,
     fetch_permits: Option<Arc<tokio::sync::Semaphore>>,
+    bucket: Option<Arc<Bucket>>,
 }
 
 impl Proxy {
@@ -128,7 +130,15 @@ impl Proxy {
             referrers: Default::default(),
             backfill,
             fetch_permits: None,
+            bucket: None,
         }
+    }
+
+    /// Looks for blobs in the shared object store before the project and
+    /// the upstream, and publishes the blobs it fetches there.
+    pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Proxy {
+        self.bucket = bucket;
+        self
     }
 
     /// Caps the blob fetches from upstreams in flight at once (0: no cap).

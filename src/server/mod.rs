@@ -33,6 +33,7 @@ use tracing::Instrument;
 
 use crate::access::Access;
 use crate::backfill::Backfill;
+use crate::bucket::Bucket;
 use crate::cache::Cache;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
@@ -146,6 +147,9 @@ async fn build_services(
         tokio::task::spawn_blocking(move || Backfill::open(&data_dir, &config_copy, metrics))
             .await
             .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
+    let bucket = Bucket::new(&config.bucket, Arc::clone(cache.metrics()))
+        .map_err(|e| StartError::Upstream(format!("object store: {e}")))?
+        .map(Arc::new);
     let max_manifest = config.cache.max_manifest_size.as_u64();
     let mut running = None;
     let proxy = Arc::new_cyclic(|proxy| {
@@ -153,6 +157,7 @@ async fn build_services(
         let backfiller = running.clone().map(|b| b as Arc<dyn Backfiller>);
         Proxy::new(upstreams, cache, max_manifest, backfiller)
             .with_fetch_cap(config.access.max_upstream_fetches)
+            .with_bucket(bucket)
     });
     Ok((proxy, running))
 }

@@ -7,6 +7,8 @@
 //! - [`lasti`] runs lasti in-process on a loopback port; [`http`] talks to it.
 //! - [`fake_upstream`] is a programmable fake registry that injects faults;
 //!   [`checks`] holds the assertions the fault tests share.
+//! - [`garage`] runs Garage, a real S3-compatible object store, as one node
+//!   with a bucket and a key.
 //! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back;
 //!   [`podman`], [`containerd`] and [`docker`] pull through lasti configured
 //!   as a mirror.
@@ -19,6 +21,7 @@ pub mod checks;
 pub mod containerd;
 pub mod docker;
 pub mod fake_upstream;
+pub mod garage;
 pub mod http;
 pub mod lasti;
 pub mod oci_layout;

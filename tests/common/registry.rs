@@ -242,7 +242,7 @@ fn spawn(config_path: &Path, log_path: &Path) -> Child {
 /// when this returns the port is closed and no zombie is left. If that does
 /// not happen within [`STOP_TIMEOUT`], the whole process group (whose id is
 /// the child's PID: `timeout` makes its own group) gets SIGKILL.
-fn stop(child: &mut Child) {
+pub fn stop(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }

@@ -1,0 +1,223 @@
+//! Replicas sharing a real S3 object store (Garage on loopback) in front of
+//! the real CNCF distribution registry: what one replica fetched, another
+//! with an empty disk serves from the bucket without asking the upstream;
+//! a corrupt object in the bucket is never served and is removed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ::lasti::config::Config;
+use ::lasti::secret::Secret;
+use common::garage::{self, Garage};
+use common::http;
+use common::lasti::{config as lasti_config, Lasti};
+use common::oci_layout::{sha256_digest, BuiltImage, ImageSpec, Layout};
+use common::registry::Registry;
+use common::skopeo;
+use tempfile::TempDir;
+use url::Url;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// A lasti configuration with `registry` as `docker.io` and `garage`'s
+/// bucket as the shared store.
+fn config(registry: &Registry, garage: &Garage) -> Config {
+    let mut config = lasti_config(&[("docker.io", &registry.url())]);
+    config.bucket.endpoint = Some(Url::parse(&garage.endpoint()).unwrap());
+    config.bucket.bucket = Some(garage::BUCKET.to_string());
+    config.bucket.region = garage::REGION.to_string();
+    config.bucket.timeout = Duration::from_secs(10);
+    config.bucket.credentials = Some((
+        Secret::new(garage.key_id.clone()),
+        Secret::new(garage.secret.clone()),
+    ));
+    config
+}
+
+async fn start_garage() -> Garage {
+    tokio::task::spawn_blocking(Garage::start).await.unwrap()
+}
+
+async fn push_image(
+    registry: &Registry,
+    work: &TempDir,
+    name: &str,
+    sizes: &[usize],
+) -> BuiltImage {
+    let spec = ImageSpec::linux_amd64(7, sizes);
+    let (layout, image) = Layout::single(&work.path().join(name), &spec, "v1");
+    let dest = format!("{}/library/{name}:v1", registry.host());
+    skopeo::push_layout(&layout.dir, &layout.tag, &dest, false)
+        .await
+        .expect("push image");
+    image
+}
+
+/// The sum of a counter's samples whose labels contain every one of `labels`.
+async fn metric(lasti: &Lasti, name: &str, labels: &[&str]) -> u64 {
+    let text = http::get(&format!("{}/metrics", lasti.admin_url()), &[]).await;
+    String::from_utf8_lossy(&text.body)
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until `metric` reaches `at_least`; returns the last value.
+async fn metric_reaches(lasti: &Lasti, name: &str, labels: &[&str], at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = metric(lasti, name, labels).await;
+        if value >= at_least || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `curl` with S3 signatures against Garage: the status of `method` on a key.
+fn s3_curl(garage: &Garage, method: &str, key: &str, body: Option<&std::path::Path>) -> u16 {
+    let url = format!("{}/{}/{key}", garage.endpoint(), garage::BUCKET);
+    let mut command = std::process::Command::new("curl");
+    command
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        // Garage wants the payload hash header; curl signs it with the rest.
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        .arg("--aws-sigv4")
+        .arg(format!("aws:amz:{}:s3", garage::REGION))
+        .arg("--user")
+        .arg(format!("{}:{}", garage.key_id, garage.secret));
+    if let Some(path) = body {
+        command
+            .arg("--data-binary")
+            .arg(format!("@{}", path.display()));
+    }
+    match method {
+        "HEAD" => command.arg("-I"),
+        _ => command.args(["-X", method]),
+    };
+    let out = command.arg(&url).output().expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn blob_key(digest: &str) -> String {
+    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucket() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    // A layer above the multipart part size, and one written around the page cache.
+    let image = push_image(&registry, &work, "app", &[KIB, 300 * KIB, 20 * MIB]).await;
+    let garage = start_garage().await;
+    let blobs = image.blob_digests();
+
+    let first = Lasti::start_with(config(&registry, &garage), None).await;
+    skopeo::pull_to_dir(
+        &format!("{}/library/app:v1", first.host()),
+        &work.path().join("first"),
+        false,
+    )
+    .await
+    .expect("pull through the first replica");
+    let stored = metric_reaches(
+        &first,
+        "lasti_bucket_requests_total",
+        &["op=\"put\"", "result=\"stored\""],
+        blobs.len() as u64,
+    )
+    .await;
+    assert_eq!(stored, blobs.len() as u64, "every blob published once");
+    for digest in &blobs {
+        assert_eq!(
+            s3_curl(&garage, "HEAD", &blob_key(digest), None),
+            200,
+            "{digest} in the bucket"
+        );
+        assert_eq!(
+            registry.blob_gets(digest),
+            1,
+            "{digest} fetched from the upstream once"
+        );
+    }
+
+    let second = Lasti::start_with(config(&registry, &garage), None).await;
+    let out = work.path().join("second");
+    skopeo::pull_to_dir(&format!("{}/library/app:v1", second.host()), &out, false)
+        .await
+        .expect("pull through the second replica");
+    let mut pulled = skopeo::dir_digests(&out);
+    let mut expected = blobs.clone();
+    expected.push(image.manifest_digest.clone());
+    pulled.sort();
+    expected.sort();
+    assert_eq!(pulled, expected, "the same image, verified by skopeo");
+    for digest in &blobs {
+        assert_eq!(
+            registry.blob_gets(digest),
+            1,
+            "{digest}: no second upstream GET"
+        );
+    }
+    assert_eq!(
+        metric(&second, "lasti_fill_sources_total", &["tier=\"bucket\""]).await,
+        blobs.len() as u64
+    );
+    assert_eq!(
+        metric(&second, "lasti_fill_sources_total", &["tier=\"upstream\""]).await,
+        0
+    );
+    // What came from the bucket is not uploaded again.
+    assert_eq!(
+        metric(&second, "lasti_bucket_requests_total", &["op=\"put\""]).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_object_in_the_bucket_is_never_served_and_is_removed() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let image = push_image(&registry, &work, "bad", &[64 * KIB]).await;
+    let garage = start_garage().await;
+    let layer = image.layer_digests[0].clone();
+    let key = blob_key(&layer);
+    // Same length, other bytes, under the layer's key.
+    let garbage = work.path().join("garbage");
+    std::fs::write(&garbage, vec![0x5a; 64 * KIB]).unwrap();
+    assert_eq!(s3_curl(&garage, "PUT", &key, Some(&garbage)), 200);
+
+    let lasti = Lasti::start_with(config(&registry, &garage), None).await;
+    let url = format!("{}/v2/library/bad/blobs/{layer}", lasti.url());
+    let first = http::get(&url, &[]).await;
+    assert!(
+        first.body_error.is_some() || !first.status.is_success(),
+        "a blob failing its digest is never completed: {:?}",
+        first.status
+    );
+    assert_ne!(sha256_digest(&first.body), layer);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s3_curl(&garage, "HEAD", &key, None) != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the corrupt object stays in the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&lasti, "lasti_digest_failures_total", &[]).await, 1);
+
+    let second = http::get(&url, &[]).await;
+    assert!(second.status.is_success() && second.body_error.is_none());
+    assert_eq!(sha256_digest(&second.body), layer, "the upstream's bytes");
+    assert_eq!(registry.blob_gets(&layer), 1);
+}
