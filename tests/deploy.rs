@@ -20,7 +20,7 @@ use lasti::config::{Config, Overrides};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-const OVERLAYS: [&str; 2] = ["overlays/ephemeral", "overlays/persistent"];
+const OVERLAYS: [&str; 3] = ["overlays/ephemeral", "overlays/persistent", "overlays/ha"];
 const MONITORING: &str = "monitoring";
 /// The namespace the rendered pod is taken to run in.
 const NAMESPACE: &str = "my-project";
@@ -307,6 +307,103 @@ fn overlays_agree_with_lastis_configuration() {
         claim["persistentVolumeClaim"]["claimName"],
         find(&persistent, "PersistentVolumeClaim")["metadata"]["name"]
     );
+}
+
+/// overlays/ha: three replicas on different nodes where possible, one
+/// disruption at a time, and the shared bucket with its credentials from
+/// the Secret the README has the user create.
+#[test]
+fn the_ha_overlay_runs_three_replicas_on_one_bucket() {
+    let objects = objects(&render("overlays/ha"));
+    let deployment = find(&objects, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(3));
+    assert_eq!(
+        deployment["spec"]["strategy"]["type"].as_str(),
+        Some("RollingUpdate")
+    );
+    let pod = &deployment["spec"]["template"];
+    let labels = pod["metadata"]["labels"].as_mapping().unwrap();
+    let spread = &pod["spec"]["affinity"]["podAntiAffinity"]
+        ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    assert_eq!(
+        spread["topologyKey"].as_str(),
+        Some("kubernetes.io/hostname")
+    );
+    let budget = find(&objects, "PodDisruptionBudget");
+    assert_eq!(budget["spec"]["maxUnavailable"].as_u64(), Some(1));
+    for selector in [
+        &spread["labelSelector"]["matchLabels"],
+        &budget["spec"]["selector"]["matchLabels"],
+    ] {
+        for (k, v) in selector.as_mapping().unwrap() {
+            assert_eq!(labels.get(k), Some(v), "selects the lasti pods");
+        }
+    }
+    assert_eq!(
+        container(&objects)["envFrom"][0]["secretRef"]["name"].as_str(),
+        Some("lasti-s3")
+    );
+    let (_, mut config) = config_of(&objects);
+    assert!(config.bucket.enabled(), "the replicas share a bucket");
+    assert_eq!(
+        config.bucket.endpoint.as_ref().map(|u| u.as_str()),
+        Some("https://a3s.fi/")
+    );
+    // The two credentials (here from files) are all lasti needs besides.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, field) in [
+        ("id", &mut config.bucket.access_key_id_file),
+        ("secret", &mut config.bucket.secret_access_key_file),
+    ] {
+        std::fs::write(dir.path().join(name), name).unwrap();
+        *field = Some(dir.path().join(name));
+    }
+    config.bucket.resolve_secrets().expect("the credentials");
+    config.validate().expect("valid");
+}
+
+/// deploy/build builds the image in Rahti from the uploaded tree with the
+/// Containerfile, into the image stream the Deployment runs.
+#[test]
+fn the_rahti_build_makes_the_image_the_deployment_runs() {
+    let build = objects(&render("build"));
+    let config = find(&build, "BuildConfig");
+    assert_eq!(config["apiVersion"].as_str(), Some("build.openshift.io/v1"));
+    assert_eq!(config["spec"]["source"]["type"].as_str(), Some("Binary"));
+    let strategy = &config["spec"]["strategy"];
+    assert_eq!(strategy["type"].as_str(), Some("Docker"));
+    let dockerfile = str_of(
+        &strategy["dockerStrategy"]["dockerfilePath"],
+        "dockerfilePath",
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join(dockerfile).is_file(),
+        "{dockerfile} is in the tree"
+    );
+    let output = &config["spec"]["output"]["to"];
+    assert_eq!(output["kind"].as_str(), Some("ImageStreamTag"));
+    let stream = find(&build, "ImageStream");
+    assert_eq!(
+        stream["spec"]["lookupPolicy"]["local"].as_bool(),
+        Some(true)
+    );
+    let name = str_of(&stream["metadata"]["name"], "name");
+    assert_eq!(str_of(&output["name"], "name"), format!("{name}:latest"));
+    let deployed = objects(&render("overlays/ephemeral"));
+    assert_eq!(
+        str_of(&container(&deployed)["image"], "image"),
+        str_of(&output["name"], "name"),
+        "the Deployment runs the tag the build pushes"
+    );
+    let resources = &config["spec"]["resources"];
+    for what in ["cpu", "memory"] {
+        let (request, limit) = (
+            quantity(&resources["requests"][what]),
+            quantity(&resources["limits"][what]),
+        );
+        assert!(limit <= request * RAHTI_LIMIT_TO_REQUEST, "build {what}");
+    }
 }
 
 /// What a default Rahti project has: no monitoring kinds unless user
