@@ -161,6 +161,19 @@ impl Metrics {
         for tier in ["bucket", "project", "upstream"] {
             self.fill_sources.with_label_values(&[tier]);
         }
+        for (op, results) in [
+            ("get", &["found", "missing", "error"][..]),
+            ("put", &["stored", "error"]),
+            ("delete", &["removed", "error"]),
+        ] {
+            self.bucket_duration.with_label_values(&[op]);
+            for result in results {
+                self.bucket_requests.with_label_values(&[op, result]);
+            }
+        }
+        for direction in ["in", "out"] {
+            self.bucket_bytes.with_label_values(&[direction]);
+        }
         self
     }
 
