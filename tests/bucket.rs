@@ -221,3 +221,83 @@ async fn a_corrupt_object_in_the_bucket_is_never_served_and_is_removed() {
     assert_eq!(sha256_digest(&second.body), layer, "the upstream's bytes");
     assert_eq!(registry.blob_gets(&layer), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_is_down_costs_nothing_but_a_counted_error() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let image = push_image(&registry, &work, "down", &[KIB, 64 * KIB]).await;
+    let garage = start_garage().await;
+    let mut cfg = config(&registry, &garage);
+    // Nothing listens there: every request to the store fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    cfg.bucket.endpoint = Some(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+    let lasti = Lasti::start_with(cfg, None).await;
+    let out = work.path().join("pulled");
+    skopeo::pull_to_dir(&format!("{}/library/down:v1", lasti.host()), &out, false)
+        .await
+        .expect("the pull works without the bucket");
+    let mut pulled = skopeo::dir_digests(&out);
+    let mut expected = image.blob_digests();
+    expected.push(image.manifest_digest.clone());
+    pulled.sort();
+    expected.sort();
+    assert_eq!(pulled, expected);
+    let blobs = image.blob_digests().len() as u64;
+    assert_eq!(
+        metric(&lasti, "lasti_fill_sources_total", &["tier=\"upstream\""]).await,
+        blobs
+    );
+    // The first failed look-up is counted; the misses after it skip the
+    // store for a while instead of waiting on it again.
+    let get = |result: &'static str| {
+        let lasti = &lasti;
+        async move {
+            let result = format!("result=\"{result}\"");
+            metric(
+                lasti,
+                "lasti_bucket_requests_total",
+                &["op=\"get\"", &result],
+            )
+            .await
+        }
+    };
+    let (errors, skipped) = (get("error").await, get("skipped").await);
+    assert!(errors >= 1, "a failed look-up is counted");
+    assert_eq!(errors + skipped, blobs, "every miss looked once or skipped");
+    let failed_puts = metric_reaches(
+        &lasti,
+        "lasti_bucket_requests_total",
+        &["op=\"put\"", "result=\"error\""],
+        blobs,
+    )
+    .await;
+    assert_eq!(failed_puts, blobs, "each failed upload is counted");
+    // Just after the store failed, a miss does not ask it again.
+    let other = push_image(&registry, &work, "other", &[2 * KIB]).await;
+    let layer = &other.layer_digests[0];
+    let reply = http::get(
+        &format!("{}/v2/library/other/blobs/{layer}", lasti.url()),
+        &[],
+    )
+    .await;
+    assert_eq!(sha256_digest(&reply.body), *layer);
+    assert_eq!(get("error").await, errors);
+    assert_eq!(get("skipped").await, skipped + 1, "skipped, not waited on");
+    // (Its upload fails too.)
+    let puts = ["op=\"put\"", "result=\"error\""];
+    let failed = metric_reaches(&lasti, "lasti_bucket_requests_total", &puts, blobs + 1).await;
+    assert_eq!(failed, blobs + 1);
+    // And hits never ask the bucket.
+    let before = metric(&lasti, "lasti_bucket_requests_total", &[]).await;
+    let again = work.path().join("again");
+    skopeo::pull_to_dir(&format!("{}/library/down:v1", lasti.host()), &again, false)
+        .await
+        .expect("a warm pull");
+    assert_eq!(
+        metric(&lasti, "lasti_bucket_requests_total", &[]).await,
+        before
+    );
+}

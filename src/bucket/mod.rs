@@ -24,7 +24,8 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 use tokio::sync::Semaphore;
 
@@ -43,6 +44,11 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 
 /// Parts of one upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 2;
+
+/// After a failed request, misses skip the bucket this long: a store that
+/// is down costs one failed request per this interval, not a wait on every
+/// miss.
+const BACK_OFF: Duration = Duration::from_secs(5);
 
 /// A blob found in the store: its size and a stream of its bytes from the
 /// offset asked for.
@@ -66,6 +72,8 @@ pub struct Bucket {
     prefix: String,
     uploads: Semaphore,
     timeout: Duration,
+    /// Until when look-ups skip the store, after one failed.
+    skip_until: std::sync::Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -91,6 +99,17 @@ impl Bucket {
             .with_access_key_id(id.expose())
             .with_secret_access_key(secret.expose())
             .with_virtual_hosted_style_request(!config.path_style)
+            // One quick retry: a miss waiting on the store waits for a
+            // client too, and the registries have the blob anyway.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(50),
+                    max_backoff: Duration::from_millis(500),
+                    base: 2.0,
+                },
+                max_retries: 1,
+                retry_timeout: config.timeout,
+            })
             // The client's own timeout covers the whole body, which a large
             // blob outlasts; lasti bounds the headers and each pause instead.
             .with_client_options(
@@ -106,6 +125,7 @@ impl Bucket {
             prefix: config.prefix.clone(),
             uploads: Semaphore::new(config.max_uploads),
             timeout: config.timeout,
+            skip_until: std::sync::Mutex::new(None),
             metrics,
         }))
     }
@@ -123,6 +143,10 @@ impl Bucket {
     /// The blob from `offset` on, or `None` when the store does not have it.
     pub async fn get(&self, digest: &Digest, offset: u64) -> Result<Option<Found>> {
         let started = Instant::now();
+        if self.skipping(started) {
+            self.metrics.bucket_result("get", "skipped");
+            return Ok(None);
+        }
         let options = GetOptions {
             range: (offset > 0).then_some(GetRange::Offset(offset)),
             ..GetOptions::default()
@@ -156,8 +180,28 @@ impl Bucket {
             }
             Err(e) => {
                 self.metrics.bucket_result("get", "error");
+                self.back_off();
                 Err(unavailable(e))
             }
+        }
+    }
+
+    /// Makes look-ups skip the store for [`BACK_OFF`], after a failure.
+    fn back_off(&self) {
+        *self.skip_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + BACK_OFF);
+    }
+
+    /// Whether look-ups skip the store for now, after a failure.
+    fn skipping(&self, now: Instant) -> bool {
+        let mut until = self.skip_until.lock().unwrap_or_else(|p| p.into_inner());
+        match *until {
+            Some(t) if now < t => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
         }
     }
 
@@ -195,7 +239,10 @@ impl Bucket {
                 self.metrics.bucket_result("put", "stored");
                 self.metrics.bucket_bytes("out", size);
             }
-            Err(_) => self.metrics.bucket_result("put", "error"),
+            Err(_) => {
+                self.metrics.bucket_result("put", "error");
+                self.back_off();
+            }
         }
         outcome
     }
