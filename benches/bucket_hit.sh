@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# A replica with an empty disk serving a blob another replica published to
+# the shared bucket, against a direct GET of the same object from the store:
+# what the bucket tier costs on top of the store itself. Garage (built once
+# by scripts/garage) is the store; the CNCF distribution registry is the
+# upstream that the first replica fetches from.
+#
+# Usage: benches/bucket_hit.sh   (env: SIZE_MIB=256 REPEAT=3)
+# Output: one line per run, then the medians and their ratio:
+#   direct <s>   lasti <s>   lasti_cpu <s>
+# Needs: docker-registry, curl (Debian), a release build. Everything listens
+# on 127.0.0.1; every server started here is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${SIZE_MIB:-256}
+REPEAT=${REPEAT:-3}
+BASE=${BASE_PORT:-15140}
+GARAGE=$(scripts/garage)
+cargo build --release --bin lasti >&2
+W=$(mktemp -d /tmp/lasti-bench-bucket.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+# The store: one Garage node, a bucket and a key.
+cat >"$W/garage.toml" <<EOF
+metadata_dir = "$W/garage/meta"
+data_dir = "$W/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$((BASE + 1))"
+rpc_public_addr = "127.0.0.1:$((BASE + 1))"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$BASE"
+root_domain = ".s3.garage.localhost"
+EOF
+g() { "$GARAGE" -c "$W/garage.toml" "$@"; }
+timeout 1800 "$GARAGE" -c "$W/garage.toml" server >"$W/garage.log" 2>&1 &
+PIDS+=($!)
+wait_port $((BASE + 1)); wait_port "$BASE"
+g layout assign -z dc1 -c 10G "$(g node id -q | cut -d@ -f1)" >/dev/null
+g layout apply --version 1 >/dev/null
+g bucket create lasti >/dev/null
+key=$(g key create bench)
+KEY_ID=$(awk -F': +' '/Key ID/ {print $2}' <<<"$key")
+SECRET=$(awk -F': +' '/Secret key/ {print $2}' <<<"$key")
+g bucket allow --read --write --owner lasti --key bench >/dev/null
+
+# The upstream, holding one blob of SIZE_MIB.
+mkdir -p "$W/registry"
+cat >"$W/registry.yml" <<EOF
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $W/registry}}
+http: {addr: 127.0.0.1:$((BASE + 2))}
+EOF
+timeout 1800 /usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+PIDS+=($!)
+wait_port $((BASE + 2))
+head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$W/blob"
+DIGEST="sha256:$(sha256sum "$W/blob" | cut -d' ' -f1)"
+location=$(curl -fsS -D - -o /dev/null -X POST "http://127.0.0.1:$((BASE + 2))/v2/bench/blob/blobs/uploads/" |
+  awk -F': ' 'tolower($1) == "location" {print $2}' | tr -d '\r')
+case "$location" in http*) ;; *) location="http://127.0.0.1:$((BASE + 2))$location" ;; esac
+sep='?'; case "$location" in *\?*) sep='&' ;; esac
+curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+  --data-binary @"$W/blob" "$location${sep}digest=$DIGEST"
+rm "$W/blob"
+
+# A replica: its own data directory and ports, the shared bucket.
+start_lasti() { # name port
+  mkdir -p "$W/$1"
+  printf '%s\n' "$KEY_ID" >"$W/$1/id"; printf '%s\n' "$SECRET" >"$W/$1/secret"
+  cat >"$W/$1/lasti.toml" <<EOF
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$(($2 + 1))"
+data_dir = "$W/$1/data"
+[log]
+filter = "warn"
+[[upstream]]
+name = "docker.io"
+url = "http://127.0.0.1:$((BASE + 2))"
+[bucket]
+endpoint = "http://127.0.0.1:$BASE"
+bucket = "lasti"
+region = "garage"
+access_key_id_file = "$W/$1/id"
+secret_access_key_file = "$W/$1/secret"
+EOF
+  timeout 1800 target/release/lasti --config "$W/$1/lasti.toml" >"$W/$1/log" 2>&1 &
+  PIDS+=($!)
+  LASTI_WRAPPER=$!
+  wait_port "$2"
+  LASTI_PID=$(pgrep -P "$LASTI_WRAPPER")
+}
+cpu_s() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
+blob_url() { echo "http://127.0.0.1:$1/v2/bench/blob/blobs/$DIGEST"; }
+
+# The first replica fetches the blob from the upstream and publishes it.
+start_lasti first $((BASE + 4))
+curl -fsS -o /dev/null "$(blob_url $((BASE + 4)))"
+for _ in $(seq 600); do
+  stored=$(curl -fsS "http://127.0.0.1:$((BASE + 5))/metrics" |
+    awk '/^lasti_bucket_requests_total\{op="put",result="stored"\}/ {print $2}')
+  [ "${stored:-0}" = 1 ] && break
+  sleep 0.1
+done
+[ "${stored:-0}" = 1 ] || { echo "the blob was not published" >&2; exit 1; }
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+: >"$W/direct"; : >"$W/lasti"; : >"$W/cpu"
+for i in $(seq "$REPEAT"); do
+  port=$((BASE + 10 + 2 * i))
+  start_lasti "empty$i" "$port"
+  before=$(cpu_s "$LASTI_PID")
+  t_lasti=$(curl -fsS -o /dev/null -w '%{time_total}' "$(blob_url "$port")")
+  after=$(cpu_s "$LASTI_PID")
+  t_direct=$(curl -fsS -o /dev/null -w '%{time_total}' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' \
+    --aws-sigv4 aws:amz:garage:s3 --user "$KEY_ID:$SECRET" \
+    "http://127.0.0.1:$BASE/lasti/blobs/sha256/${DIGEST#sha256:}")
+  cpu=$(echo "$after - $before" | bc)
+  echo "run $i: direct $t_direct s, lasti (empty disk) $t_lasti s, lasti cpu $cpu s"
+  echo "$t_direct" >>"$W/direct"; echo "$t_lasti" >>"$W/lasti"; echo "$cpu" >>"$W/cpu"
+  kill "$LASTI_WRAPPER"
+done
+d=$(median <"$W/direct"); l=$(median <"$W/lasti"); c=$(median <"$W/cpu")
+echo "median (${SIZE_MIB} MiB, $REPEAT runs): direct $d s   lasti $l s   lasti_cpu $c s   ratio lasti/direct $(echo "scale=2; $l / $d" | bc)"
