@@ -55,6 +55,20 @@ async fn push_image(
     image
 }
 
+/// Pulls `library/<name>:v1` through `lasti` with skopeo (which verifies
+/// every digest) and checks it is `image`, whole.
+async fn pull_and_check(lasti: &Lasti, name: &str, image: &BuiltImage, out: &std::path::Path) {
+    skopeo::pull_to_dir(&format!("{}/library/{name}:v1", lasti.host()), out, false)
+        .await
+        .unwrap_or_else(|e| panic!("pull {name} through {}: {e}", lasti.host()));
+    let mut pulled = skopeo::dir_digests(out);
+    let mut expected = image.blob_digests();
+    expected.push(image.manifest_digest.clone());
+    pulled.sort();
+    expected.sort();
+    assert_eq!(pulled, expected, "the same image, verified by skopeo");
+}
+
 /// The sum of a counter's samples whose labels contain every one of `labels`.
 async fn metric(lasti: &Lasti, name: &str, labels: &[&str]) -> u64 {
     let text = http::get(&format!("{}/metrics", lasti.admin_url()), &[]).await;
@@ -152,16 +166,7 @@ async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucke
     }
 
     let second = Lasti::start_with(config(&registry, &garage), None).await;
-    let out = work.path().join("second");
-    skopeo::pull_to_dir(&format!("{}/library/app:v1", second.host()), &out, false)
-        .await
-        .expect("pull through the second replica");
-    let mut pulled = skopeo::dir_digests(&out);
-    let mut expected = blobs.clone();
-    expected.push(image.manifest_digest.clone());
-    pulled.sort();
-    expected.sort();
-    assert_eq!(pulled, expected, "the same image, verified by skopeo");
+    pull_and_check(&second, "app", &image, &work.path().join("second")).await;
     for digest in &blobs {
         assert_eq!(
             registry.blob_gets(digest),
@@ -235,16 +240,7 @@ async fn a_bucket_that_is_down_costs_nothing_but_a_counted_error() {
     drop(closed);
     cfg.bucket.endpoint = Some(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
     let lasti = Lasti::start_with(cfg, None).await;
-    let out = work.path().join("pulled");
-    skopeo::pull_to_dir(&format!("{}/library/down:v1", lasti.host()), &out, false)
-        .await
-        .expect("the pull works without the bucket");
-    let mut pulled = skopeo::dir_digests(&out);
-    let mut expected = image.blob_digests();
-    expected.push(image.manifest_digest.clone());
-    pulled.sort();
-    expected.sort();
-    assert_eq!(pulled, expected);
+    pull_and_check(&lasti, "down", &image, &work.path().join("pulled")).await;
     let blobs = image.blob_digests().len() as u64;
     assert_eq!(
         metric(&lasti, "lasti_fill_sources_total", &["tier=\"upstream\""]).await,
