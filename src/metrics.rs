@@ -123,7 +123,7 @@ impl Metrics {
             backfill_push_duration: histogram(r, "lasti_backfill_push_duration_seconds", "Duration of back-fill job attempts.", &[], PUSH_BUCKETS)
                 .with_label_values(&[] as &[&str]),
             warmed_images: counter(r, "lasti_warm_images_total", "Images of the warm list and of /admin/warm pulled into the cache, by outcome (done, failed).", &["outcome"]),
-            bucket_requests: counter(r, "lasti_bucket_requests_total", "Requests to the shared object store, by operation (get, put, delete) and result (found, missing, stored, removed, error, skipped: not asked for a while after an error).", &["op", "result"]),
+            bucket_requests: counter(r, "lasti_bucket_requests_total", "Requests to the shared object store, by operation (get, head, put, delete) and result (found, missing, stored, removed, error, skipped: not asked for a while after an error).", &["op", "result"]),
             bucket_duration: histogram(r, "lasti_bucket_request_duration_seconds", "Time to the object store's response headers, by operation.", &["op"], LATENCY_BUCKETS),
             bucket_bytes: counter(r, "lasti_bucket_bytes_total", "Blob bytes read from (in) and uploaded to (out) the object store.", &["direction"]),
             fill_sources: counter(r, "lasti_fill_sources_total", "Blob fills completed, by the tier that supplied the bytes (bucket, project, upstream).", &["tier"]),
@@ -163,6 +163,7 @@ impl Metrics {
         }
         for (op, results) in [
             ("get", &["found", "missing", "error", "skipped"][..]),
+            ("head", &["found", "missing", "error", "skipped"]),
             ("put", &["stored", "error"]),
             ("delete", &["removed", "error"]),
         ] {

@@ -182,6 +182,21 @@ async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucke
         metric(&second, "lasti_fill_sources_total", &["tier=\"upstream\""]).await,
         0
     );
+    // A third replica, still empty, answers HEADs from the bucket.
+    let third = Lasti::start_with(config(&registry, &garage), None).await;
+    let layer = image.layer_digests.last().unwrap();
+    let heads = registry.count_requests("HEAD", &format!("/blobs/{layer}"));
+    let head = http::head(
+        &format!("{}/v2/library/app/blobs/{layer}", third.url()),
+        &[],
+    )
+    .await;
+    assert!(head.status.is_success());
+    assert_eq!(head.header("content-length"), (20 * MIB).to_string());
+    assert_eq!(
+        registry.count_requests("HEAD", &format!("/blobs/{layer}")),
+        heads
+    );
     // What came from the bucket is not uploaded again.
     assert_eq!(
         metric(&second, "lasti_bucket_requests_total", &["op=\"put\""]).await,

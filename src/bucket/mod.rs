@@ -205,6 +205,35 @@ impl Bucket {
         }
     }
 
+    /// The size of a blob the store has, or `None`: a `HEAD` answered for
+    /// the registries. Skips the store after a failure, like [`Bucket::get`].
+    pub async fn size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let started = Instant::now();
+        if self.skipping(started) {
+            self.metrics.bucket_result("head", "skipped");
+            return Ok(None);
+        }
+        let answer = tokio::time::timeout(self.timeout, self.store.head(&self.key(digest)))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        self.metrics.bucket_request("head", started.elapsed());
+        match answer {
+            Ok(meta) => {
+                self.metrics.bucket_result("head", "found");
+                Ok(Some(meta.size))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.metrics.bucket_result("head", "missing");
+                Ok(None)
+            }
+            Err(e) => {
+                self.metrics.bucket_result("head", "error");
+                self.back_off();
+                Err(unavailable(e))
+            }
+        }
+    }
+
     /// Uploads a stored, verified blob of `size` bytes from `file`. Waits
     /// for one of `max_uploads` places first. The object appears whole or
     /// not at all.

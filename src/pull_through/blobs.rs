@@ -87,7 +87,7 @@ impl Proxy {
     }
 
     /// A `HEAD` never starts a fetch: it answers from the cache, a fill in
-    /// progress, or the upstream's own `HEAD`.
+    /// progress, the shared bucket, or the upstream's own `HEAD`.
     async fn head_blob(
         &self,
         upstream: &Arc<Upstream>,
@@ -108,6 +108,18 @@ impl Proxy {
                     range: None,
                     reader: None,
                     outcome: Outcome::Coalesced,
+                });
+            }
+        }
+        if let Some(bucket) = &self.bucket {
+            // A store that fails is no reason to fail the HEAD: ask the upstream.
+            if let Ok(Some(size)) = bucket.size(digest).await {
+                return Ok(BlobAnswer {
+                    size: Some(size),
+                    media_type: OCTET_STREAM.to_string(),
+                    range: None,
+                    reader: None,
+                    outcome: Outcome::Hit,
                 });
             }
         }

@@ -79,6 +79,9 @@ pub enum StartError {
     /// An upstream's client could not be built (bad CA file, ...).
     #[error("{0}")]
     Upstream(String),
+    /// The shared object store's client could not be built.
+    #[error("object store: {0}")]
+    Bucket(crate::error::Error),
 }
 
 /// The sockets lasti serves on, bound by the caller (port 0 in tests).
@@ -148,7 +151,7 @@ async fn build_services(
             .await
             .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
     let bucket = Bucket::new(&config.bucket, Arc::clone(cache.metrics()))
-        .map_err(|e| StartError::Upstream(format!("object store: {e}")))?
+        .map_err(StartError::Bucket)?
         .map(Arc::new);
     let max_manifest = config.cache.max_manifest_size.as_u64();
     let mut running = None;
