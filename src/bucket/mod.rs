@@ -142,44 +142,67 @@ impl Bucket {
 
     /// The blob from `offset` on, or `None` when the store does not have it.
     pub async fn get(&self, digest: &Digest, offset: u64) -> Result<Option<Found>> {
-        let started = Instant::now();
-        if self.skipping(started) {
-            self.metrics.bucket_result("get", "skipped");
-            return Ok(None);
-        }
         let options = GetOptions {
             range: (offset > 0).then_some(GetRange::Offset(offset)),
             ..GetOptions::default()
         };
-        let answer = tokio::time::timeout(
-            self.timeout,
-            self.store.get_opts(&self.key(digest), options),
-        )
-        .await
-        .unwrap_or_else(|_| Err(timed_out()));
-        self.metrics.bucket_request("get", started.elapsed());
+        let key = self.key(digest);
+        let Some(result) = self
+            .look_up("get", self.store.get_opts(&key, options))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let size = result.meta.size;
+        let metrics = Arc::clone(&self.metrics);
+        // Each pause of the body is bounded, as for an upstream.
+        let body = with_idle_timeout(result.into_stream(), self.timeout)
+            .map(move |chunk| {
+                let bytes = chunk?;
+                metrics.bucket_bytes("in", bytes.len() as u64);
+                Ok(bytes)
+            })
+            .boxed();
+        Ok(Some(Found { size, body }))
+    }
+
+    /// The size of a blob the store has, or `None`: a `HEAD` answered for
+    /// the registries.
+    pub async fn size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let key = self.key(digest);
+        let meta = self.look_up("head", self.store.head(&key)).await?;
+        Ok(meta.map(|meta| meta.size))
+    }
+
+    /// One look-up in the store, bounded by the timeout and counted: `None`
+    /// when the object is not there, or when the store failed a moment ago
+    /// (then it is not asked at all). A failure makes the next look-ups skip
+    /// the store for [`BACK_OFF`].
+    async fn look_up<T>(
+        &self,
+        op: &str,
+        request: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<Option<T>> {
+        let started = Instant::now();
+        if self.skipping(started) {
+            self.metrics.bucket_result(op, "skipped");
+            return Ok(None);
+        }
+        let answer = tokio::time::timeout(self.timeout, request)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        self.metrics.bucket_request(op, started.elapsed());
         match answer {
-            Ok(result) => {
-                self.metrics.bucket_result("get", "found");
-                let size = result.meta.size;
-                let metrics = Arc::clone(&self.metrics);
-                let idle = self.timeout;
-                // Each pause of the body is bounded, as for an upstream.
-                let body = with_idle_timeout(result.into_stream(), idle)
-                    .map(move |chunk| {
-                        let bytes = chunk?;
-                        metrics.bucket_bytes("in", bytes.len() as u64);
-                        Ok(bytes)
-                    })
-                    .boxed();
-                Ok(Some(Found { size, body }))
+            Ok(found) => {
+                self.metrics.bucket_result(op, "found");
+                Ok(Some(found))
             }
             Err(object_store::Error::NotFound { .. }) => {
-                self.metrics.bucket_result("get", "missing");
+                self.metrics.bucket_result(op, "missing");
                 Ok(None)
             }
             Err(e) => {
-                self.metrics.bucket_result("get", "error");
+                self.metrics.bucket_result(op, "error");
                 self.back_off();
                 Err(unavailable(e))
             }
@@ -202,35 +225,6 @@ impl Bucket {
                 false
             }
             None => false,
-        }
-    }
-
-    /// The size of a blob the store has, or `None`: a `HEAD` answered for
-    /// the registries. Skips the store after a failure, like [`Bucket::get`].
-    pub async fn size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let started = Instant::now();
-        if self.skipping(started) {
-            self.metrics.bucket_result("head", "skipped");
-            return Ok(None);
-        }
-        let answer = tokio::time::timeout(self.timeout, self.store.head(&self.key(digest)))
-            .await
-            .unwrap_or_else(|_| Err(timed_out()));
-        self.metrics.bucket_request("head", started.elapsed());
-        match answer {
-            Ok(meta) => {
-                self.metrics.bucket_result("head", "found");
-                Ok(Some(meta.size))
-            }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.metrics.bucket_result("head", "missing");
-                Ok(None)
-            }
-            Err(e) => {
-                self.metrics.bucket_result("head", "error");
-                self.back_off();
-                Err(unavailable(e))
-            }
         }
     }
 
