@@ -54,6 +54,9 @@ pub struct Metrics {
     bucket_duration: HistogramVec,
     bucket_bytes: IntCounterVec,
     fill_sources: IntCounterVec,
+    fill_bytes: IntCounterVec,
+    peer_fetches: IntCounterVec,
+    peer_served: IntCounterVec,
 }
 
 /// Registers `metric` and hands it back; every name is registered once.
@@ -126,7 +129,10 @@ impl Metrics {
             bucket_requests: counter(r, "lasti_bucket_requests_total", "Requests to the shared object store, by operation (get, head, put, delete) and result (found, missing, stored, removed, error, skipped: not asked for a while after an error).", &["op", "result"]),
             bucket_duration: histogram(r, "lasti_bucket_request_duration_seconds", "Time to the object store's response headers, by operation.", &["op"], LATENCY_BUCKETS),
             bucket_bytes: counter(r, "lasti_bucket_bytes_total", "Blob bytes read from (in) and uploaded to (out) the object store.", &["direction"]),
-            fill_sources: counter(r, "lasti_fill_sources_total", "Blob fills completed, by the tier that supplied the bytes (bucket, project, upstream).", &["tier"]),
+            fill_sources: counter(r, "lasti_fill_sources_total", "Blob fills completed, by the tier that supplied the bytes (bucket, peer, project, upstream).", &["tier"]),
+            fill_bytes: counter(r, "lasti_fill_bytes_total", "Blob bytes written into the cache, by the tier they came from (bucket, peer, project, upstream).", &["tier"]),
+            peer_fetches: counter(r, "lasti_peer_fetches_total", "Blobs asked of their owner replica, by result (done, failed: the asker went on to the next source).", &["result"]),
+            peer_served: counter(r, "lasti_peer_requests_total", "Blob requests answered on the peer listener, by outcome (hit, miss, coalesced, error, refused).", &["outcome"]),
             registry,
         }
         .with_outcomes()
@@ -158,8 +164,15 @@ impl Metrics {
         for source in ["cache", "upstream"] {
             self.served_bytes.with_label_values(&[source]);
         }
-        for tier in ["bucket", "project", "upstream"] {
+        for tier in ["bucket", "peer", "project", "upstream"] {
             self.fill_sources.with_label_values(&[tier]);
+            self.fill_bytes.with_label_values(&[tier]);
+        }
+        for result in ["done", "failed"] {
+            self.peer_fetches.with_label_values(&[result]);
+        }
+        for outcome in ["hit", "miss", "coalesced", "error", "refused"] {
+            self.peer_served.with_label_values(&[outcome]);
         }
         for (op, results) in [
             ("get", &["found", "missing", "error", "skipped"][..]),
@@ -303,6 +316,23 @@ impl Metrics {
     /// A fill completed with bytes from `tier`.
     pub fn fill_source(&self, tier: &str) {
         self.fill_sources.with_label_values(&[tier]).inc();
+    }
+
+    /// Bytes a fill took from `tier`.
+    pub fn fill_bytes(&self, tier: &str, bytes: u64) {
+        if bytes > 0 {
+            self.fill_bytes.with_label_values(&[tier]).inc_by(bytes);
+        }
+    }
+
+    /// A blob asked of its owner replica came whole (`done`) or not (`failed`).
+    pub fn peer_fetch(&self, result: &str) {
+        self.peer_fetches.with_label_values(&[result]).inc();
+    }
+
+    /// A request on the peer listener was answered with `outcome`.
+    pub fn peer_served(&self, outcome: &str) {
+        self.peer_served.with_label_values(&[outcome]).inc();
     }
 
     /// Blobs evicted.

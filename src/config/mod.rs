@@ -16,12 +16,14 @@ use crate::secret::Secret;
 
 mod access;
 mod bucket;
+mod cluster;
 mod render;
 mod target;
 mod upstream;
 mod warm;
 pub use access::{AccessConfig, AccessMode, TlsConfig};
 pub use bucket::BucketConfig;
+pub use cluster::{member_name, ClusterConfig};
 pub use render::REDACTED;
 pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
 pub use upstream::{TagRule, UpstreamConfig};
@@ -72,6 +74,8 @@ pub struct Config {
     pub warm: WarmConfig,
     /// The object store shared by replicas; off unless configured.
     pub bucket: BucketConfig,
+    /// The other replicas, for one upstream fetch per blob; off unless configured.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -92,6 +96,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             warm: WarmConfig::default(),
             bucket: BucketConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -285,6 +290,7 @@ impl Config {
     fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
         self.target.resolve_token_source()?;
         self.bucket.resolve_secrets()?;
+        self.cluster.resolve_secrets()?;
         for upstream in &mut self.upstreams {
             if let Some(var) = &upstream.password_env {
                 let value = std::env::var(var).map_err(|_| {
@@ -329,6 +335,7 @@ impl Config {
         self.tls.validate()?;
         self.warm.validate()?;
         self.bucket.validate()?;
+        self.cluster.validate()?;
         let mut names = std::collections::HashSet::new();
         for upstream in &self.upstreams {
             upstream.validate()?;

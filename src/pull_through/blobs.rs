@@ -8,15 +8,18 @@
 //! and nothing is stored.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use super::{Backfiller, Outcome, Proxy};
 use crate::bucket::{self, Bucket};
 use crate::cache::fill::{FillWriter, Subscription};
 use crate::cache::reader::BlobReader;
 use crate::cache::{BlobLookup, Cache, FillError, StoredBlob};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::media_type::OCTET_STREAM;
@@ -55,6 +58,31 @@ impl Proxy {
         if head {
             return self.head_blob(upstream, repo, digest).await;
         }
+        self.get_blob(upstream, repo, digest, range, Asker::Client)
+            .await
+    }
+
+    /// Answers another replica's `GET` on the peer listener: like a
+    /// client's, except that a miss never asks a peer in turn.
+    pub async fn peer_blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<BlobAnswer> {
+        self.get_blob(upstream, repo, digest, range, Asker::Peer)
+            .await
+    }
+
+    async fn get_blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        asker: Asker,
+    ) -> Result<BlobAnswer> {
         match self.cache.lookup(digest).await? {
             BlobLookup::Stored(blob) => stored_answer(blob, range),
             BlobLookup::Filling(sub) => filling_answer(sub, range, Outcome::Coalesced).await,
@@ -70,8 +98,18 @@ impl Proxy {
                 // leaving cannot fail the fill for the others.
                 let backfill = self.backfill.clone();
                 let (upstream, repo) = (Arc::clone(upstream), repo.clone());
+                let owner = match (&self.cluster, asker) {
+                    (Some(cluster), Asker::Client) => cluster.owner(digest).map(|member| Peer {
+                        cluster: Arc::clone(cluster),
+                        member,
+                        upstream: upstream.name().to_string(),
+                        repo: repo.clone(),
+                    }),
+                    _ => None,
+                };
                 let tiers = Tiers {
                     bucket: self.bucket.clone(),
+                    owner,
                     cache: self.cache.clone(),
                     metrics: Arc::clone(self.cache.metrics()),
                 };
@@ -219,43 +257,85 @@ async fn sources_of(
     sources
 }
 
+/// Who asks for a blob: a client, or another replica on the peer listener
+/// (whose misses never ask a peer in turn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    Client,
+    Peer,
+}
+
+/// The replica that owns a missing blob, to stream it from.
+struct Peer {
+    cluster: Arc<Cluster>,
+    member: String,
+    /// The upstream's name, which the owner routes by.
+    upstream: String,
+    repo: RepoName,
+}
+
 /// What a fill needs besides its registry sources.
 struct Tiers {
     /// The shared object store, asked first and published to after.
     bucket: Option<Arc<Bucket>>,
+    /// The owner replica, asked next, when it is another one.
+    owner: Option<Peer>,
     cache: Cache,
     metrics: Arc<Metrics>,
 }
 
 /// Feeds a fill: from the shared object store if it has the blob, else
-/// from its registry sources, resuming after a broken body (from the same
-/// source, then from the next one, which serves the same digest). A blob
-/// fetched from a registry is published to the object store once stored.
+/// from the replica that owns it, else from its registry sources, resuming
+/// after a broken body (from the same registry, then from the next source,
+/// which serves the same digest). A blob fetched from a registry is
+/// published to the object store once stored.
 async fn fill(tiers: Tiers, sources: Sources, digest: Digest, mut writer: FillWriter) {
-    let mut from_bucket = false;
+    let mut tier = None;
     if let Some(bucket) = &tiers.bucket {
+        let before = writer.written();
         match fetch_from_bucket(bucket, &digest, &mut writer).await {
-            Ok(found) => from_bucket = found,
+            Ok(found) => tier = found.then_some("bucket"),
             // Availability first: the registries still have it.
             Err(err) => {
                 tracing::warn!(%digest, at = writer.written(), error = %err, "object store read failed; fetching from the registry")
             }
         }
+        tiers
+            .metrics
+            .fill_bytes("bucket", writer.written() - before);
     }
     let bucket_bytes = writer.written() > 0;
+    let idle = sources.last().map(|(u, _)| u.body_idle_timeout());
+    if let (None, Some(owner), Some(idle)) = (tier, &tiers.owner, idle) {
+        let before = writer.written();
+        match fetch_from_peer(owner, &digest, idle, &mut writer).await {
+            Ok(()) => {
+                tier = Some("peer");
+                tiers.metrics.peer_fetch("done");
+            }
+            // Availability before deduplication: fetch by itself.
+            Err(err) => owner.cluster.failed(&owner.member, &err),
+        }
+        tiers.metrics.fill_bytes("peer", writer.written() - before);
+    }
     let mut last_error = None;
-    let mut tier = "bucket";
-    if !from_bucket {
+    if tier.is_none() {
         'sources: for (index, (source, repo)) in sources.iter().enumerate() {
+            let source_tier = match index + 1 == sources.len() {
+                true => "upstream",
+                false => "project",
+            };
             let mut resumes = 0;
             loop {
-                match fetch_into(source, repo, &digest, &mut writer).await {
+                let before = writer.written();
+                let fetched = fetch_into(source, repo, &digest, &mut writer).await;
+                tiers
+                    .metrics
+                    .fill_bytes(source_tier, writer.written() - before);
+                match fetched {
                     Ok(()) => {
                         last_error = None;
-                        tier = match index + 1 == sources.len() {
-                            true => "upstream",
-                            false => "project",
-                        };
+                        tier = Some(source_tier);
                         break 'sources;
                     }
                     // Before the first byte, `Upstream::request` already retried.
@@ -284,9 +364,11 @@ async fn fill(tiers: Tiers, sources: Sources, digest: Digest, mut writer: FillWr
         writer.fail(err);
         return;
     }
-    let upstream = match from_bucket {
-        true => bucket::NAME.to_string(),
-        false => sources
+    let tier = tier.unwrap_or("upstream");
+    let upstream = match (tier, &tiers.owner) {
+        ("bucket", _) => bucket::NAME.to_string(),
+        ("peer", Some(owner)) => format!("peer {}", owner.member),
+        _ => sources
             .last()
             .map(|(u, _)| u.name().to_string())
             .unwrap_or_default(),
@@ -295,7 +377,10 @@ async fn fill(tiers: Tiers, sources: Sources, digest: Digest, mut writer: FillWr
         Ok(size) => {
             tracing::debug!(%upstream, %digest, size, tier, "blob stored");
             tiers.metrics.fill_source(tier);
-            if let (Some(bucket), false) = (tiers.bucket, from_bucket) {
+            // What came from the store or a peer is in the store, or will
+            // be when its owner has published it.
+            let fetched = matches!(tier, "project" | "upstream");
+            if let (Some(bucket), true) = (tiers.bucket, fetched) {
                 tokio::spawn(publish(bucket, tiers.cache, digest));
             }
         }
@@ -375,6 +460,30 @@ fn fill_failure(upstream: &str, reason: FillError) -> Error {
     }
 }
 
+/// The blob from the replica that owns it, from where the fill is.
+async fn fetch_from_peer(
+    owner: &Peer,
+    digest: &Digest,
+    idle: Duration,
+    writer: &mut FillWriter,
+) -> Result<()> {
+    let offset = writer.written();
+    let response = owner
+        .cluster
+        .get_blob(&owner.member, &owner.upstream, &owner.repo, digest, offset)
+        .await?;
+    if offset == 0 {
+        writer.start(response.size, response.media_type);
+    }
+    pump(
+        response.body,
+        idle,
+        &format!("peer {}", owner.member),
+        writer,
+    )
+    .await
+}
+
 /// One upstream request's worth of body into the fill.
 async fn fetch_into(
     upstream: &Upstream,
@@ -387,17 +496,32 @@ async fn fetch_into(
     if offset == 0 {
         writer.start(response.size, response.media_type);
     }
-    let mut body = response.body;
-    let idle = upstream.body_idle_timeout();
+    pump(
+        response.body,
+        upstream.body_idle_timeout(),
+        upstream.name(),
+        writer,
+    )
+    .await
+}
+
+/// A response body into the fill, each pause at most `idle`; `source`
+/// names where it came from in errors.
+async fn pump(
+    mut body: Incoming,
+    idle: Duration,
+    source: &str,
+    writer: &mut FillWriter,
+) -> Result<()> {
     let broken = |message: String| Error::UpstreamUnavailable {
-        upstream: upstream.name().to_string(),
+        upstream: source.to_string(),
         message,
     };
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => {
                 return Err(Error::UpstreamTimeout {
-                    upstream: upstream.name().to_string(),
+                    upstream: source.to_string(),
                     message: "blob body stalled".into(),
                 })
             }
@@ -412,7 +536,7 @@ async fn fetch_into(
             writer
                 .write(data)
                 .await
-                .map_err(|reason| fill_failure(upstream.name(), reason))?;
+                .map_err(|reason| fill_failure(source, reason))?;
         }
     }
 }

@@ -18,6 +18,7 @@ use futures_util::future::BoxFuture;
 
 use crate::bucket::Bucket;
 use crate::cache::Cache;
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{TagList, Upstream, Upstreams};
@@ -112,6 +113,7 @@ pub struct Proxy {
     backfill: Option<Arc<dyn Backfiller>>,
     fetch_permits: Option<Arc<tokio::sync::Semaphore>>,
     bucket: Option<Arc<Bucket>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Proxy {
@@ -131,6 +133,7 @@ impl Proxy {
             backfill,
             fetch_permits: None,
             bucket: None,
+            cluster: None,
         }
     }
 
@@ -138,6 +141,13 @@ impl Proxy {
     /// the upstream, and publishes the blobs it fetches there.
     pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Proxy {
         self.bucket = bucket;
+        self
+    }
+
+    /// Streams a missing blob from the replica that owns it, when that is
+    /// another one, before asking the project and the upstream.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Proxy {
+        self.cluster = cluster;
         self
     }
 
@@ -158,6 +168,11 @@ impl Proxy {
                     retry_after: std::time::Duration::from_secs(1),
                 }),
         }
+    }
+
+    /// This replica's cluster, when it is part of one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The back-fill queue, when a target is configured.

@@ -50,6 +50,22 @@ pub struct Shared {
     pub windows: Arc<Windows>,
 }
 
+impl Shared {
+    /// The same settings for the peer listener: its requests come from the
+    /// other replicas and are let in by the cluster's secret. Plain HTTP
+    /// always (blobs go out with `sendfile`).
+    pub fn for_peers(&self, cluster: Arc<crate::cluster::Cluster>) -> Shared {
+        Shared {
+            app: Arc::new(self.app.for_peers(cluster)),
+            builder: self.builder.clone(),
+            tls: None,
+            limits: self.limits,
+            sent_from_files: self.sent_from_files.clone(),
+            windows: Arc::clone(&self.windows),
+        }
+    }
+}
+
 /// Serves `stream` until it ends, times out, or the server drains
 /// (`drain` turns true or its sender is dropped).
 pub async fn serve(

@@ -76,6 +76,32 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
     }
 }
 
+/// Answers one request on the peer listener: a blob `GET`, by another
+/// replica that sees this one as the blob's owner. Everything else is
+/// refused; the API proper is on the client listener.
+pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Body> {
+    let answer = async {
+        let Route::Blob { name, digest } = router::route(request.uri().path()) else {
+            return Err(Error::NameUnknown);
+        };
+        if request.method() != Method::GET {
+            return Err(Error::Unsupported(
+                "the peer listener serves blob GETs only",
+            ));
+        }
+        let (upstream, repo) = resolve(proxy, name, request.uri().query())?;
+        let digest = parse_digest(digest)?;
+        let range = parse_range(request.headers())?;
+        let answer = proxy.peer_blob(upstream, &repo, &digest, range).await?;
+        let delivery = request.extensions().get().cloned().unwrap_or_default();
+        Ok(response::blob(answer, digest.as_str(), delivery))
+    };
+    match answer.await {
+        Ok(response) => response,
+        Err(err) => response::error(&err),
+    }
+}
+
 /// Chooses the upstream (by `ns=` or the name) and validates the name.
 fn resolve<'p>(
     proxy: &'p Proxy,

@@ -35,6 +35,7 @@ use crate::access::Access;
 use crate::backfill::Backfill;
 use crate::bucket::Bucket;
 use crate::cache::Cache;
+use crate::cluster::Cluster;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -82,6 +83,9 @@ pub enum StartError {
     /// The shared object store's client could not be built.
     #[error("object store: {0}")]
     Bucket(crate::error::Error),
+    /// This replica cannot take part in the cluster as configured.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// The sockets lasti serves on, bound by the caller (port 0 in tests).
@@ -91,6 +95,8 @@ pub struct Listeners {
     pub api: TcpListener,
     /// The admin endpoints, if wanted.
     pub admin: Option<TcpListener>,
+    /// The peer listener, when this replica is part of a cluster.
+    pub peer: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -103,7 +109,11 @@ impl Listeners {
             }
             None => None,
         };
-        Ok(Listeners { api, admin })
+        let peer = match config.cluster.listen {
+            Some(addr) => Some(bind(addr, "cluster.listen", "peer listener").await?),
+            None => None,
+        };
+        Ok(Listeners { api, admin, peer })
     }
 }
 
@@ -153,6 +163,8 @@ async fn build_services(
     let bucket = Bucket::new(&config.bucket, Arc::clone(cache.metrics()))
         .map_err(StartError::Bucket)?
         .map(Arc::new);
+    let cluster = Cluster::start(&config.cluster, Arc::clone(cache.metrics()))
+        .map_err(StartError::Cluster)?;
     let max_manifest = config.cache.max_manifest_size.as_u64();
     let mut running = None;
     let proxy = Arc::new_cyclic(|proxy| {
@@ -161,6 +173,7 @@ async fn build_services(
         Proxy::new(upstreams, cache, max_manifest, backfiller)
             .with_fetch_cap(config.access.max_upstream_fetches)
             .with_bucket(bucket)
+            .with_cluster(cluster)
     });
     Ok((proxy, running))
 }
@@ -181,6 +194,20 @@ pub async fn run(
         max_open_blobs = daemon.shared.app.budget.size(),
         "lasti listening"
     );
+    let (stop_peers, peers_stopped) = watch::channel(false);
+    let peer_task = match (listeners.peer, daemon.shared.app.proxy.cluster()) {
+        (Some(listener), Some(cluster)) => {
+            tracing::info!(addr = %shown_addr(&listener), "peer listener");
+            let shared = Arc::new(daemon.shared.for_peers(Arc::clone(cluster)));
+            let mut stopped = peers_stopped;
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            let max = config.access.max_connections;
+            Some(tokio::spawn(accept_until(listener, shared, max, shutdown)))
+        }
+        _ => None,
+    };
     let connections = accept_until(
         listeners.api,
         Arc::clone(&daemon.shared),
@@ -188,7 +215,12 @@ pub async fn run(
         shutdown,
     )
     .await;
-    drain(daemon, connections, config.shutdown_grace).await;
+    stop_peers.send_replace(true);
+    let peer_connections = match peer_task {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
+    drain(daemon, connections, peer_connections, config.shutdown_grace).await;
     Ok(())
 }
 
@@ -221,8 +253,8 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
     });
     let app = App {
         proxy,
-        access,
-        budget: BlobBudget::new(config.access.max_open_blobs),
+        door: Door::Clients(Box::new(access)),
+        budget: Arc::new(BlobBudget::new(config.access.max_open_blobs)),
     };
     let shared = Shared {
         app: Arc::new(app),
@@ -315,9 +347,14 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Stops the warmer and the admin listener, asks every connection to
-/// finish, and waits for them up to `grace`.
-async fn drain(daemon: Daemon, connections: watch::Sender<bool>, grace: Duration) {
+/// Stops the warmer and the admin listener, asks every connection (the
+/// peer listener's too) to finish, and waits for them up to `grace`.
+async fn drain(
+    daemon: Daemon,
+    connections: watch::Sender<bool>,
+    peer_connections: Option<watch::Sender<bool>>,
+    grace: Duration,
+) {
     daemon.warmer.stop().await;
     if let Some(task) = daemon.admin_task {
         task.abort();
@@ -325,10 +362,14 @@ async fn drain(daemon: Daemon, connections: watch::Sender<bool>, grace: Duration
         let _ = task.await;
     }
     connections.send_replace(true);
-    if tokio::time::timeout(grace, connections.closed())
-        .await
-        .is_err()
-    {
+    let peers_closed = async {
+        if let Some(peers) = &peer_connections {
+            peers.send_replace(true);
+            peers.closed().await;
+        }
+    };
+    let closed = async { tokio::join!(connections.closed(), peers_closed) };
+    if tokio::time::timeout(grace, closed).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
 }
@@ -336,11 +377,28 @@ async fn drain(daemon: Daemon, connections: watch::Sender<bool>, grace: Duration
 /// What answers requests: the proxy behind the front door.
 pub struct App {
     proxy: Arc<Proxy>,
-    access: Access,
-    budget: BlobBudget,
+    door: Door,
+    budget: Arc<BlobBudget>,
+}
+
+/// Who a listener lets in.
+enum Door {
+    /// The registry API: clients, by the access settings.
+    Clients(Box<Access>),
+    /// The peer listener: other replicas, with the cluster's secret; blobs only.
+    Peers(Arc<Cluster>),
 }
 
 impl App {
+    /// The same proxy and open-file budget behind the peer listener's door.
+    fn for_peers(&self, cluster: Arc<Cluster>) -> App {
+        App {
+            proxy: Arc::clone(&self.proxy),
+            door: Door::Peers(cluster),
+            budget: Arc::clone(&self.budget),
+        }
+    }
+
     /// Handles one request inside its span, counts it, and wraps the body
     /// for the access log, the served-bytes counter and the send timeout.
     pub async fn respond(
@@ -354,29 +412,45 @@ impl App {
         let (method, path) = (request.method().clone(), request.uri().path().to_string());
         let route = router::route(&path);
         let span = tracing::info_span!("request", %method, %path);
-        let admitted = match self.access.admit(client) {
-            Ok(()) => {
-                self.access
-                    .authorize(request.headers().get(http::header::AUTHORIZATION))
-                    .await
-            }
-            Err(err) => Err(err),
+        let authorization = request.headers().get(http::header::AUTHORIZATION);
+        let admitted = match &self.door {
+            Door::Clients(access) => match access.admit(client) {
+                Ok(()) => access.authorize(authorization).await,
+                Err(err) => Err(err),
+            },
+            Door::Peers(cluster) => match cluster.admits(authorization) {
+                true => Ok(()),
+                false => Err(Error::Denied("not a replica of this cluster".into())),
+            },
         }
         .and_then(|()| self.reserve_file(&method, &route, &mut in_flight));
-        let response = match admitted {
-            Ok(()) => {
+        let refused = admitted.is_err();
+        let response = match (admitted, &self.door) {
+            (Ok(()), Door::Clients(_)) => {
                 handlers::handle(&self.proxy, &request)
                     .instrument(span)
                     .await
             }
-            Err(err) => response::error(&err),
+            (Ok(()), Door::Peers(_)) => {
+                handlers::handle_peer(&self.proxy, &request)
+                    .instrument(span)
+                    .await
+            }
+            (Err(err), _) => response::error(&err),
         };
         let route = route.label();
         let outcome = response.extensions().get::<Outcome>().copied();
         let metrics = self.proxy.cache().metrics();
-        metrics.http_request(route, response.status().as_u16(), started.elapsed());
-        if let Some(outcome) = outcome {
-            metrics.cache_outcome(route, outcome.as_str());
+        match (&self.door, outcome) {
+            (Door::Clients(_), _) => {
+                metrics.http_request(route, response.status().as_u16(), started.elapsed());
+                if let Some(outcome) = outcome {
+                    metrics.cache_outcome(route, outcome.as_str());
+                }
+            }
+            (Door::Peers(_), _) if refused => metrics.peer_served("refused"),
+            (Door::Peers(_), Some(outcome)) => metrics.peer_served(outcome.as_str()),
+            (Door::Peers(_), None) => metrics.peer_served("error"),
         }
         let record = Record {
             method,

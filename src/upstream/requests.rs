@@ -69,6 +69,34 @@ pub struct BlobResponse {
     pub body: Incoming,
 }
 
+impl BlobResponse {
+    /// Reads a successful answer to a blob `GET` sent from byte `offset`
+    /// on; `Err` says why it does not answer that request.
+    pub(crate) fn from_response(
+        response: Response<Incoming>,
+        offset: u64,
+    ) -> std::result::Result<BlobResponse, String> {
+        let headers = response.headers();
+        let media_type = text_header(headers, header::CONTENT_TYPE);
+        let (size, start) = if response.status() == StatusCode::PARTIAL_CONTENT {
+            let (start, total) = content_range(headers)
+                .ok_or_else(|| "206 without a valid Content-Range".to_string())?;
+            (total, start)
+        } else {
+            (length(headers), 0)
+        };
+        if start != offset {
+            return Err(format!("asked for byte {offset}, got {start}"));
+        }
+        Ok(BlobResponse {
+            size,
+            media_type,
+            offset,
+            body: response.into_body(),
+        })
+    }
+}
+
 /// A tag list page, passed through.
 #[derive(Debug, Clone)]
 pub struct TagList {
@@ -172,24 +200,7 @@ impl Upstream {
         }
         let response = self.request(Method::GET, &path, headers, repo).await?;
         let response = self.expect_success(response, Error::BlobUnknown).await?;
-        let headers = response.headers();
-        let media_type = text_header(headers, header::CONTENT_TYPE);
-        let (size, start) = if response.status() == StatusCode::PARTIAL_CONTENT {
-            let (start, total) = content_range(headers)
-                .ok_or_else(|| self.invalid("206 without a valid Content-Range".into()))?;
-            (total, start)
-        } else {
-            (length(headers), 0)
-        };
-        if start != offset {
-            return Err(self.invalid(format!("asked for byte {offset}, got {start}")));
-        }
-        Ok(BlobResponse {
-            size,
-            media_type,
-            offset,
-            body: response.into_body(),
-        })
+        BlobResponse::from_response(response, offset).map_err(|m| self.invalid(m))
     }
 
     /// `GET /v2/<repo>/tags/list`, with the client's `n` and `last`.

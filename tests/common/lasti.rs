@@ -80,9 +80,18 @@ impl Lasti {
             .await
             .expect("bind loopback");
         let admin_addr = admin.local_addr().expect("local addr");
+        let peer = match config.cluster.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .expect("bind the peer listener"),
+            ),
+            None => None,
+        };
         let listeners = lasti::server::Listeners {
             api: listener,
             admin: Some(admin),
+            peer,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

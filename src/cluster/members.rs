@@ -1,0 +1,174 @@
+//! Who the replicas are, as this one sees them: a static list, or the
+//! addresses of a headless Service looked up every few seconds; this
+//! replica is always a member. A member that just failed a request is left
+//! out for a while, so its digests go to the next in rank (or home) instead
+//! of every miss waiting for the same dead address.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use super::rendezvous;
+use crate::config::member_name;
+use crate::oci::Digest;
+
+/// How long a member that failed a request is left out.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// The replicas, as this one sees them.
+#[derive(Debug)]
+pub struct Members {
+    me: String,
+    list: RwLock<Arc<[String]>>,
+    down: Mutex<HashMap<String, Instant>>,
+}
+
+impl Members {
+    /// `me` and the others (`me` may be among them or not).
+    pub fn new(me: &str, others: &[String]) -> Members {
+        let members = Members {
+            me: member_name(me),
+            list: RwLock::new(Arc::from(Vec::new())),
+            down: Mutex::new(HashMap::new()),
+        };
+        members.set(others.iter().map(String::as_str));
+        members
+    }
+
+    /// This replica's name.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Replaces the member list (`me` is always kept).
+    pub fn set<'a>(&self, others: impl Iterator<Item = &'a str>) {
+        let mut list: Vec<String> = others.map(member_name).collect();
+        list.push(self.me.clone());
+        list.sort();
+        list.dedup();
+        *self.list.write().expect("members lock") = Arc::from(list);
+    }
+
+    /// Every member, this one included, sorted.
+    pub fn all(&self) -> Arc<[String]> {
+        Arc::clone(&self.list.read().expect("members lock"))
+    }
+
+    /// The member to fetch `digest` from, or `None` when this replica owns
+    /// it: the highest-ranked member that has not just failed.
+    pub fn owner(&self, digest: &Digest) -> Option<String> {
+        let list = self.all();
+        let now = Instant::now();
+        let mut down = self.down.lock().expect("down lock");
+        down.retain(|_, since| now.duration_since(*since) < DOWN_FOR);
+        let owner = rendezvous::ranked(&list, digest)
+            .into_iter()
+            .find(|m| *m == self.me || !down.contains_key(*m))?;
+        (owner != self.me).then(|| owner.to_string())
+    }
+
+    /// Leaves `member` out for [`DOWN_FOR`].
+    pub fn failed(&self, member: &str) {
+        if member != self.me {
+            let mut down = self.down.lock().expect("down lock");
+            down.insert(member.to_string(), Instant::now());
+        }
+    }
+}
+
+/// Looks `name` (`host:port`) up every `every` and sets the members to its
+/// addresses, until `members` is dropped. A failed lookup keeps the last
+/// list: DNS trouble must not split the cluster into singletons.
+pub async fn follow_dns(members: Weak<Members>, name: String, every: Duration) {
+    let mut logged_failure = false;
+    loop {
+        let found = tokio::net::lookup_host(name.as_str()).await;
+        let Some(members) = members.upgrade() else {
+            return;
+        };
+        match found {
+            Ok(addresses) => {
+                let names: Vec<String> = addresses.map(|a| a.to_string()).collect();
+                members.set(names.iter().map(String::as_str));
+                logged_failure = false;
+            }
+            Err(error) if !logged_failure => {
+                tracing::warn!(%name, %error, "cannot look the replicas up; keeping the last list");
+                logged_failure = true;
+            }
+            Err(_) => {}
+        }
+        drop(members);
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digests() -> impl Iterator<Item = Digest> {
+        (0u64..200).map(|i| Digest::sha256_of(&i.to_be_bytes()))
+    }
+
+    fn three(me: &str) -> Members {
+        let others = ["10.0.0.1:5001", "10.0.0.2:5001", "10.0.0.3:5001"].map(String::from);
+        Members::new(me, &others)
+    }
+
+    #[test]
+    fn every_replica_agrees_on_the_owner() {
+        let views = ["10.0.0.1:5001", "10.0.0.2:5001", "10.0.0.3:5001"].map(three);
+        for digest in digests() {
+            let named: Vec<String> = views
+                .iter()
+                .map(|v| v.owner(&digest).unwrap_or_else(|| v.me().to_string()))
+                .collect();
+            assert!(named.windows(2).all(|w| w[0] == w[1]), "{named:?}");
+            assert_eq!(
+                views.iter().filter(|v| v.owner(&digest).is_none()).count(),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn this_replica_is_always_a_member() {
+        let members = Members::new("10.0.0.9:5001", &["10.0.0.1:5001".to_string()]);
+        assert_eq!(members.all().len(), 2);
+        members.set(std::iter::empty());
+        assert_eq!(&*members.all(), ["10.0.0.9:5001".to_string()]);
+        assert!(digests().all(|d| members.owner(&d).is_none()));
+    }
+
+    #[test]
+    fn a_failed_member_hands_its_digests_to_the_next_in_rank() {
+        let members = three("10.0.0.1:5001");
+        let theirs: Vec<Digest> = digests()
+            .filter(|d| members.owner(d).as_deref() == Some("10.0.0.2:5001"))
+            .collect();
+        assert!(!theirs.is_empty());
+        members.failed("10.0.0.2:5001");
+        for digest in &theirs {
+            let ranked = rendezvous::ranked(&members.all(), digest)
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            let next = members.owner(digest);
+            assert_ne!(next.as_deref(), Some("10.0.0.2:5001"));
+            let expected = (ranked[1] != "10.0.0.1:5001").then(|| ranked[1].clone());
+            assert_eq!(next, expected);
+        }
+        members.failed("10.0.0.1:5001");
+        assert!(
+            digests().all(|d| members.owner(&d).as_deref() != Some("10.0.0.1:5001")),
+            "this replica is never left out of its own view"
+        );
+    }
+
+    #[test]
+    fn names_are_compared_in_one_spelling() {
+        let members = Members::new("[FD00::1]:5001", &["[fd00:0::1]:5001".to_string()]);
+        assert_eq!(members.all().len(), 1);
+    }
+}
