@@ -8,7 +8,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ::lasti::config::Config;
-use ::lasti::secret::Secret;
 use common::garage::{self, Garage};
 use common::http;
 use common::lasti::{config as lasti_config, Lasti};
@@ -25,14 +24,7 @@ const MIB: usize = 1024 * 1024;
 /// bucket as the shared store.
 fn config(registry: &Registry, garage: &Garage) -> Config {
     let mut config = lasti_config(&[("docker.io", &registry.url())]);
-    config.bucket.endpoint = Some(Url::parse(&garage.endpoint()).unwrap());
-    config.bucket.bucket = Some(garage::BUCKET.to_string());
-    config.bucket.region = garage::REGION.to_string();
-    config.bucket.timeout = Duration::from_secs(10);
-    config.bucket.credentials = Some((
-        Secret::new(garage.key_id.clone()),
-        Secret::new(garage.secret.clone()),
-    ));
+    garage.configure(&mut config);
     config
 }
 
@@ -69,30 +61,12 @@ async fn pull_and_check(lasti: &Lasti, name: &str, image: &BuiltImage, out: &std
     assert_eq!(pulled, expected, "the same image, verified by skopeo");
 }
 
-/// The sum of a counter's samples whose labels contain every one of `labels`.
 async fn metric(lasti: &Lasti, name: &str, labels: &[&str]) -> u64 {
-    let text = http::get(&format!("{}/metrics", lasti.admin_url()), &[]).await;
-    String::from_utf8_lossy(&text.body)
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    http::metric(&lasti.admin_url(), name, labels).await
 }
 
-/// Waits until `metric` reaches `at_least`; returns the last value.
 async fn metric_reaches(lasti: &Lasti, name: &str, labels: &[&str], at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let value = metric(lasti, name, labels).await;
-        if value >= at_least || Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    http::metric_reaches(&lasti.admin_url(), name, labels, at_least).await
 }
 
 /// `curl` with S3 signatures against Garage: the status of `method` on a key.

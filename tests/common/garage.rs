@@ -104,6 +104,18 @@ impl Garage {
         garage
     }
 
+    /// Points `config`'s `[bucket]` at this Garage's bucket, with its key.
+    pub fn configure(&self, config: &mut lasti::config::Config) {
+        config.bucket.endpoint = Some(url::Url::parse(&self.endpoint()).unwrap());
+        config.bucket.bucket = Some(BUCKET.to_string());
+        config.bucket.region = REGION.to_string();
+        config.bucket.timeout = Duration::from_secs(10);
+        config.bucket.credentials = Some((
+            lasti::secret::Secret::new(self.key_id.clone()),
+            lasti::secret::Secret::new(self.secret.clone()),
+        ));
+    }
+
     /// `http://127.0.0.1:port`, the S3 endpoint (path-style addressing).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.s3)

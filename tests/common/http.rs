@@ -98,3 +98,30 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 pub async fn head(url: &str, headers: &[(&str, &str)]) -> Reply {
     request(Method::HEAD, url, headers).await
 }
+
+/// The sum of a metric's samples, on the admin listener at `admin_url`,
+/// whose labels contain every one of `labels` (`tier="peer"`).
+pub async fn metric(admin_url: &str, name: &str, labels: &[&str]) -> u64 {
+    let text = get(&format!("{admin_url}/metrics"), &[]).await;
+    String::from_utf8_lossy(&text.body)
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits (up to 30 s) until [`metric`] reaches `at_least`; the last value.
+pub async fn metric_reaches(admin_url: &str, name: &str, labels: &[&str], at_least: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let value = metric(admin_url, name, labels).await;
+        if value >= at_least || std::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

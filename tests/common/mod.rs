@@ -9,6 +9,8 @@
 //!   [`checks`] holds the assertions the fault tests share.
 //! - [`garage`] runs Garage, a real S3-compatible object store, as one node
 //!   with a bucket and a key.
+//! - [`throttle`] puts nginx with `limit_rate` in front of a registry, a
+//!   slow upstream whose fills overlap.
 //! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back;
 //!   [`podman`], [`containerd`] and [`docker`] pull through lasti configured
 //!   as a mirror.
@@ -29,6 +31,7 @@ pub mod podman;
 pub mod process;
 pub mod registry;
 pub mod skopeo;
+pub mod throttle;
 pub mod tls;
 pub mod token_shim;
 
