@@ -24,6 +24,8 @@ const OVERLAYS: [&str; 3] = ["overlays/ephemeral", "overlays/persistent", "overl
 const MONITORING: &str = "monitoring";
 /// The namespace the rendered pod is taken to run in.
 const NAMESPACE: &str = "my-project";
+/// The address the rendered pod is taken to have.
+const POD_IP: &str = "10.128.0.7";
 /// Rahti's LimitRange: a container's limit is at most this many times its request.
 const RAHTI_LIMIT_TO_REQUEST: f64 = 5.0;
 
@@ -110,16 +112,19 @@ fn container(objects: &[Value]) -> &Value {
 }
 
 /// The container's arguments as the kubelet passes them: `$(VAR)` replaced
-/// by the container's environment, the namespace taken to be [`NAMESPACE`].
+/// by the container's environment, the namespace taken to be [`NAMESPACE`]
+/// and the pod's address [`POD_IP`].
 fn pod_args(container: &Value) -> Vec<String> {
     let env = container["env"].as_sequence().expect("container env");
     let value_of = |var: &Value| -> String {
         if let Some(value) = var["value"].as_str() {
             return value.to_string();
         }
-        let field = &var["valueFrom"]["fieldRef"]["fieldPath"];
-        assert_eq!(field.as_str(), Some("metadata.namespace"), "{var:?}");
-        NAMESPACE.to_string()
+        match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.namespace") => NAMESPACE.to_string(),
+            Some("status.podIP") => POD_IP.to_string(),
+            _ => panic!("an environment value the test cannot fill in: {var:?}"),
+        }
     };
     let args = container["args"].as_sequence().expect("container args");
     args.iter()
@@ -331,9 +336,15 @@ fn the_ha_overlay_runs_three_replicas_on_one_bucket() {
     );
     let budget = find(&objects, "PodDisruptionBudget");
     assert_eq!(budget["spec"]["maxUnavailable"].as_u64(), Some(1));
+    let peers = objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some("Service") && o["metadata"]["name"] == "lasti-peers")
+        .expect("the headless Service the replicas find each other by");
+    assert_eq!(peers["spec"]["clusterIP"].as_str(), Some("None"));
     for selector in [
         &spread["labelSelector"]["matchLabels"],
         &budget["spec"]["selector"]["matchLabels"],
+        &peers["spec"]["selector"],
     ] {
         for (k, v) in selector.as_mapping().unwrap() {
             assert_eq!(labels.get(k), Some(v), "selects the lasti pods");
@@ -345,6 +356,61 @@ fn the_ha_overlay_runs_three_replicas_on_one_bucket() {
     );
     let (_, mut config) = config_of(&objects);
     assert!(config.bucket.enabled(), "the replicas share a bucket");
+
+    // The peer listener is the port the headless Service names, and its DNS
+    // name is what the replicas look up; each pod knows its own address.
+    let lasti = container(&objects);
+    let peer_port = lasti["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "peer")
+        .expect("a peer port")["containerPort"]
+        .as_u64();
+    assert_eq!(
+        peers["spec"]["ports"][0]["targetPort"].as_str(),
+        Some("peer")
+    );
+    let listen = config.cluster.listen.expect("the cluster is on");
+    assert_eq!(Some(u64::from(listen.port())), peer_port);
+    let dns = config.cluster.peers_dns.clone().expect("members from DNS");
+    let (host, port) = dns.rsplit_once(':').unwrap();
+    assert_eq!(host, str_of(&peers["metadata"]["name"], "name"));
+    assert_eq!(
+        port.parse::<u64>().ok(),
+        peers["spec"]["ports"][0]["port"].as_u64()
+    );
+    let pod_ip = lasti["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_IP")
+        .expect("POD_IP");
+    assert_eq!(
+        pod_ip["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("status.podIP")
+    );
+    assert_eq!(
+        config.cluster.advertised(Some(POD_IP)).unwrap(),
+        format!("{POD_IP}:{}", listen.port())
+    );
+    let secret_file = config.cluster.secret_file.clone().expect("a shared secret");
+    let mount = lasti["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| secret_file.starts_with(str_of(&m["mountPath"], "mountPath")))
+        .expect("the secret file is mounted");
+    let volume = pod["spec"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    assert_eq!(
+        volume["secret"]["secretName"].as_str(),
+        Some("lasti-cluster")
+    );
     assert_eq!(
         config.bucket.endpoint.as_ref().map(|u| u.as_str()),
         Some("https://a3s.fi/")
