@@ -126,7 +126,7 @@ impl Metrics {
             backfill_push_duration: histogram(r, "lasti_backfill_push_duration_seconds", "Duration of back-fill job attempts.", &[], PUSH_BUCKETS)
                 .with_label_values(&[] as &[&str]),
             warmed_images: counter(r, "lasti_warm_images_total", "Images of the warm list and of /admin/warm pulled into the cache, by outcome (done, failed).", &["outcome"]),
-            bucket_requests: counter(r, "lasti_bucket_requests_total", "Requests to the shared object store, by operation (get, head, put, delete) and result (found, missing, stored, removed, error, skipped: not asked for a while after an error).", &["op", "result"]),
+            bucket_requests: counter(r, "lasti_bucket_requests_total", "Requests to the shared object store, by operation (get, head, put, delete of blobs; manifest_get, manifest_put, tag_get, tag_put) and result (found, missing, stored, removed, error, skipped: not asked for a while after an error).", &["op", "result"]),
             bucket_duration: histogram(r, "lasti_bucket_request_duration_seconds", "Time to the object store's response headers, by operation.", &["op"], LATENCY_BUCKETS),
             bucket_bytes: counter(r, "lasti_bucket_bytes_total", "Blob bytes read from (in) and uploaded to (out) the object store.", &["direction"]),
             fill_sources: counter(r, "lasti_fill_sources_total", "Blob fills completed, by the tier that supplied the bytes (bucket, peer, project, upstream).", &["tier"]),
@@ -179,6 +179,10 @@ impl Metrics {
             ("head", &["found", "missing", "error", "skipped"]),
             ("put", &["stored", "error"]),
             ("delete", &["removed", "error"]),
+            ("manifest_get", &["found", "missing", "error", "skipped"]),
+            ("manifest_put", &["stored", "error"]),
+            ("tag_get", &["found", "missing", "error", "skipped"]),
+            ("tag_put", &["stored", "error"]),
         ] {
             self.bucket_duration.with_label_values(&[op]);
             for result in results {

@@ -127,14 +127,23 @@ async fn a_burst_over_three_replicas_fetches_each_blob_from_the_upstream_once() 
         0
     );
 
-    // Every owner publishes what it fetched; then a replica that joins with
-    // an empty disk serves the image from the bucket, not the registry.
+    // Every owner publishes what it fetched, and the tag and its manifest
+    // are recorded; then a replica that joins with an empty disk serves the
+    // image from the bucket without a single request to the registry.
     let puts = "lasti_bucket_requests_total";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while total(&replicas, puts, &["op=\"put\"", "stored"]).await < count {
-        assert!(std::time::Instant::now() < deadline, "owners publish");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for (op, want) in [("put", count), ("manifest_put", 1), ("tag_put", 1)] {
+        let labels = [format!("op=\"{op}\""), "stored".to_string()];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        while total(&replicas, puts, &labels).await < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{op} reaches the bucket"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
+    let requests_before = registry.all_requests();
     let fourth_name = members(1).remove(0);
     names.push(fourth_name.clone());
     let fourth = Lasti::start_with(replica(&front, &garage, &fourth_name, &names), None).await;
@@ -142,6 +151,12 @@ async fn a_burst_over_three_replicas_fetches_each_blob_from_the_upstream_once() 
     for digest in &blobs {
         assert_eq!(registry.blob_gets(digest), 1, "still one GET for {digest}");
     }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        registry.all_requests(),
+        requests_before,
+        "the fourth replica asked the registry nothing: tag, manifest and blobs came from the bucket"
+    );
     let admin = fourth.admin_url();
     assert_eq!(
         http::metric(&admin, fills, &["tier=\"bucket\""]).await,

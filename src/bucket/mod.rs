@@ -1,6 +1,7 @@
 //! The object store shared by replicas: verified blobs under
 //! `<prefix>blobs/sha256/<hex>`, behind each replica's local disk and in
-//! front of the project and the upstream.
+//! front of the project and the upstream; manifests and tag records beside
+//! them (`records`).
 //!
 //! Only verified bytes are published: a blob is uploaded from the cache file
 //! after its fill has checked length and digest and stored it, and the
@@ -28,6 +29,10 @@ use object_store::{
     RetryConfig, WriteMultipart,
 };
 use tokio::sync::Semaphore;
+
+mod records;
+
+pub use records::StoredManifest;
 
 use crate::cache::pread;
 use crate::config::BucketConfig;

@@ -17,9 +17,10 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::shared::{self, TagRef};
 use super::single_flight::SingleFlight;
 use super::{Outcome, Proxy};
-use crate::cache::index::{tag_key, unix_now, TagRecord};
+use crate::cache::index::{unix_now, TagRecord};
 use crate::cache::Manifest;
 use crate::error::{Error, Result};
 use crate::oci::media_type::{self, DEFAULT_MANIFEST_ACCEPT};
@@ -181,16 +182,38 @@ impl Proxy {
         tag: &Tag,
         head: bool,
     ) -> Result<ManifestAnswer> {
-        let key = tag_key(upstream.name(), repo.as_str(), tag.as_str());
+        let tag_ref = TagRef::new(upstream, repo, tag);
+        let key = tag_ref.key();
+        let ttl = upstream.tag_ttl(repo, tag.as_str());
+        let fresh = |r: &TagRecord| r.age(SystemTime::now()) < ttl;
         // Versions that forwarded the client's `Accept` could record a
         // converted schema 1 answer; such a record is asked for again.
-        let recorded = self
+        let local = self
             .cache
             .tag(&key)
             .await?
             .filter(|r| !media_type::is_schema1(&r.media_type));
+        if let Some(record) = local.as_ref().filter(|r| fresh(r)) {
+            return self
+                .answer_recorded(upstream, repo, record.clone(), head, Outcome::Hit)
+                .await;
+        }
+        // Another replica may have asked the upstream since: its answer
+        // counts as this replica's own, for the rest of the same TTL.
+        let shared = shared::shared_tag(self.bucket.as_ref(), &tag_ref).await;
+        let newer = |a: TagRecord, b: TagRecord| match b.checked_at > a.checked_at {
+            true => b,
+            false => a,
+        };
+        let recorded = match (local, shared) {
+            (Some(a), Some(b)) => Some(newer(a, b)),
+            (a, b) => a.or(b),
+        };
         if let Some(record) = recorded {
-            if record.age(SystemTime::now()) < upstream.tag_ttl(repo, tag.as_str()) {
+            if fresh(&record) {
+                if let Err(err) = self.cache.put_tag(&key, record.clone()).await {
+                    tracing::error!(error = %err, "cannot record a tag");
+                }
                 return self
                     .answer_recorded(upstream, repo, record, head, Outcome::Hit)
                     .await;
@@ -204,7 +227,7 @@ impl Proxy {
                         checked_at: unix_now(),
                         ..record
                     };
-                    self.record_tag(&key, refreshed.clone()).await;
+                    self.record_tag(&tag_ref, refreshed.clone()).await;
                     return self
                         .answer_recorded(upstream, repo, refreshed, head, Outcome::Revalidated)
                         .await;
@@ -220,12 +243,12 @@ impl Proxy {
             }
         }
         if head {
-            if let Some(answer) = self.head_tag(upstream, repo, tag, &key).await? {
+            if let Some(answer) = self.head_tag(upstream, repo, tag, &tag_ref).await? {
                 return Ok(answer);
             }
         }
         let fetched = self
-            .fetch_manifest(upstream, repo, tag.as_str(), None, Some(key))
+            .fetch_manifest(upstream, repo, tag.as_str(), None, Some(tag_ref))
             .await;
         let (manifest, outcome) = match fetched {
             Err(err) if unreachable(&err) => {
@@ -251,7 +274,7 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         tag: &Tag,
-        key: &str,
+        tag_ref: &TagRef,
     ) -> Result<Option<ManifestAnswer>> {
         let found = match upstream
             .head_manifest(repo, tag.as_str(), DEFAULT_MANIFEST_ACCEPT)
@@ -278,7 +301,7 @@ impl Proxy {
             size,
             checked_at: unix_now(),
         };
-        self.record_tag(key, record).await;
+        self.record_tag(tag_ref, record).await;
         Ok(Some(ManifestAnswer::Head {
             digest,
             media_type,
@@ -318,40 +341,45 @@ impl Proxy {
         })
     }
 
-    async fn record_tag(&self, key: &str, record: TagRecord) {
-        if let Err(err) = self.cache.put_tag(key, record).await {
+    /// Records what the upstream just said of a tag, here and for the
+    /// other replicas.
+    async fn record_tag(&self, tag: &TagRef, record: TagRecord) {
+        shared::share_tag(self.bucket.as_ref(), tag, record.clone());
+        if let Err(err) = self.cache.put_tag(&tag.key(), record).await {
             tracing::error!(error = %err, "cannot record a tag");
         }
     }
 
     /// Fetches a manifest once for all concurrent askers, verifies and
-    /// stores it, and records the tag (`tag_key`) it was fetched by.
+    /// stores it, and records the tag it was fetched by.
     async fn fetch_manifest(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         reference: &str,
         expected: Option<&Digest>,
-        tag_key: Option<String>,
+        tag: Option<TagRef>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
         // Content by digest may come from the project; a tag always asks the upstream.
         let sources = match expected {
             Some(_) => self.sources(upstream, repo).await,
             None => vec![(Arc::clone(upstream), repo.clone())],
         };
-        self.fetch_manifest_from(sources, reference, expected, tag_key)
+        self.fetch_manifest_from(sources, reference, expected, tag)
             .await
     }
 
-    /// Fetches a manifest from the first source that has it, once for all
-    /// concurrent askers; verifies and stores it. The tag record is written
-    /// inside the flight, so a request arriving just after it finds the tag.
+    /// Fetches a manifest from the first source that has it (by digest,
+    /// the shared bucket first), once for all concurrent askers; verifies
+    /// and stores it, and shares what a registry sent through the bucket.
+    /// The tag record is written inside the flight, so a request arriving
+    /// just after it finds the tag.
     async fn fetch_manifest_from(
         &self,
         sources: super::blobs::Sources,
         reference: &str,
         expected: Option<&Digest>,
-        tag_key: Option<String>,
+        tag: Option<TagRef>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
         let (first, first_repo) = sources.first().expect("at least one source");
         let key = FlightKey {
@@ -365,7 +393,26 @@ impl Proxy {
             expected.cloned(),
         );
         let reference = reference.to_string();
+        let bucket = self.bucket.clone();
         let work = move || async move {
+            if let Some(expected) = &expected {
+                let stored = shared::manifest_from_bucket(bucket.as_ref(), expected, limit).await;
+                let checked = stored.map(|f| verify(&sources[0].0, f, Some(expected)));
+                match checked {
+                    Some(Ok(manifest)) => {
+                        let manifest = Arc::new(manifest);
+                        if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
+                            tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
+                        }
+                        return Ok(manifest);
+                    }
+                    // A registry's answer will replace it in the bucket.
+                    Some(Err(err)) => {
+                        tracing::warn!(digest = %expected, error = %err, "a manifest in the object store fails its check")
+                    }
+                    None => {}
+                }
+            }
             let mut last = Error::ManifestUnknown;
             for (source, repo) in &sources {
                 let fetched = source
@@ -377,14 +424,16 @@ impl Proxy {
                         if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
                             tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
                         }
-                        if let Some(key) = &tag_key {
+                        shared::share_manifest(bucket.as_ref(), &manifest);
+                        if let Some(tag) = &tag {
                             let record = TagRecord {
                                 digest: manifest.digest.clone(),
                                 media_type: manifest.media_type.clone(),
                                 size: manifest.bytes.len() as u64,
                                 checked_at: unix_now(),
                             };
-                            if let Err(err) = cache.put_tag(key, record).await {
+                            shared::share_tag(bucket.as_ref(), tag, record.clone());
+                            if let Err(err) = cache.put_tag(&tag.key(), record).await {
                                 tracing::error!(error = %err, "cannot record a tag");
                             }
                         }

@@ -9,6 +9,7 @@ mod blobs;
 mod listing;
 mod manifests;
 mod referrers;
+mod shared;
 mod single_flight;
 mod warm;
 

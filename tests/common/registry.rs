@@ -144,6 +144,11 @@ impl Registry {
             .count()
     }
 
+    /// Every request in the access log, whatever its method and path.
+    pub fn all_requests(&self) -> usize {
+        self.log().lines().filter_map(parse_request_line).count()
+    }
+
     /// `GET`s of `/blobs/<digest>` (digest as `sha256:<hex>`).
     pub fn blob_gets(&self, digest: &str) -> usize {
         self.count_requests("GET", &format!("/blobs/{digest}"))

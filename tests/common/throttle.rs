@@ -1,5 +1,6 @@
 //! nginx (`/usr/sbin/nginx`) as a throttled front for a real registry:
-//! `limit_rate` makes every blob body take a while, so fills started by
+//! `limit_rate` makes every blob body take a while (nginx buffers the
+//! registry's answer and sends it to the client at the rate), so fills started by
 //! several replicas overlap as they would behind a slow upstream.
 //!
 //! One nginx process (`master_process off`), everything in its own
@@ -90,7 +91,7 @@ fn config(dir: &Path, addr: SocketAddr, backend: &str, rate: &str) -> String {
          scgi_temp_path {dir}/scgi;\n\
          server {{\n    listen {addr};\n    location / {{\n\
          proxy_pass http://{backend};\n      proxy_set_header Host $http_host;\n\
-         proxy_buffering off;\n      proxy_http_version 1.1;\n      limit_rate {rate};\n\
+         proxy_http_version 1.1;\n      limit_rate {rate};\n\
          }}\n  }}\n}}\n"
     )
 }
