@@ -250,7 +250,8 @@ async fn a_bucket_that_is_down_costs_nothing_but_a_counted_error() {
         }
     };
     let (errors, skipped) = (get("error").await, get("skipped").await);
-    assert!(errors >= 1, "a failed look-up is counted");
+    let all_errors = metric(&lasti, "lasti_bucket_requests_total", &["result=\"error\""]).await;
+    assert!(all_errors >= 1, "a failed look-up is counted");
     assert_eq!(errors + skipped, blobs, "every miss looked once or skipped");
     let failed_puts = metric_reaches(
         &lasti,
@@ -284,5 +285,57 @@ async fn a_bucket_that_is_down_costs_nothing_but_a_counted_error() {
     assert_eq!(
         metric(&lasti, "lasti_bucket_requests_total", &[]).await,
         before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_another_replica_resolved_is_served_within_its_ttl_and_stale_after() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let image = push_image(&registry, &work, "app", &[KIB, 64 * KIB]).await;
+    let garage = start_garage().await;
+    let first = Lasti::start_with(config(&registry, &garage), None).await;
+    pull_and_check(&first, "app", &image, &work.path().join("first")).await;
+    for (op, want) in [
+        ("put", image.blob_digests().len() as u64),
+        ("manifest_put", 1),
+        ("tag_put", 1),
+    ] {
+        let labels = [format!("op=\"{op}\""), "result=\"stored\"".to_string()];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let stored = metric_reaches(&first, "lasti_bucket_requests_total", &labels, want).await;
+        assert_eq!(stored, want, "{op} reaches the bucket");
+    }
+
+    // Replicas whose upstream is down (nothing listens on its port).
+    let down = format!("http://127.0.0.1:{}", common::free_port());
+    let replica = |ttl: Option<Duration>| {
+        let mut config = lasti_config(&[("docker.io", &down)]);
+        garage.configure(&mut config);
+        if let Some(ttl) = ttl {
+            config.upstreams[0].tag_ttl = ttl;
+        }
+        config
+    };
+    // Within the tag's TTL, the first replica's answer is this one's own:
+    // the upstream is not even asked.
+    let fresh = Lasti::start_with(replica(None), None).await;
+    pull_and_check(&fresh, "app", &image, &work.path().join("fresh")).await;
+    let asked = "lasti_upstream_requests_total";
+    assert_eq!(metric(&fresh, asked, &[]).await, 0);
+    let tags = ["op=\"tag_get\"", "result=\"found\""];
+    assert_eq!(
+        metric(&fresh, "lasti_bucket_requests_total", &tags).await,
+        1
+    );
+
+    // Past it, the upstream must confirm it; when it cannot be reached, the
+    // shared record is served stale, as a local one would be.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = Lasti::start_with(replica(Some(Duration::from_secs(1))), None).await;
+    pull_and_check(&stale, "app", &image, &work.path().join("stale")).await;
+    assert!(
+        metric(&stale, asked, &[]).await >= 1,
+        "the upstream was asked"
     );
 }
