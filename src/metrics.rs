@@ -55,6 +55,7 @@ pub struct Metrics {
     bucket_bytes: IntCounterVec,
     fill_sources: IntCounterVec,
     fill_bytes: IntCounterVec,
+    bucket_owed: IntGauge,
     peer_fetches: IntCounterVec,
     peer_served: IntCounterVec,
 }
@@ -131,6 +132,7 @@ impl Metrics {
             bucket_bytes: counter(r, "lasti_bucket_bytes_total", "Blob bytes read from (in) and uploaded to (out) the object store.", &["direction"]),
             fill_sources: counter(r, "lasti_fill_sources_total", "Blob fills completed, by the tier that supplied the bytes (bucket, peer, project, upstream).", &["tier"]),
             fill_bytes: counter(r, "lasti_fill_bytes_total", "Blob bytes written into the cache, by the tier they came from (bucket, peer, project, upstream).", &["tier"]),
+            bucket_owed: gauge(r, "lasti_bucket_owed", "Blobs and manifests whose upload to the object store failed or was cut, to be uploaded again (as of the last catch-up round)."),
             peer_fetches: counter(r, "lasti_peer_fetches_total", "Blobs asked of their owner replica, by result (done, failed: the asker went on to the next source).", &["result"]),
             peer_served: counter(r, "lasti_peer_requests_total", "Blob requests answered on the peer listener, by outcome (hit, miss, coalesced, error, refused).", &["outcome"]),
             registry,
@@ -327,6 +329,11 @@ impl Metrics {
         if bytes > 0 {
             self.fill_bytes.with_label_values(&[tier]).inc_by(bytes);
         }
+    }
+
+    /// Blobs and manifests still to be uploaded to the object store.
+    pub fn bucket_owed(&self, count: usize) {
+        self.bucket_owed.set(count as i64);
     }
 
     /// A blob asked of its owner replica came whole (`done`) or not (`failed`).

@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ::lasti::config::Config;
+use ::lasti::secret::Secret;
 use common::garage::{self, Garage};
 use common::http;
 use common::lasti::{config as lasti_config, Lasti};
@@ -71,10 +72,21 @@ async fn metric_reaches(lasti: &Lasti, name: &str, labels: &[&str], at_least: u6
 
 /// `curl` with S3 signatures against Garage: the status of `method` on a key.
 fn s3_curl(garage: &Garage, method: &str, key: &str, body: Option<&std::path::Path>) -> u16 {
-    let url = format!("{}/{}/{key}", garage.endpoint(), garage::BUCKET);
+    s3(garage, method, key, body).0
+}
+
+/// `curl` with S3 signatures against Garage: the status and body of
+/// `method` on `target` (a key, or `?query` on the bucket).
+fn s3(
+    garage: &Garage,
+    method: &str,
+    target: &str,
+    body: Option<&std::path::Path>,
+) -> (u16, String) {
+    let url = format!("{}/{}/{target}", garage.endpoint(), garage::BUCKET);
     let mut command = std::process::Command::new("curl");
     command
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["-s", "-w", "\n%{http_code}"])
         // Garage wants the payload hash header; curl signs it with the rest.
         .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
         .arg("--aws-sigv4")
@@ -91,10 +103,9 @@ fn s3_curl(garage: &Garage, method: &str, key: &str, body: Option<&std::path::Pa
         _ => command.args(["-X", method]),
     };
     let out = command.arg(&url).output().expect("run curl");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_string())
 }
 
 fn blob_key(digest: &str) -> String {
@@ -337,5 +348,93 @@ async fn a_tag_another_replica_resolved_is_served_within_its_ttl_and_stale_after
     assert!(
         metric(&stale, asked, &[]).await >= 1,
         "the upstream was asked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_the_bucket_missed_are_caught_up_when_it_answers_even_after_a_restart() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let image = push_image(&registry, &work, "late", &[KIB, 9 * MIB]).await;
+    let blobs = image.blob_digests();
+    // The bucket's address, with nothing behind it yet.
+    let port = common::free_port();
+    let mut cfg = lasti_config(&[("docker.io", &registry.url())]);
+    cfg.bucket.endpoint = Some(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+    cfg.bucket.bucket = Some(garage::BUCKET.to_string());
+    cfg.bucket.credentials = Some((Secret::new("id".into()), Secret::new("secret".into())));
+    cfg.bucket.catch_up = Duration::from_millis(500);
+
+    let lasti = Lasti::start_with(cfg, None).await;
+    pull_and_check(&lasti, "late", &image, &work.path().join("first")).await;
+    let failed = ["op=\"put\"", "result=\"error\""];
+    let puts = metric_reaches(&lasti, "lasti_bucket_requests_total", &failed, 2).await;
+    assert_eq!(puts, blobs.len() as u64, "every upload failed");
+    let data = lasti.stop().await;
+
+    // The store comes up; lasti restarts on its disk and uploads what it owes.
+    let garage = tokio::task::spawn_blocking(move || Garage::start_on(port))
+        .await
+        .unwrap();
+    let mut cfg = config(&registry, &garage);
+    cfg.bucket.catch_up = Duration::from_millis(500);
+    let lasti = Lasti::start_with(cfg, Some(data)).await;
+    let stored = ["op=\"put\"", "result=\"stored\""];
+    let puts = metric_reaches(&lasti, "lasti_bucket_requests_total", &stored, 2).await;
+    assert_eq!(puts, blobs.len() as u64, "every blob caught up");
+    let manifests = ["op=\"manifest_put\"", "result=\"stored\""];
+    assert_eq!(
+        metric_reaches(&lasti, "lasti_bucket_requests_total", &manifests, 1).await,
+        1
+    );
+    for digest in &blobs {
+        assert_eq!(s3_curl(&garage, "HEAD", &blob_key(digest), None), 200);
+    }
+    assert_eq!(metric(&lasti, "lasti_bucket_owed", &[]).await, 0);
+    // And a replica with an empty disk gets everything from the bucket.
+    let other = Lasti::start_with(config(&registry, &garage), None).await;
+    pull_and_check(&other, "late", &image, &work.path().join("other")).await;
+    let tier = ["tier=\"bucket\""];
+    assert_eq!(
+        metric(&other, "lasti_fill_sources_total", &tier).await,
+        blobs.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_a_crash_left_is_aborted_at_the_next_start() {
+    let registry = Registry::start();
+    let garage = start_garage().await;
+    // An upload started (and journaled) by a run that then died.
+    let key = "blobs/sha256/left-by-a-crash";
+    let (status, answer) = s3(&garage, "POST", &format!("{key}?uploads="), None);
+    assert_eq!(status, 200, "{answer}");
+    let id = answer
+        .split("<UploadId>")
+        .nth(1)
+        .and_then(|rest| rest.split("</UploadId>").next())
+        .expect("an upload id")
+        .to_string();
+    let listed = |garage: &Garage| s3(garage, "GET", "?uploads=", None).1;
+    assert!(listed(&garage).contains(&id), "the upload is in progress");
+    let data = TempDir::new().unwrap();
+    {
+        let journal_file = data.path().join(::lasti::bucket::JOURNAL_FILE);
+        let journal = ::lasti::bucket::journal::Journal::open(&journal_file).unwrap();
+        journal.upload_started(&id, key).unwrap();
+    }
+
+    let lasti = Lasti::start_with(config(&registry, &garage), Some(data)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed(&garage).contains(&id) {
+        assert!(Instant::now() < deadline, "the upload is aborted at start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let data = lasti.stop().await;
+    let journal_file = data.path().join(::lasti::bucket::JOURNAL_FILE);
+    let journal = ::lasti::bucket::journal::Journal::open(&journal_file).unwrap();
+    assert!(
+        journal.uploads().unwrap().is_empty(),
+        "and leaves the journal"
     );
 }

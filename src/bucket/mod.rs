@@ -23,15 +23,18 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig, WriteMultipart,
+    RetryConfig,
 };
 use tokio::sync::Semaphore;
 
+pub mod journal;
 mod records;
 
+pub use journal::Pending;
 pub use records::StoredManifest;
 
 use crate::cache::pread;
@@ -39,6 +42,7 @@ use crate::config::BucketConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
+use journal::Journal;
 
 /// The name the store goes by in errors, logs and metrics.
 pub const NAME: &str = "bucket";
@@ -54,6 +58,9 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// is down costs one failed request per this interval, not a wait on every
 /// miss.
 const BACK_OFF: Duration = Duration::from_secs(5);
+
+/// The journal's file in the data directory.
+pub const JOURNAL_FILE: &str = "bucket.redb";
 
 /// A blob found in the store: its size and a stream of its bytes from the
 /// offset asked for.
@@ -79,13 +86,22 @@ pub struct Bucket {
     timeout: Duration,
     /// Until when look-ups skip the store, after one failed.
     skip_until: std::sync::Mutex<Option<Instant>>,
+    /// What is still to be published, and the multipart uploads in flight.
+    journal: Arc<Journal>,
+    /// Blobs being uploaded now: a catch-up round does not upload them twice.
+    publishing: std::sync::Mutex<std::collections::HashSet<Digest>>,
     metrics: Arc<Metrics>,
 }
 
 impl Bucket {
-    /// A client for the configured store, or `None` when none is configured.
-    /// Builds the client only; nothing is sent until a blob is needed.
-    pub fn new(config: &BucketConfig, metrics: Arc<Metrics>) -> Result<Option<Bucket>> {
+    /// A client for the configured store, or `None` when none is configured,
+    /// with its journal in `data_dir`. Builds the client only; nothing is
+    /// sent until a blob is needed.
+    pub fn new(
+        config: &BucketConfig,
+        data_dir: &std::path::Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Bucket>> {
         let (Some(endpoint), Some(bucket)) = (&config.endpoint, &config.bucket) else {
             return Ok(None);
         };
@@ -125,12 +141,15 @@ impl Bucket {
             )
             .build()
             .map_err(|e| Error::Storage(format!("bucket client: {e}")))?;
+        let journal = Journal::open(&data_dir.join(JOURNAL_FILE))?;
         Ok(Some(Bucket {
             store,
             prefix: config.prefix.clone(),
             uploads: Semaphore::new(config.max_uploads),
             timeout: config.timeout,
             skip_until: std::sync::Mutex::new(None),
+            journal: Arc::new(journal),
+            publishing: Default::default(),
             metrics,
         }))
     }
@@ -237,6 +256,11 @@ impl Bucket {
     /// for one of `max_uploads` places first. The object appears whole or
     /// not at all.
     pub async fn publish(&self, digest: &Digest, file: Arc<File>, size: u64) -> Result<()> {
+        let Some(_publishing) = Publishing::claim(self, digest) else {
+            return Ok(());
+        };
+        let item = Pending::Blob(digest.clone());
+        self.note(move |j| j.owe(&item)).await;
         let _place = self
             .uploads
             .acquire()
@@ -266,6 +290,8 @@ impl Bucket {
             Ok(()) => {
                 self.metrics.bucket_result("put", "stored");
                 self.metrics.bucket_bytes("out", size);
+                let item = Pending::Blob(digest.clone());
+                self.note(move |j| j.settle(&item)).await;
             }
             Err(_) => {
                 self.metrics.bucket_result("put", "error");
@@ -275,35 +301,118 @@ impl Bucket {
         outcome
     }
 
+    /// A multipart upload of the file, [`PARTS_IN_FLIGHT`] parts at once,
+    /// completed only when exactly `size` bytes were sent and aborted on any
+    /// failure. Its id is journaled while it runs, so that an upload a
+    /// crash cut off is aborted at the next start.
     async fn put_in_parts(&self, key: &Path, file: Arc<File>, size: u64) -> Result<()> {
-        let upload = self.store.put_multipart(key).await.map_err(unavailable)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let mut sent = 0u64;
+        let id = self
+            .store
+            .create_multipart(key)
+            .await
+            .map_err(unavailable)?;
+        let (journaled_id, journaled_key) = (id.clone(), key.to_string());
+        self.note(move |j| j.upload_started(&journaled_id, &journaled_key))
+            .await;
         let result = async {
+            let mut parts = Vec::new();
+            let mut in_flight = futures_util::stream::FuturesOrdered::new();
+            let mut sent = 0u64;
             while sent < size {
-                writer
-                    .wait_for_capacity(PARTS_IN_FLIGHT)
-                    .await
-                    .map_err(unavailable)?;
                 let len = (size - sent).min(PART_BYTES as u64) as usize;
                 let part = pread::read(&file, sent, len).await.map_err(io)?;
                 if part.is_empty() {
                     break;
                 }
                 sent += part.len() as u64;
-                writer.put(part);
+                let index = in_flight.len() + parts.len();
+                in_flight.push_back(self.store.put_part(key, &id, index, PutPayload::from(part)));
+                if in_flight.len() >= PARTS_IN_FLIGHT {
+                    let done = in_flight.next().await.expect("a part in flight");
+                    parts.push(done.map_err(unavailable)?);
+                }
             }
-            check_length(sent, size)
+            while let Some(done) = in_flight.next().await {
+                parts.push(done.map_err(unavailable)?);
+            }
+            check_length(sent, size)?;
+            self.store
+                .complete_multipart(key, &id, parts)
+                .await
+                .map(drop)
+                .map_err(unavailable)
         }
         .await;
-        match result {
-            Ok(()) => writer.finish().await.map(drop).map_err(unavailable),
-            Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(%key, error = %abort, "cannot abort a failed upload");
-                }
-                Err(e)
+        if result.is_err() {
+            if let Err(abort) = self.store.abort_multipart(key, &id).await {
+                tracing::warn!(%key, error = %abort, "cannot abort a failed upload");
+                // Left in the journal: the next start aborts it.
+                return result;
             }
+        }
+        self.note(move |j| j.upload_ended(&id)).await;
+        result
+    }
+
+    /// Aborts the multipart uploads an earlier run started and never
+    /// ended (it crashed, or could not abort them); their parts are
+    /// invisible but take space. Returns how many were aborted.
+    pub async fn sweep_uploads(&self) -> usize {
+        let journal = Arc::clone(&self.journal);
+        let uploads = tokio::task::spawn_blocking(move || journal.uploads())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        let mut aborted = 0;
+        for (id, key) in uploads {
+            let path = Path::from(key.as_str());
+            match self.store.abort_multipart(&path, &id).await {
+                // Gone already (completed, or removed by a lifecycle rule).
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    aborted += 1;
+                    self.note(move |j| j.upload_ended(&id)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot abort an upload left by an earlier run");
+                    break;
+                }
+            }
+        }
+        aborted
+    }
+
+    /// What is still to be published, oldest first.
+    pub async fn owed(&self) -> Vec<Pending> {
+        let journal = Arc::clone(&self.journal);
+        match tokio::task::spawn_blocking(move || journal.owed()).await {
+            Ok(Ok(owed)) => owed,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the bucket journal");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Drops an item that cannot be published any more (evicted).
+    pub async fn forget(&self, item: Pending) {
+        self.note(move |j| j.settle(&item)).await;
+    }
+
+    /// Whether the store failed a moment ago (misses skip it for now).
+    pub fn is_backing_off(&self) -> bool {
+        self.skipping(Instant::now())
+    }
+
+    /// Writes to the journal on the blocking pool. A journal that cannot be
+    /// written costs only a retry after a crash: logged, not fatal.
+    async fn note(&self, change: impl FnOnce(&Journal) -> Result<()> + Send + 'static) {
+        let journal = Arc::clone(&self.journal);
+        match tokio::task::spawn_blocking(move || change(&journal)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the bucket journal"),
+            Err(e) => tracing::warn!(error = %e, "cannot write the bucket journal"),
         }
     }
 
@@ -323,6 +432,34 @@ impl Bucket {
                 Err(unavailable(e))
             }
         }
+    }
+}
+
+/// A blob's place among those being uploaded, given up when dropped.
+struct Publishing<'a> {
+    bucket: &'a Bucket,
+    digest: Digest,
+}
+
+impl<'a> Publishing<'a> {
+    /// `None` when the blob is being uploaded already.
+    fn claim(bucket: &'a Bucket, digest: &Digest) -> Option<Publishing<'a>> {
+        let mut set = bucket.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(digest.clone()).then(|| Publishing {
+            bucket,
+            digest: digest.clone(),
+        })
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        let mut set = self
+            .bucket
+            .publishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.digest);
     }
 }
 

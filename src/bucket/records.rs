@@ -14,7 +14,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore, PutOptions, PutPayload};
 
-use super::{unavailable, Bucket};
+use super::{unavailable, Bucket, Pending};
 use crate::cache::index::TagRecord;
 use crate::cache::Manifest;
 use crate::error::Result;
@@ -66,12 +66,17 @@ impl Bucket {
 
     /// Stores a verified manifest under its digest.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let item = Pending::Manifest(manifest.digest.clone());
+        let owed = item.clone();
+        self.note(move |j| j.owe(&owed)).await;
         let key = self.manifest_key(&manifest.digest);
         let attributes =
             Attributes::from_iter([(Attribute::ContentType, manifest.media_type.clone())]);
         let payload = PutPayload::from(manifest.bytes.clone());
         self.put_small("manifest_put", &key, payload, attributes)
-            .await
+            .await?;
+        self.note(move |j| j.settle(&item)).await;
+        Ok(())
     }
 
     /// What another replica recorded for a tag, or `None`. A record that

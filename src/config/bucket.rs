@@ -37,6 +37,10 @@ pub struct BucketConfig {
     /// Time allowed for one request to the store until its headers.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How often blobs and manifests whose upload failed (or was cut by a
+    /// crash) are uploaded again, once the store answers.
+    #[serde(with = "humantime_serde")]
+    pub catch_up: Duration,
     /// The credentials, read from the files or the environment at start.
     #[serde(skip)]
     pub credentials: Option<(Secret, Secret)>,
@@ -54,6 +58,7 @@ impl Default for BucketConfig {
             secret_access_key_file: None,
             max_uploads: 2,
             timeout: Duration::from_secs(30),
+            catch_up: Duration::from_secs(30),
             credentials: None,
         }
     }
@@ -89,6 +94,9 @@ impl BucketConfig {
         }
         if self.max_uploads == 0 {
             return fail("max_uploads must be at least 1");
+        }
+        if self.catch_up.is_zero() {
+            return fail("catch_up must be above zero");
         }
         if self.prefix.starts_with('/') || self.prefix.contains("..") {
             return fail("prefix must be a relative key prefix");

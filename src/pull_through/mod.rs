@@ -6,6 +6,7 @@
 //! HTTP.
 
 mod blobs;
+mod catch_up;
 mod listing;
 mod manifests;
 mod referrers;
@@ -14,6 +15,7 @@ mod single_flight;
 mod warm;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
@@ -150,6 +152,14 @@ impl Proxy {
     pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Proxy {
         self.cluster = cluster;
         self
+    }
+
+    /// Starts publishing, every `every`, what the bucket missed (see
+    /// `catch_up`); ends with the proxy. Nothing without a bucket.
+    pub fn start_catching_up(self: &Arc<Proxy>, every: Duration) {
+        if self.bucket.is_some() {
+            tokio::spawn(catch_up::run(Arc::downgrade(self), every));
+        }
     }
 
     /// Caps the blob fetches from upstreams in flight at once (0: no cap).

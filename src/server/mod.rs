@@ -160,9 +160,13 @@ async fn build_services(
         tokio::task::spawn_blocking(move || Backfill::open(&data_dir, &config_copy, metrics))
             .await
             .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
-    let bucket = Bucket::new(&config.bucket, Arc::clone(cache.metrics()))
-        .map_err(StartError::Bucket)?
-        .map(Arc::new);
+    let bucket = Bucket::new(
+        &config.bucket,
+        &config.data_dir,
+        Arc::clone(cache.metrics()),
+    )
+    .map_err(StartError::Bucket)?
+    .map(Arc::new);
     let cluster = Cluster::start(&config.cluster, Arc::clone(cache.metrics()))
         .map_err(StartError::Cluster)?;
     let max_manifest = config.cache.max_manifest_size.as_u64();
@@ -175,6 +179,7 @@ async fn build_services(
             .with_bucket(bucket)
             .with_cluster(cluster)
     });
+    proxy.start_catching_up(config.bucket.catch_up);
     Ok((proxy, running))
 }
 

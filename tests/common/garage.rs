@@ -47,6 +47,11 @@ pub fn binary() -> PathBuf {
 impl Garage {
     /// Starts Garage, gives it a layout, creates the bucket and the key.
     pub fn start() -> Garage {
+        Garage::start_on(super::free_port())
+    }
+
+    /// [`Garage::start`] with its S3 API on `127.0.0.1:<s3_port>`.
+    pub fn start_on(s3_port: u16) -> Garage {
         let bin = binary();
         assert!(
             bin.exists(),
@@ -57,7 +62,7 @@ impl Garage {
             .prefix("lasti-garage-")
             .tempdir()
             .expect("garage temp dir");
-        let s3 = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let s3 = SocketAddr::from(([127, 0, 0, 1], s3_port));
         let rpc = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
         let config = dir.path().join("garage.toml");
