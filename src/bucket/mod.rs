@@ -15,6 +15,12 @@
 //! The client is the `object_store` crate's S3 implementation (see
 //! docs/design.md, "Crates, and why").
 
+pub mod journal;
+mod records;
+
+pub use journal::Pending;
+pub use records::StoredManifest;
+
 use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,12 +36,6 @@ use object_store::{
     RetryConfig,
 };
 use tokio::sync::Semaphore;
-
-pub mod journal;
-mod records;
-
-pub use journal::Pending;
-pub use records::StoredManifest;
 
 use crate::cache::pread;
 use crate::config::BucketConfig;
