@@ -8,7 +8,8 @@
 # cost of being a cluster (about none), not the gain of more pods; the gain
 # is each pod's own cores, NIC and disk.
 #
-# Usage: benches/cluster_hits.sh   (env: REPEAT=3 SECONDS_PER_RUN=10 COLD_MIB=64)
+# Usage: benches/cluster_hits.sh   (env: REPEAT=3 SECONDS_PER_RUN=10 COLD_MIB=64;
+#        CLUSTER=0 runs the same three processes without [cluster], for contrast)
 # Needs: docker-registry, curl, wrk (Debian), a release build. Everything
 # listens on 127.0.0.1; every server started here is stopped by PID.
 set -euo pipefail
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 REPEAT=${REPEAT:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 COLD_MIB=${COLD_MIB:-64}
+CLUSTER=${CLUSTER:-1}
 BASE=${BASE_PORT:-15240}
 cargo build --release --bin lasti >&2
 W=$(mktemp -d /tmp/lasti-bench-cluster.XXXXXX)
@@ -71,10 +73,10 @@ filter = "warn"
 [[upstream]]
 name = "docker.io"
 url = "http://127.0.0.1:$REG"
-[cluster]
-listen = "127.0.0.1:$((api + 2))"
-peers = [${PEERS%, }]
 EOF
+  if [ "$CLUSTER" = 1 ]; then
+    printf '[cluster]\nlisten = "127.0.0.1:%s"\npeers = [%s]\n' "$((api + 2))" "${PEERS%, }" >>"$W/r$i/lasti.toml"
+  fi
   timeout 1800 target/release/lasti --config "$W/r$i/lasti.toml" >"$W/r$i/log" 2>&1 &
   PIDS+=($!)
   wait_port "$api"
