@@ -663,9 +663,22 @@ mod tests {
         let cache = open(dir.path(), 1 << 30).await;
         let stored = fill(&cache, b"stored before the restart").await;
         drop(cache);
-        // Opened without its background indexing, as in the moments after start.
+        // Opened without its background indexing, as in the moments after
+        // start. The first cache's upkeep task may still hold it for a
+        // moment (it holds the directory lock and the index while it runs).
         let config = CacheConfig::default();
-        let cache = Cache::open_blocking(dir.path(), &config, Default::default()).unwrap();
+        let mut attempts = 0;
+        let cache = loop {
+            match Cache::open_blocking(dir.path(), &config, Default::default()) {
+                Ok(cache) => break cache,
+                Err(e) if attempts < 100 => {
+                    attempts += 1;
+                    tracing::debug!(error = %e, "the first cache is still held");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         assert!(!cache.indexed());
         let blob = cache.stored_blob(&stored).await.unwrap();
         assert_eq!(blob.expect("found on disk").size, 25);
