@@ -32,12 +32,9 @@ async fn push_image(
     sizes: &[usize],
 ) -> BuiltImage {
     let spec = ImageSpec::linux_amd64(seed, sizes);
-    let (layout, image) = Layout::single(&work.path().join(name), &spec, "v1");
-    let dest = format!("{}/library/{name}:v1", registry.host());
-    skopeo::push_layout(&layout.dir, &layout.tag, &dest, false)
+    skopeo::push_image(&registry.host(), work.path(), name, &spec)
         .await
-        .expect("push");
-    image
+        .1
 }
 
 fn with_target(mut cfg: Config, target_url: &str) -> Config {

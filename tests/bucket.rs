@@ -12,7 +12,7 @@ use ::lasti::secret::Secret;
 use common::garage::{self, Garage};
 use common::http;
 use common::lasti::{config as lasti_config, Lasti};
-use common::oci_layout::{sha256_digest, BuiltImage, ImageSpec, Layout};
+use common::oci_layout::{sha256_digest, BuiltImage, ImageSpec};
 use common::registry::Registry;
 use common::skopeo;
 use tempfile::TempDir;
@@ -40,12 +40,9 @@ async fn push_image(
     sizes: &[usize],
 ) -> BuiltImage {
     let spec = ImageSpec::linux_amd64(7, sizes);
-    let (layout, image) = Layout::single(&work.path().join(name), &spec, "v1");
-    let dest = format!("{}/library/{name}:v1", registry.host());
-    skopeo::push_layout(&layout.dir, &layout.tag, &dest, false)
+    skopeo::push_image(&registry.host(), work.path(), name, &spec)
         .await
-        .expect("push image");
-    image
+        .1
 }
 
 /// Pulls `library/<name>:v1` through `lasti` with skopeo (which verifies

@@ -32,12 +32,7 @@ async fn push_image(
     sizes: &[usize],
 ) -> (Layout, BuiltImage) {
     let spec = ImageSpec::linux_amd64(11, sizes);
-    let (layout, image) = Layout::single(&work.path().join(name), &spec, "v1");
-    let dest = format!("{}/library/{name}:v1", registry.host());
-    skopeo::push_layout(&layout.dir, &layout.tag, &dest, false)
-        .await
-        .expect("push image");
-    (layout, image)
+    skopeo::push_image(&registry.host(), work.path(), name, &spec).await
 }
 
 /// Peer addresses for `n` replicas on loopback.

@@ -18,10 +18,9 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::ClusterConfig;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepoName};
-use crate::upstream::BlobResponse;
+use crate::oci::Digest;
 use members::Members;
 use peer_client::PeerClient;
 
@@ -76,18 +75,9 @@ impl Cluster {
         &self.members
     }
 
-    /// Asks `member` for a blob from byte `offset` on.
-    pub async fn get_blob(
-        &self,
-        member: &str,
-        upstream: &str,
-        repo: &RepoName,
-        digest: &Digest,
-        offset: u64,
-    ) -> Result<BlobResponse> {
-        self.client
-            .get_blob(member, upstream, repo, digest, offset)
-            .await
+    /// The client that asks the other replicas for blobs.
+    pub fn client(&self) -> &PeerClient {
+        &self.client
     }
 
     /// Counts a blob that could not be had from `member`. A member that

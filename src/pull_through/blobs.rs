@@ -470,6 +470,7 @@ async fn fetch_from_peer(
     let offset = writer.written();
     let response = owner
         .cluster
+        .client()
         .get_blob(&owner.member, &owner.upstream, &owner.repo, digest, offset)
         .await?;
     if offset == 0 {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::oci_layout::sha256_digest;
+use super::oci_layout::{sha256_digest, BuiltImage, ImageSpec, Layout};
 
 /// skopeo from the Debian package `skopeo`.
 pub const SKOPEO_BIN: &str = "/usr/bin/skopeo";
@@ -44,6 +44,22 @@ pub async fn push_layout(
     args.push(format!("oci:{}:{tag}", layout_dir.display()));
     args.push(docker_ref(dest));
     run(&args).await.map(drop)
+}
+
+/// Writes `spec` as an OCI layout under `dir/<name>` and pushes it to the
+/// registry at `host` as `library/<name>:v1`; the layout keeps the blobs.
+pub async fn push_image(
+    host: &str,
+    dir: &Path,
+    name: &str,
+    spec: &ImageSpec,
+) -> (Layout, BuiltImage) {
+    let (layout, image) = Layout::single(&dir.join(name), spec, "v1");
+    let dest = format!("{host}/library/{name}:v1");
+    push_layout(&layout.dir, &layout.tag, &dest, false)
+        .await
+        .unwrap_or_else(|e| panic!("push {dest}: {e}"));
+    (layout, image)
 }
 
 /// Pushes every image of the index `oci:<layout_dir>:<tag>` to `dest` in
