@@ -17,15 +17,8 @@ REPEAT=${REPEAT:-3}
 BASE=${BASE_PORT:-15140}
 GARAGE=$(scripts/garage)
 cargo build --release --bin lasti >&2
-W=$(mktemp -d /tmp/lasti-bench-bucket.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+. benches/lib.sh
+bench_workdir lasti-bench-bucket
 
 # The store: one Garage node, a bucket and a key.
 cat >"$W/garage.toml" <<EOF
@@ -114,7 +107,6 @@ for _ in $(seq 600); do
 done
 [ "${stored:-0}" = 1 ] || { echo "the blob was not published" >&2; exit 1; }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : >"$W/direct"; : >"$W/lasti"; : >"$W/cpu"
 for i in $(seq "$REPEAT"); do
   port=$((BASE + 10 + 2 * i))

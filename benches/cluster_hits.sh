@@ -20,15 +20,8 @@ COLD_MIB=${COLD_MIB:-64}
 CLUSTER=${CLUSTER:-1}
 BASE=${BASE_PORT:-15240}
 cargo build --release --bin lasti >&2
-W=$(mktemp -d /tmp/lasti-bench-cluster.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+. benches/lib.sh
+bench_workdir lasti-bench-cluster
 
 # The upstream, with its access log (to count blob GETs).
 REG=$((BASE + 2))
@@ -96,7 +89,6 @@ echo "cold ${COLD_MIB} MiB asked of 3 replicas at once: $(gets "$COLD") upstream
 # Hits: warm every replica, then alternate one replica against three.
 for i in 0 1 2; do curl -fsS -o /dev/null "$(url "$i" "$HOT")"; done
 rate() { awk '/Requests\/sec/ {print $2}'; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : >"$W/one"; : >"$W/three"
 for run in $(seq "$REPEAT"); do
   one=$(wrk -t2 -c48 -d"${SECONDS_PER_RUN}s" "$(url 0 "$HOT")" | rate)

@@ -62,6 +62,21 @@ pub async fn push_image(
     (layout, image)
 }
 
+/// Pulls `library/<name>:v1` through `host` into `out` (`all`: every
+/// platform) and checks it is `image`, whole: skopeo verifies each digest,
+/// and the blobs it wrote are the image's.
+pub async fn pull_and_check(host: &str, name: &str, image: &BuiltImage, out: &Path, all: bool) {
+    pull_to_dir(&format!("{host}/library/{name}:v1"), out, all)
+        .await
+        .unwrap_or_else(|e| panic!("pull {name} through {host}: {e}"));
+    let mut pulled = dir_digests(out);
+    let mut expected = image.blob_digests();
+    expected.push(image.manifest_digest.clone());
+    pulled.sort();
+    expected.sort();
+    assert_eq!(pulled, expected, "the same image, verified by skopeo");
+}
+
 /// Pushes every image of the index `oci:<layout_dir>:<tag>` to `dest` in
 /// Docker's formats (schema 2 manifests under a manifest list). Manifests and
 /// configs are rewritten, so their digests are the registry's to report.

@@ -1,0 +1,27 @@
+# Sourced by bench scripts: a work directory and the servers started in it,
+# both gone when the script exits (servers ended by PID), and small helpers.
+
+# Makes $W (under /tmp, named after $1) and $PIDS; both are cleaned at exit.
+bench_workdir() {
+  W=$(mktemp -d "/tmp/$1.XXXXXX")
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+
+# Waits (up to 10 s) until something listens on 127.0.0.1:$1.
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# The median of the numbers on stdin, one per line.
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
