@@ -4,7 +4,8 @@
 //! upstream, so fills overlap). A burst of cold `skopeo copy --all` spread
 //! over three replicas fetches each blob from the registry once; a fourth
 //! replica with an empty disk serves the image from the bucket; an owner
-//! killed in the middle of a fill costs its askers nothing but time.
+//! killed in the middle of a fill costs its askers nothing but time, and
+//! leaves nothing wrong on a disk or in the bucket.
 
 mod common;
 
@@ -159,6 +160,20 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
     let (layout, image) = push_image(&registry, &work, "big", &[KIB, 40 * MIB]).await;
     // 40 MiB at 8 MiB/s: the owner is well inside the fill when it dies.
     let front = Throttle::start(&registry.host(), "8m");
+    let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+    let credentials = work.path().join("s3");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(credentials.join("id"), &garage.key_id).unwrap();
+    std::fs::write(credentials.join("secret"), &garage.secret).unwrap();
+    let bucket = format!(
+        "[bucket]\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\n\
+         access_key_id_file = {:?}\nsecret_access_key_file = {:?}\n",
+        garage.endpoint(),
+        common::garage::BUCKET,
+        common::garage::REGION,
+        credentials.join("id"),
+        credentials.join("secret"),
+    );
     let names = members(2);
     let big = image.layer_digests[1].clone();
     let owner_name = ::lasti::cluster::rendezvous::owner(&names, &Digest::parse(&big).unwrap())
@@ -174,7 +189,7 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
                 .map(|n| format!("{n:?}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let cluster = format!("[cluster]\nlisten = {me:?}\npeers = [{peers}]\n");
+            let cluster = format!("[cluster]\nlisten = {me:?}\npeers = [{peers}]\n{bucket}");
             Setup::write(&dir, &front.url(), "", &cluster)
         })
         .collect();
@@ -207,6 +222,20 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
         "the asker saw its owner go and fetched the rest itself"
     );
 
+    // What the asker fetched (from the owner, then from the registry) is
+    // published whole: the object in the bucket has the blob's digest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let object = loop {
+        match s3_object(&garage, &big) {
+            Some(object) => break object,
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await
+            }
+            None => panic!("{big} never reached the bucket"),
+        }
+    };
+    assert!(object == bytes, "the bucket holds the whole, verified blob");
+
     // The owner comes back on its disk: whatever it kept is whole, and it
     // serves the image.
     let owner = owner_setup.start();
@@ -223,4 +252,25 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
     )
     .await;
     drop(asker);
+}
+
+/// A blob's object, read from Garage with `curl` (S3 signatures); `None`
+/// while it is not there.
+fn s3_object(garage: &Garage, digest: &str) -> Option<Vec<u8>> {
+    let url = format!(
+        "{}/{}/blobs/sha256/{}",
+        garage.endpoint(),
+        common::garage::BUCKET,
+        digest.trim_start_matches("sha256:")
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        .arg("--aws-sigv4")
+        .arg(format!("aws:amz:{}:s3", common::garage::REGION))
+        .arg("--user")
+        .arg(format!("{}:{}", garage.key_id, garage.secret))
+        .arg(&url)
+        .output()
+        .expect("run curl");
+    out.status.success().then_some(out.stdout)
 }
