@@ -357,8 +357,10 @@ async fn uploads_the_bucket_missed_are_caught_up_when_it_answers_even_after_a_re
     let lasti = Lasti::start_with(cfg, None).await;
     pull_and_check(&lasti, "late", &image, &work.path().join("first")).await;
     let failed = ["op=\"put\"", "result=\"error\""];
-    let puts = metric_reaches(&lasti, "lasti_bucket_requests_total", &failed, 2).await;
-    assert_eq!(puts, blobs.len() as u64, "every upload failed");
+    let count = blobs.len() as u64;
+    let puts = metric_reaches(&lasti, "lasti_bucket_requests_total", &failed, count).await;
+    // (A catch-up round may have tried one again already.)
+    assert!(puts >= count, "every upload failed: {puts}");
     let data = lasti.stop().await;
 
     // The store comes up; lasti restarts on its disk and uploads what it owes.
@@ -369,8 +371,8 @@ async fn uploads_the_bucket_missed_are_caught_up_when_it_answers_even_after_a_re
     cfg.bucket.catch_up = Duration::from_millis(500);
     let lasti = Lasti::start_with(cfg, Some(data)).await;
     let stored = ["op=\"put\"", "result=\"stored\""];
-    let puts = metric_reaches(&lasti, "lasti_bucket_requests_total", &stored, 2).await;
-    assert_eq!(puts, blobs.len() as u64, "every blob caught up");
+    let puts = metric_reaches(&lasti, "lasti_bucket_requests_total", &stored, count).await;
+    assert_eq!(puts, count, "every blob caught up, once");
     let manifests = ["op=\"manifest_put\"", "result=\"stored\""];
     assert_eq!(
         metric_reaches(&lasti, "lasti_bucket_requests_total", &manifests, 1).await,
@@ -385,7 +387,13 @@ async fn uploads_the_bucket_missed_are_caught_up_when_it_answers_even_after_a_re
     pull_and_check(&other, "late", &image, &work.path().join("other")).await;
     let tier = ["tier=\"bucket\""];
     assert_eq!(
-        metric(&other, "lasti_fill_sources_total", &tier).await,
+        metric_reaches(
+            &other,
+            "lasti_fill_sources_total",
+            &tier,
+            blobs.len() as u64
+        )
+        .await,
         blobs.len() as u64
     );
 }
