@@ -57,15 +57,7 @@ EOF
 timeout 1800 /usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
 PIDS+=($!)
 wait_port $((BASE + 2))
-head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$W/blob"
-DIGEST="sha256:$(sha256sum "$W/blob" | cut -d' ' -f1)"
-location=$(curl -fsS -D - -o /dev/null -X POST "http://127.0.0.1:$((BASE + 2))/v2/bench/blob/blobs/uploads/" |
-  awk -F': ' 'tolower($1) == "location" {print $2}' | tr -d '\r')
-case "$location" in http*) ;; *) location="http://127.0.0.1:$((BASE + 2))$location" ;; esac
-sep='?'; case "$location" in *\?*) sep='&' ;; esac
-curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
-  --data-binary @"$W/blob" "$location${sep}digest=$DIGEST"
-rm "$W/blob"
+DIGEST=$(push_blob $((BASE + 2)) "$SIZE_MIB")
 
 # A replica: its own data directory and ports, the shared bucket.
 start_lasti() { # name port

@@ -35,21 +35,8 @@ EOF
 timeout 1800 /usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
 PIDS+=($!)
 wait_port "$REG"
-push_blob() { # MiB -> digest
-  head -c "$(($1 * 1024 * 1024))" /dev/urandom >"$W/blob"
-  local digest location sep
-  digest="sha256:$(sha256sum "$W/blob" | cut -d' ' -f1)"
-  location=$(curl -fsS -D - -o /dev/null -X POST "http://127.0.0.1:$REG/v2/bench/blob/blobs/uploads/" |
-    awk -F': ' 'tolower($1) == "location" {print $2}' | tr -d '\r')
-  case "$location" in http*) ;; *) location="http://127.0.0.1:$REG$location" ;; esac
-  sep='?'; case "$location" in *\?*) sep='&' ;; esac
-  curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
-    --data-binary @"$W/blob" "$location${sep}digest=$digest"
-  rm "$W/blob"
-  echo "$digest"
-}
-HOT=$(push_blob 1)
-COLD=$(push_blob "$COLD_MIB")
+HOT=$(push_blob "$REG" 1)
+COLD=$(push_blob "$REG" "$COLD_MIB")
 
 # Three replicas: API on BASE+10+4i, admin +1, peer +2.
 PEERS=""

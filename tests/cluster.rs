@@ -67,6 +67,18 @@ async fn total(replicas: &[Lasti], name: &str, labels: &[&str]) -> u64 {
     sum
 }
 
+/// Waits (up to 30 s) until [`total`] reaches `want`; the last value.
+async fn total_reaches(replicas: &[Lasti], name: &str, labels: &[&str], want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let value = total(replicas, name, labels).await;
+        if value >= want || std::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_over_three_replicas_fetches_each_blob_from_the_upstream_once() {
     let registry = Registry::start();
@@ -101,23 +113,7 @@ async fn a_burst_over_three_replicas_fetches_each_blob_from_the_upstream_once() 
     let fills = "lasti_fill_sources_total";
     // A fill is counted just after its last byte is released: wait for the
     // counts to settle before comparing them.
-    let settled = |replicas: &[Lasti]| {
-        let replicas = replicas.iter().map(|r| r.admin_url()).collect::<Vec<_>>();
-        async move {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                let mut sum = 0;
-                for admin in &replicas {
-                    sum += http::metric(admin, fills, &[]).await;
-                }
-                if sum >= 3 * count || std::time::Instant::now() > deadline {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    };
-    settled(&replicas).await;
+    total_reaches(&replicas, fills, &[], 3 * count).await;
     assert_eq!(total(&replicas, fills, &["tier=\"upstream\""]).await, count);
     let from_peers = total(&replicas, fills, &["tier=\"peer\""]).await;
     let from_bucket = total(&replicas, fills, &["tier=\"bucket\""]).await;
@@ -138,17 +134,11 @@ async fn a_burst_over_three_replicas_fetches_each_blob_from_the_upstream_once() 
     // are recorded; then a replica that joins with an empty disk serves the
     // image from the bucket without a single request to the registry.
     let puts = "lasti_bucket_requests_total";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     for (op, want) in [("put", count), ("manifest_put", 1), ("tag_put", 1)] {
         let labels = [format!("op=\"{op}\""), "stored".to_string()];
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-        while total(&replicas, puts, &labels).await < want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{op} reaches the bucket"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let stored = total_reaches(&replicas, puts, &labels, want).await;
+        assert!(stored >= want, "{op} reaches the bucket");
     }
     let requests_before = registry.all_requests();
     let fourth_name = members(1).remove(0);

@@ -156,8 +156,14 @@ impl Bucket {
 
     /// Where a blob lives in the bucket.
     pub fn key(&self, digest: &Digest) -> Path {
+        self.content_key("blobs", digest)
+    }
+
+    /// `<prefix><kind>/<algorithm>/<hex>`: where content addressed by
+    /// `digest` lives.
+    fn content_key(&self, kind: &str, digest: &Digest) -> Path {
         Path::from(format!(
-            "{}blobs/{}/{}",
+            "{}{kind}/{}/{}",
             self.prefix,
             digest.algorithm().as_str(),
             digest.hex()

@@ -35,12 +35,7 @@ pub struct StoredManifest {
 impl Bucket {
     /// Where a manifest lives in the bucket.
     pub fn manifest_key(&self, digest: &Digest) -> Path {
-        Path::from(format!(
-            "{}manifests/{}/{}",
-            self.prefix,
-            digest.algorithm().as_str(),
-            digest.hex()
-        ))
+        self.content_key("manifests", digest)
     }
 
     /// Where a tag's record lives in the bucket.
