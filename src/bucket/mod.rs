@@ -272,7 +272,6 @@ impl Bucket {
             .acquire()
             .await
             .map_err(|_| Error::Storage("bucket closed".into()))?;
-        let started = Instant::now();
         let key = self.key(digest);
         // At least 1 MB/s, or the upload is given up (and aborted).
         let deadline = self.timeout + Duration::from_secs(size / 1_000_000);
@@ -288,19 +287,31 @@ impl Bucket {
                 self.put_in_parts(&key, file, size).await
             }
         };
-        let outcome = tokio::time::timeout(deadline, upload)
+        self.store_within("put", deadline, upload).await?;
+        self.metrics.bucket_bytes("out", size);
+        let item = Pending::Blob(digest.clone());
+        self.note(move |j| j.settle(&item)).await;
+        Ok(())
+    }
+
+    /// One write to the store, given up after `deadline` and counted under
+    /// `op`. A failure makes look-ups skip the store for [`BACK_OFF`], as a
+    /// failed look-up does.
+    async fn store_within(
+        &self,
+        op: &str,
+        deadline: Duration,
+        write: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(deadline, write)
             .await
             .unwrap_or_else(|_| Err(unavailable(timed_out())));
-        self.metrics.bucket_request("put", started.elapsed());
+        self.metrics.bucket_request(op, started.elapsed());
         match &outcome {
-            Ok(()) => {
-                self.metrics.bucket_result("put", "stored");
-                self.metrics.bucket_bytes("out", size);
-                let item = Pending::Blob(digest.clone());
-                self.note(move |j| j.settle(&item)).await;
-            }
+            Ok(()) => self.metrics.bucket_result(op, "stored"),
             Err(_) => {
-                self.metrics.bucket_result("put", "error");
+                self.metrics.bucket_result(op, "error");
                 self.back_off();
             }
         }

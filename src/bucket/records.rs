@@ -142,22 +142,8 @@ impl Bucket {
             attributes,
             ..PutOptions::default()
         };
-        let started = std::time::Instant::now();
         let put = self.store.put_opts(key, payload, options);
-        let answer = tokio::time::timeout(self.timeout, put)
-            .await
-            .unwrap_or_else(|_| Err(super::timed_out()));
-        self.metrics.bucket_request(op, started.elapsed());
-        match answer {
-            Ok(_) => {
-                self.metrics.bucket_result(op, "stored");
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.bucket_result(op, "error");
-                self.back_off();
-                Err(unavailable(e))
-            }
-        }
+        let put = async { put.await.map(drop).map_err(unavailable) };
+        self.store_within(op, self.timeout, put).await
     }
 }

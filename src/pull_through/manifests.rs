@@ -21,7 +21,7 @@ use super::shared::{self, TagRef};
 use super::single_flight::SingleFlight;
 use super::{Outcome, Proxy};
 use crate::cache::index::{unix_now, TagRecord};
-use crate::cache::Manifest;
+use crate::cache::{Cache, Manifest};
 use crate::error::{Error, Result};
 use crate::oci::media_type::{self, DEFAULT_MANIFEST_ACCEPT};
 use crate::oci::{AcceptList, Digest, Hasher, Reference, RepoName, Tag};
@@ -399,13 +399,7 @@ impl Proxy {
                 let stored = shared::manifest_from_bucket(bucket.as_ref(), expected, limit).await;
                 let checked = stored.map(|f| verify(&sources[0].0, f, Some(expected)));
                 match checked {
-                    Some(Ok(manifest)) => {
-                        let manifest = Arc::new(manifest);
-                        if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
-                            tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
-                        }
-                        return Ok(manifest);
-                    }
+                    Some(Ok(manifest)) => return Ok(keep(&cache, manifest).await),
                     // A registry's answer will replace it in the bucket.
                     Some(Err(err)) => {
                         tracing::warn!(digest = %expected, error = %err, "a manifest in the object store fails its check")
@@ -420,10 +414,7 @@ impl Proxy {
                     .await;
                 match fetched.and_then(|f| verify(source, f, expected.as_ref())) {
                     Ok(manifest) => {
-                        let manifest = Arc::new(manifest);
-                        if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
-                            tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
-                        }
+                        let manifest = keep(&cache, manifest).await;
                         shared::share_manifest(bucket.as_ref(), &manifest);
                         if let Some(tag) = &tag {
                             let record = TagRecord {
@@ -470,6 +461,16 @@ impl Proxy {
             .ok()?;
         Some(manifest)
     }
+}
+
+/// Stores a verified manifest in the cache. A manifest that cannot be
+/// stored is still served: the client asked for it and it is verified.
+async fn keep(cache: &Cache, manifest: Manifest) -> Arc<Manifest> {
+    let manifest = Arc::new(manifest);
+    if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
+        tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
+    }
+    manifest
 }
 
 /// Settles a fetched manifest's media type, refuses schema 1, and checks
