@@ -30,11 +30,13 @@
 //! Around them: [`config`] (TOML + flags, validated), [`error`] (one error
 //! type that knows its origin and whether to retry), [`body`] (the one
 //! response body type), [`secret`] (redacted credentials), [`metrics`]
-//! (Prometheus), [`telemetry`], and the operator commands in [`tools`].
+//! (Prometheus), [`telemetry`], [`allocator`] (glibc's thresholds, set for
+//! fills), and the operator commands in [`tools`].
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod allocator;
 pub mod backfill;
 pub mod body;
 pub mod bucket;

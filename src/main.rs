@@ -86,6 +86,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    lasti::allocator::tune();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# What a verified cold miss cannot avoid, measured beside it in one run.
+# Each round pushes a fresh blob to the registry and fetches it
+#  - directly from the registry (the wall-clock floor),
+#  - through nginx as a plain streaming relay (proxy_pass, no buffering,
+#    no cache): the CPU of one copy in from the upstream's socket and one
+#    copy out to the client's, done as cheaply as a mature C proxy does it,
+#  - through lasti, cold (hashed, written to its cache, verified),
+# and takes the CPU that SHA-256 needs for as many bytes (Python's hashlib,
+# OpenSSL, as ../shared/peers/bench.sh does). The floor of a verified miss
+# is then relay + hash; lasti's CPU is reported against it and against the
+# hash alone.
+#
+# Usage: benches/cold_floor.sh   (env: ROUNDS=3 MIB=1024 BASE_PORT=15300)
+# Needs: docker-registry, nginx, curl, python3 (Debian), a release build.
+# Everything listens on 127.0.0.1; every server started here is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+MIB=${MIB:-1024}
+BASE=${BASE_PORT:-15300}
+cargo build --release --bin lasti >&2
+. benches/lib.sh
+bench_workdir lasti-bench-floor
+REG=$BASE RELAY=$((BASE + 1)) LASTI=$((BASE + 2))
+
+mkdir -p "$W/registry" "$W/nginx"
+cat >"$W/registry.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $W/registry}}
+http: {addr: 127.0.0.1:$REG}
+EOF
+timeout 3600 /usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+PIDS+=($!)
+
+# One nginx process (no master), so its CPU is the relay's.
+cat >"$W/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $W/nginx/nginx.pid;
+error_log $W/nginx/error.log warn;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path $W/nginx;
+  proxy_temp_path $W/nginx;
+  server {
+    listen 127.0.0.1:$RELAY;
+    location / {
+      proxy_pass http://127.0.0.1:$REG;
+      proxy_http_version 1.1;
+      proxy_buffering off;
+      # Large reads and writes: the relay's cost is then its copies, not
+      # its system calls.
+      proxy_buffer_size 512k;
+      proxy_buffers 4 512k;
+      proxy_busy_buffers_size 512k;
+      proxy_request_buffering off;
+    }
+  }
+}
+EOF
+timeout 3600 nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" &
+PIDS+=($!)
+
+RUST_LOG=warn timeout 3600 target/release/lasti --listen "127.0.0.1:$LASTI" --admin-listen 127.0.0.1:0 \
+  --data-dir "$W/lasti" --upstream docker.io=http://127.0.0.1:$REG >"$W/lasti.log" 2>&1 &
+PIDS+=($!)
+wait_port "$REG"; wait_port "$RELAY"; wait_port "$LASTI"
+NGINX_PID=$(pgrep -P "${PIDS[1]}")
+LASTI_PID=$(pgrep -P "${PIDS[2]}")
+
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$1/stat"; }
+# Waits until the process has used no CPU for 300 ms (a fill may finish
+# its last write and verification after the client's last byte).
+settle() {
+  local before after
+  after=$(cpu "$1")
+  while :; do
+    before=$after; sleep 0.3; after=$(cpu "$1")
+    [ "$before" = "$after" ] && break
+  done
+}
+# CPU seconds a process has used since it had used $2.
+used() { awk -v a="$(cpu "$1")" -v b="$2" 'BEGIN {printf "%.2f\n", a - b}'; }
+fetch() { curl -fsS -o /dev/null -w '%{time_total}\n' "$1"; }
+sha_cpu() {
+  python3 - "$1" <<'PY'
+import hashlib, sys, time
+n = int(sys.argv[1]); buf = bytes(range(256)) * (4 << 12)
+h = hashlib.sha256(); t = time.process_time(); left = n
+while left > 0:
+    k = min(left, len(buf)); h.update(buf if k == len(buf) else buf[:k]); left -= k
+print(f"{time.process_time() - t:.3f}")
+PY
+}
+
+for name in direct relay_wall relay_cpu lasti_wall lasti_cpu sha; do : >"$W/$name"; done
+for round in $(seq "$ROUNDS"); do
+  digest=$(push_blob "$REG" "$MIB")
+  path="v2/bench/blob/blobs/$digest"
+  fetch "http://127.0.0.1:$REG/$path" >>"$W/direct"
+  c0=$(cpu "$NGINX_PID")
+  fetch "http://127.0.0.1:$RELAY/$path" >>"$W/relay_wall"
+  used "$NGINX_PID" "$c0" >>"$W/relay_cpu"
+  settle "$LASTI_PID"; c0=$(cpu "$LASTI_PID")
+  fetch "http://127.0.0.1:$LASTI/$path" >>"$W/lasti_wall"
+  settle "$LASTI_PID"
+  used "$LASTI_PID" "$c0" >>"$W/lasti_cpu"
+  sha_cpu $((MIB * 1024 * 1024)) >>"$W/sha"
+  echo "round $round: direct $(tail -1 "$W/direct") s, relay $(tail -1 "$W/relay_wall") s / $(tail -1 "$W/relay_cpu") s CPU," \
+    "lasti $(tail -1 "$W/lasti_wall") s / $(tail -1 "$W/lasti_cpu") s CPU, sha256 $(tail -1 "$W/sha") s CPU" >&2
+done
+
+m() { median <"$W/$1"; }
+direct=$(m direct) relay_wall=$(m relay_wall) relay_cpu=$(m relay_cpu)
+lasti_wall=$(m lasti_wall) lasti_cpu=$(m lasti_cpu) sha=$(m sha)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+floor=$(awk -v a="$relay_cpu" -v b="$sha" 'BEGIN {print a + b}')
+echo "cold $MIB MiB, medians of $ROUNDS rounds:"
+echo "  direct fetch           $direct s"
+echo "  nginx relay            $relay_wall s wall, $relay_cpu s CPU"
+echo "  sha256                 $sha s CPU"
+echo "  lasti cold             $lasti_wall s wall, $lasti_cpu s CPU"
+echo "  lasti CPU / sha256     $(ratio "$lasti_cpu" "$sha")x"
+echo "  lasti CPU / (relay + sha256) $(ratio "$lasti_cpu" "$floor")x"
+wall_floor=$(awk -v a="$direct" -v b="$sha" 'BEGIN {print (a > b) ? a : b}')
+echo "  lasti wall / max(direct, sha256) $(ratio "$lasti_wall" "$wall_floor")x"
+echo "  relay wall / direct    $(ratio "$relay_wall" "$direct")x"
