@@ -47,16 +47,7 @@ SECRET=$(awk -F': +' '/Secret key/ {print $2}' <<<"$key")
 g bucket allow --read --write --owner lasti --key bench >/dev/null
 
 # The upstream, holding one blob of SIZE_MIB.
-mkdir -p "$W/registry"
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log: {level: warn, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $W/registry}}
-http: {addr: 127.0.0.1:$((BASE + 2))}
-EOF
-timeout 1800 /usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
-PIDS+=($!)
-wait_port $((BASE + 2))
+start_registry $((BASE + 2)) 1800 quiet
 DIGEST=$(push_blob $((BASE + 2)) "$SIZE_MIB")
 
 # A replica: its own data directory and ports, the shared bucket.
@@ -85,7 +76,6 @@ EOF
   wait_port "$2"
   LASTI_PID=$(pgrep -P "$LASTI_WRAPPER")
 }
-cpu_s() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 blob_url() { echo "http://127.0.0.1:$1/v2/bench/blob/blobs/$DIGEST"; }
 
 # The first replica fetches the blob from the upstream and publishes it.

@@ -25,16 +25,7 @@ bench_workdir lasti-bench-cluster
 
 # The upstream, with its access log (to count blob GETs).
 REG=$((BASE + 2))
-mkdir -p "$W/registry"
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log: {level: warn}
-storage: {filesystem: {rootdirectory: $W/registry}}
-http: {addr: 127.0.0.1:$REG}
-EOF
-timeout 1800 /usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
-PIDS+=($!)
-wait_port "$REG"
+start_registry "$REG" 1800
 HOT=$(push_blob "$REG" 1)
 COLD=$(push_blob "$REG" "$COLD_MIB")
 

@@ -24,15 +24,8 @@ cargo build --release --bin lasti >&2
 bench_workdir lasti-bench-floor
 REG=$BASE RELAY=$((BASE + 1)) LASTI=$((BASE + 2))
 
-mkdir -p "$W/registry" "$W/nginx"
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log: {level: warn}
-storage: {filesystem: {rootdirectory: $W/registry}}
-http: {addr: 127.0.0.1:$REG}
-EOF
-timeout 3600 /usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
-PIDS+=($!)
+start_registry "$REG" 3600
+mkdir -p "$W/nginx"
 
 # One nginx process (no master), so its CPU is the relay's.
 cat >"$W/nginx/nginx.conf" <<EOF
@@ -68,24 +61,22 @@ PIDS+=($!)
 RUST_LOG=warn timeout 3600 target/release/lasti --listen "127.0.0.1:$LASTI" --admin-listen 127.0.0.1:0 \
   --data-dir "$W/lasti" --upstream docker.io=http://127.0.0.1:$REG >"$W/lasti.log" 2>&1 &
 PIDS+=($!)
-wait_port "$REG"; wait_port "$RELAY"; wait_port "$LASTI"
+wait_port "$RELAY"; wait_port "$LASTI"
 NGINX_PID=$(pgrep -P "${PIDS[1]}")
 LASTI_PID=$(pgrep -P "${PIDS[2]}")
 
-# CPU seconds (user + system) a process has used so far.
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$1/stat"; }
 # Waits until the process has used no CPU for 300 ms (a fill may finish
 # its last write and verification after the client's last byte).
 settle() {
   local before after
-  after=$(cpu "$1")
+  after=$(cpu_s "$1")
   while :; do
-    before=$after; sleep 0.3; after=$(cpu "$1")
+    before=$after; sleep 0.3; after=$(cpu_s "$1")
     [ "$before" = "$after" ] && break
   done
 }
 # CPU seconds a process has used since it had used $2.
-used() { awk -v a="$(cpu "$1")" -v b="$2" 'BEGIN {printf "%.2f\n", a - b}'; }
+used() { awk -v a="$(cpu_s "$1")" -v b="$2" 'BEGIN {printf "%.2f\n", a - b}'; }
 fetch() { curl -fsS -o /dev/null -w '%{time_total}\n' "$1"; }
 sha_cpu() {
   python3 - "$1" <<'PY'
@@ -103,10 +94,10 @@ for round in $(seq "$ROUNDS"); do
   digest=$(push_blob "$REG" "$MIB")
   path="v2/bench/blob/blobs/$digest"
   fetch "http://127.0.0.1:$REG/$path" >>"$W/direct"
-  c0=$(cpu "$NGINX_PID")
+  c0=$(cpu_s "$NGINX_PID")
   fetch "http://127.0.0.1:$RELAY/$path" >>"$W/relay_wall"
   used "$NGINX_PID" "$c0" >>"$W/relay_cpu"
-  settle "$LASTI_PID"; c0=$(cpu "$LASTI_PID")
+  settle "$LASTI_PID"; c0=$(cpu_s "$LASTI_PID")
   fetch "http://127.0.0.1:$LASTI/$path" >>"$W/lasti_wall"
   settle "$LASTI_PID"
   used "$LASTI_PID" "$c0" >>"$W/lasti_cpu"

@@ -23,6 +23,28 @@ wait_port() {
   return 1
 }
 
+# Starts the distribution registry on 127.0.0.1:$1, storing under
+# $W/registry, for at most $2 seconds; its access log (each request, for
+# counting upstream GETs) goes to $W/registry.log unless $3 is "quiet".
+# Waits until it listens.
+start_registry() {
+  local access=""
+  [ "${3:-}" = quiet ] && access=", accesslog: {disabled: true}"
+  mkdir -p "$W/registry"
+  cat >"$W/registry.yml" <<EOF
+version: 0.1
+log: {level: warn$access}
+storage: {filesystem: {rootdirectory: $W/registry}}
+http: {addr: 127.0.0.1:$1}
+EOF
+  timeout "$2" /usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$1"
+}
+
+# CPU seconds (user + system) process $1 has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$1/stat"; }
+
 # The median of the numbers on stdin, one per line.
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
