@@ -16,6 +16,7 @@ pub struct Setup {
     api_port: u16,
     admin_port: u16,
     lifetime: Duration,
+    env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -36,6 +37,7 @@ impl Setup {
             api_port,
             admin_port,
             lifetime: HARD_LIFETIME,
+            env: Vec::new(),
         }
     }
 
@@ -45,9 +47,15 @@ impl Setup {
         self
     }
 
+    /// Sets an environment variable for the lasti processes started from here.
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// Starts lasti on this config and waits until `/v2/` answers.
     pub fn start(&self) -> Process {
-        Process::start(&self.path, self.api_port, self.admin_port, self.lifetime)
+        Process::start(self)
     }
 }
 
@@ -61,14 +69,15 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `lasti --config FILE`, to be killed after `lifetime`, and
-    /// waits until `/v2/` answers.
-    fn start(config_path: &Path, api_port: u16, admin_port: u16, lifetime: Duration) -> Process {
+    /// Starts `lasti --config FILE`, to be killed after the setup's
+    /// lifetime, and waits until `/v2/` answers.
+    fn start(setup: &Setup) -> Process {
         let wrapper = Command::new("/usr/bin/timeout")
             .arg("--signal=KILL")
-            .arg(format!("{}s", lifetime.as_secs()))
+            .arg(format!("{}s", setup.lifetime.as_secs()))
             .args([env!("CARGO_BIN_EXE_lasti"), "--config"])
-            .arg(config_path)
+            .arg(&setup.path)
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -76,8 +85,8 @@ impl Process {
             .expect("start lasti");
         let process = Process {
             wrapper,
-            api: format!("127.0.0.1:{api_port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
+            api: format!("127.0.0.1:{}", setup.api_port),
+            admin: format!("http://127.0.0.1:{}", setup.admin_port),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while super::http_get_status(process.api.parse().unwrap(), "/v2/", None).is_err() {
