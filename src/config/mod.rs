@@ -324,7 +324,7 @@ impl Config {
         if self.cache.max_manifest_size.as_u64() == 0 {
             return invalid("cache.max_manifest_size must be above zero".into());
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+        if crate::telemetry::filter::LogFilter::parse(&self.log.filter).is_err() {
             return invalid(format!(
                 "log.filter {:?} is not a valid filter",
                 self.log.filter

@@ -6,21 +6,22 @@
 //! slow log collector reading the pipe.
 
 pub mod batch_writer;
+pub mod filter;
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
+use filter::LogFilter;
 
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides
 /// the configured filter. Colours only on a terminal: a log sent to a file
 /// or a collector holds no escape codes. Keep the returned guard until the
 /// process ends: dropping it flushes the lines still waiting.
 pub fn init(config: &LogConfig) -> Option<batch_writer::FlushGuard> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (targets, env_filter) = LogFilter::chosen(&config.filter).into_layers();
     let (writer, guard) = match batch_writer::start(std::io::stderr()) {
         Ok((writer, guard)) => (writer, guard),
         Err(e) => {
@@ -28,17 +29,24 @@ pub fn init(config: &LogConfig) -> Option<batch_writer::FlushGuard> {
             return None;
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match config.format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
+    let ansi = std::io::stderr().is_terminal();
+    let lines = match config.format {
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(targets)
+        .with(env_filter)
+        .with(lines)
+        .try_init();
     Some(guard)
 }
