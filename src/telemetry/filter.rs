@@ -4,9 +4,11 @@
 //!
 //! To honour span directives, `EnvFilter` looks every span up in a map
 //! behind a lock on each enter and exit. A request's span is entered on
-//! every poll of its future, so on small hits that lookup was about a tenth
-//! of lasti's CPU (perf, docs/performance.md). `Targets` decides once per
-//! callsite and keeps no per-span state, for the same result.
+//! every poll of its future, so on small hits over TLS, with both cores
+//! busy, that lookup was about a tenth of lasti's CPU (perf,
+//! docs/performance.md; within the noise on a quiet machine). `Targets`
+//! decides once per callsite and keeps no per-span state, for the same
+//! result.
 
 use std::str::FromStr;
 
