@@ -252,4 +252,86 @@ fn an_unreachable_upstream_is_a_warning_with_its_name_and_reason() {
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("upstream=\"docker.io\""), "{line}");
     assert!(line.contains("Connection refused"), "the reason: {line}");
+    assert!(
+        line.contains("path=\"/v2/library/alpine/manifests/3.20\""),
+        "the request: {line}"
+    );
+}
+
+/// Starts lasti with `log_args`, asks for `/v2/` and a manifest its
+/// unreachable upstream cannot give, and returns the log once both
+/// requests are in it (the second's access line holds `needle`).
+fn access_log(log_args: &[&str], needle: &str) -> String {
+    let work = TempDir::new().unwrap();
+    let (api, admin) = loopback_ports();
+    let log = work.path().join("stderr");
+    let mut child = Command::new("/usr/bin/timeout")
+        .args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")])
+        .args(["--data-dir", work.path().join("data").to_str().unwrap()])
+        .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
+        .args(["--listen", &api, "--admin-listen", &admin])
+        .args(log_args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = api.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::http_get_status(addr, "/v2/", None).is_err() {
+        assert!(std::time::Instant::now() < deadline, "lasti did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = common::http_get_status(addr, "/v2/library/alpine/manifests/3.20", None);
+    assert_eq!(status.unwrap(), 502);
+    let text = wait_for_text(&log, needle);
+    common::end_wrapped(&mut child);
+    text
+}
+
+#[test]
+fn every_request_is_one_access_line_with_its_outcome() {
+    let text = access_log(&[], "manifests/3.20 status=");
+    let line = text
+        .lines()
+        .find(|l| l.contains("lasti::access") && l.contains("path=/v2/ "))
+        .unwrap_or_else(|| panic!("no access line for /v2/: {text}"));
+    assert!(line.contains(" INFO lasti::access: method=GET path=/v2/ status=200 bytes=2 outcome=- error=- complete=true ms="), "{line}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("lasti::access") && l.contains("manifests/3.20"))
+        .unwrap();
+    assert!(line.contains(" status=502 "), "{line}");
+    assert!(!line.contains(" error=- "), "the error kind: {line}");
+}
+
+#[test]
+fn json_access_lines_are_objects_a_collector_can_read() {
+    let text = access_log(&["--log-format", "json"], r#"manifests/3.20","status""#);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let access: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "lasti::access")
+        .collect();
+    let base = access
+        .iter()
+        .find(|l| l["path"] == "/v2/")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(base["method"], "GET");
+    assert_eq!(base["status"], 200);
+    assert_eq!(base["bytes"], 2);
+    assert_eq!(base["complete"], true);
+    assert!(base["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{base}");
+    assert_eq!(base["level"], "INFO");
+    let failed = access
+        .iter()
+        .find(|l| l["path"] == "/v2/library/alpine/manifests/3.20")
+        .unwrap();
+    assert_eq!(failed["status"], 502);
+    assert!(failed["bytes"].as_u64().is_some_and(|b| b > 0), "{failed}");
+    assert_ne!(failed["error"], "-");
 }

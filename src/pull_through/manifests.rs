@@ -212,7 +212,7 @@ impl Proxy {
         if let Some(record) = recorded {
             if fresh(&record) {
                 if let Err(err) = self.cache.put_tag(&key, record.clone()).await {
-                    tracing::error!(error = %err, "cannot record a tag");
+                    tracing::error!(tag = key, error = %err, "cannot record a tag");
                 }
                 return self
                     .answer_recorded(upstream, repo, record, head, Outcome::Hit)
@@ -345,8 +345,9 @@ impl Proxy {
     /// other replicas.
     async fn record_tag(&self, tag: &TagRef, record: TagRecord) {
         shared::share_tag(self.bucket.as_ref(), tag, record.clone());
-        if let Err(err) = self.cache.put_tag(&tag.key(), record).await {
-            tracing::error!(error = %err, "cannot record a tag");
+        let key = tag.key();
+        if let Err(err) = self.cache.put_tag(&key, record).await {
+            tracing::error!(tag = key, error = %err, "cannot record a tag");
         }
     }
 
@@ -424,8 +425,9 @@ impl Proxy {
                                 checked_at: unix_now(),
                             };
                             shared::share_tag(bucket.as_ref(), tag, record.clone());
-                            if let Err(err) = cache.put_tag(&tag.key(), record).await {
-                                tracing::error!(error = %err, "cannot record a tag");
+                            let key = tag.key();
+                            if let Err(err) = cache.put_tag(&key, record).await {
+                                tracing::error!(tag = key, error = %err, "cannot record a tag");
                             }
                         }
                         return Ok(manifest);
@@ -468,7 +470,7 @@ impl Proxy {
 async fn keep(cache: &Cache, manifest: Manifest) -> Arc<Manifest> {
     let manifest = Arc::new(manifest);
     if let Err(err) = cache.put_manifest(Arc::clone(&manifest)).await {
-        tracing::error!(error = %err, "cannot store a manifest; serving it anyway");
+        tracing::error!(digest = %manifest.digest, error = %err, "cannot store a manifest; serving it anyway");
     }
     manifest
 }

@@ -92,6 +92,11 @@ impl HttpBody for LoggedBody {
     }
 }
 
+/// Milliseconds to the microsecond: `0.125`, not `0.12498712`.
+fn millis(elapsed: std::time::Duration) -> f64 {
+    elapsed.as_micros() as f64 / 1000.0
+}
+
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let Some(r) = self.record.take() else { return };
@@ -105,15 +110,15 @@ impl Drop for LoggedBody {
         let complete = !self.failed
             && (self.ended || self.inner.is_end_stream() || self.expected == Some(self.bytes));
         tracing::info!(
-            target: "lasti::access",
-            method = %r.method,
-            path = %r.path,
-            status = r.status.as_u16(),
+            target: crate::telemetry::access_format::ACCESS_TARGET,
+            method = r.method.as_str(),
+            path = r.path.as_str(),
+            status = u64::from(r.status.as_u16()),
             bytes = self.bytes,
             outcome = r.outcome.map(Outcome::as_str).unwrap_or("-"),
             error = r.error.unwrap_or("-"),
             complete,
-            ms = r.started.elapsed().as_secs_f64() * 1000.0,
+            ms = millis(r.started.elapsed()),
         );
     }
 }

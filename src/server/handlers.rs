@@ -17,8 +17,14 @@ use crate::upstream::Upstream;
 pub async fn handle<B>(proxy: &Proxy, request: &Request<B>) -> Response<Body> {
     match dispatch(proxy, request).await {
         Ok(response) => response,
-        Err(err) => response::error(&err),
+        Err(err) => failed(request, &err),
     }
+}
+
+/// The error response for a request, its reason logged.
+fn failed<B>(request: &Request<B>, err: &Error) -> Response<Body> {
+    response::log_failure(err, request.method(), request.uri().path());
+    response::error(err)
 }
 
 async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Body>> {
@@ -98,7 +104,7 @@ pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Bod
     };
     match answer.await {
         Ok(response) => response,
-        Err(err) => response::error(&err),
+        Err(err) => failed(request, &err),
     }
 }
 

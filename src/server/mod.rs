@@ -29,7 +29,6 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 use crate::access::Access;
 use crate::backfill::Backfill;
@@ -404,7 +403,7 @@ impl App {
         }
     }
 
-    /// Handles one request inside its span, counts it, and wraps the body
+    /// Handles one request, counts it, and wraps the body
     /// for the access log, the served-bytes counter and the send timeout.
     pub async fn respond(
         &self,
@@ -416,7 +415,6 @@ impl App {
         let started = Instant::now();
         let (method, path) = (request.method().clone(), request.uri().path().to_string());
         let route = router::route(&path);
-        let span = tracing::info_span!("request", %method, %path);
         let authorization = request.headers().get(http::header::AUTHORIZATION);
         let admitted = match &self.door {
             Door::Clients(access) => match access.admit(client) {
@@ -431,17 +429,12 @@ impl App {
         .and_then(|()| self.reserve_file(&method, &route, &mut in_flight));
         let refused = admitted.is_err();
         let response = match (admitted, &self.door) {
-            (Ok(()), Door::Clients(_)) => {
-                handlers::handle(&self.proxy, &request)
-                    .instrument(span)
-                    .await
+            (Ok(()), Door::Clients(_)) => handlers::handle(&self.proxy, &request).await,
+            (Ok(()), Door::Peers(_)) => handlers::handle_peer(&self.proxy, &request).await,
+            (Err(err), _) => {
+                response::log_failure(&err, &method, &path);
+                response::error(&err)
             }
-            (Ok(()), Door::Peers(_)) => {
-                handlers::handle_peer(&self.proxy, &request)
-                    .instrument(span)
-                    .await
-            }
-            (Err(err), _) => response::error(&err),
         };
         let route = route.label();
         let outcome = response.extensions().get::<Outcome>().copied();

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use crate::body::{self, Body, BodyError};
 use crate::cache::reader::Delivery;
@@ -37,16 +37,26 @@ pub fn base() -> Response<Body> {
     )
 }
 
+/// Logs why a request failed, at the level its origin deserves, naming the
+/// request (there is no span per request: a hit pays for none). The message
+/// is the error body's: clients (skopeo, docker) often show only the
+/// status, so the log is where the reason is found.
+pub fn log_failure(err: &Error, method: &Method, path: &str) {
+    let method = method.as_str();
+    match (err.origin(), err.faulty_upstream()) {
+        (Origin::Internal, _) => tracing::error!(method, path, error = %err, "request failed"),
+        (_, Some(upstream)) => {
+            tracing::warn!(method, path, upstream, error = %err, "upstream failed")
+        }
+        (Origin::Upstream, None) => {
+            tracing::info!(method, path, error = %err, "request failed upstream")
+        }
+        (Origin::Client, None) => tracing::debug!(method, path, error = %err, "bad request"),
+    }
+}
+
 /// The OCI error body for any error, with the status and headers it implies.
 pub fn error(err: &Error) -> Response<Body> {
-    // The message logged is the body's: clients (skopeo, docker) often
-    // show only the status, so the log is where the reason is found.
-    match (err.origin(), err.faulty_upstream()) {
-        (Origin::Internal, _) => tracing::error!(error = %err, "request failed"),
-        (_, Some(upstream)) => tracing::warn!(upstream, error = %err, "upstream failed"),
-        (Origin::Upstream, None) => tracing::info!(error = %err, "request failed upstream"),
-        (Origin::Client, None) => tracing::debug!(error = %err, "bad request"),
-    }
     let message = match err.origin() {
         // Internal details (paths, store errors) stay in the log.
         Origin::Internal => "internal error".to_string(),

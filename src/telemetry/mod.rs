@@ -5,6 +5,7 @@
 //! request never waits for a `write(2)` of its access log line, nor for a
 //! slow log collector reading the pipe.
 
+pub mod access_format;
 pub mod batch_writer;
 pub mod filter;
 
@@ -13,7 +14,10 @@ use std::io::IsTerminal;
 use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use tracing_subscriber::fmt::format::Format;
+
 use crate::config::{LogConfig, LogFormat};
+use access_format::AccessOr;
 use filter::LogFilter;
 
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides
@@ -34,13 +38,17 @@ pub fn init(config: &LogConfig) -> Option<batch_writer::FlushGuard> {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_ansi(ansi)
+            .event_format(AccessOr::human(Format::default()))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(writer)
-            .with_ansi(ansi)
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
+            .event_format(AccessOr::json(
+                Format::default()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            ))
             .boxed(),
     };
     let _ = tracing_subscriber::registry()
