@@ -240,6 +240,15 @@ async fn ranges_are_served_on_misses_and_hits() {
     // Wait for the fill to finish, then hit.
     let whole = http::get(&url, &[]).await;
     assert_eq!(whole.body.len(), size);
+    let hit = http::get(&url, &[]).await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.body.as_ref(), bytes.as_slice());
+    assert_eq!(hit.header("content-type"), "application/octet-stream");
+    assert_eq!(hit.header("content-length"), size.to_string());
+    assert_eq!(hit.header("docker-content-digest"), layer.as_str());
+    assert_eq!(hit.header("etag"), format!("\"{layer}\""));
+    assert_eq!(hit.header("accept-ranges"), "bytes");
+    assert_eq!(hit.header("docker-distribution-api-version"), "registry/2.0");
     let cases = [
         ("bytes=0-0", 0, 1),
         ("bytes=-100", size - 100, size),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use http::HeaderValue;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -35,8 +36,9 @@ const RESUME_ATTEMPTS: u32 = 3;
 pub struct BlobAnswer {
     /// The whole blob's size, when known.
     pub size: Option<u64>,
-    /// The content type to send.
-    pub media_type: String,
+    /// The content type to send: usually the static
+    /// `application/octet-stream`, so a hit copies no string for it.
+    pub media_type: HeaderValue,
     /// The part served, for a satisfiable `Range` request.
     pub range: Option<ByteRange>,
     /// The bytes; `None` for `HEAD`.
@@ -140,9 +142,7 @@ impl Proxy {
             if progress.size.is_some() {
                 return Ok(BlobAnswer {
                     size: progress.size,
-                    media_type: progress
-                        .media_type
-                        .unwrap_or_else(|| OCTET_STREAM.to_string()),
+                    media_type: content_type(progress.media_type.as_deref()),
                     range: None,
                     reader: None,
                     outcome: Outcome::Coalesced,
@@ -154,7 +154,7 @@ impl Proxy {
             if let Ok(Some(size)) = bucket.size(digest).await {
                 return Ok(BlobAnswer {
                     size: Some(size),
-                    media_type: OCTET_STREAM.to_string(),
+                    media_type: content_type(None),
                     range: None,
                     reader: None,
                     outcome: Outcome::Hit,
@@ -164,7 +164,7 @@ impl Proxy {
         let found = upstream.head_blob(repo, digest).await?;
         Ok(BlobAnswer {
             size: found.size,
-            media_type: found.media_type.unwrap_or_else(|| OCTET_STREAM.to_string()),
+            media_type: content_type(found.media_type.as_deref()),
             range: None,
             reader: None,
             outcome: Outcome::Passthrough,
@@ -182,19 +182,22 @@ fn resolve(range: Option<RangeSpec>, size: u64) -> Result<Option<ByteRange>> {
     }
 }
 
+/// The `Content-Type` of a blob: a manifest's own type when the blob is one
+/// (or the upstream named one), else `application/octet-stream`.
+fn content_type(media_type: Option<&str>) -> HeaderValue {
+    media_type
+        .and_then(|t| HeaderValue::from_str(t).ok())
+        .unwrap_or(HeaderValue::from_static(OCTET_STREAM))
+}
+
 fn stored_answer(blob: StoredBlob, range: Option<RangeSpec>) -> Result<BlobAnswer> {
     let range = resolve(range, blob.size)?;
     let (start, end) = range
         .map(|r| (r.start, r.end + 1))
         .unwrap_or((0, blob.size));
-    let media_type = blob
-        .manifest_type
-        .as_deref()
-        .unwrap_or(OCTET_STREAM)
-        .to_string();
     Ok(BlobAnswer {
         size: Some(blob.size),
-        media_type,
+        media_type: content_type(blob.manifest_type.as_deref()),
         range,
         reader: Some(
             BlobReader::stored(blob.file, start, end, Some(blob.lease)).with_content(blob.content),
@@ -209,9 +212,7 @@ async fn filling_answer(
     outcome: Outcome,
 ) -> Result<BlobAnswer> {
     let progress = sub.ready().await?;
-    let media_type = progress
-        .media_type
-        .unwrap_or_else(|| OCTET_STREAM.to_string());
+    let media_type = content_type(progress.media_type.as_deref());
     let (range, start, end) = match progress.size {
         Some(size) => {
             let range = resolve(range, size)?;
