@@ -3,7 +3,8 @@
 # same files, with h2load, in one run. Image configs, small layers and
 # signatures are the most frequent hits; this is their figure.
 #
-# Usage: benches/tls_small.sh   (env: REPEAT=3 CONNS=16 REQUESTS=20000 SIZES="183 4096 65536")
+# Usage: benches/tls_small.sh   (env: REPEAT=3 CONNS=16 REQUESTS=20000 SIZES="183 4096 65536"
+#        LASTI_BIN=path: measure that binary instead of building this tree's)
 # Output: one line per size and server, then the ratios (medians of REPEAT):
 #   <size> <server> rps <n> cpu_us_per_req <n>
 # Needs: nginx, nghttp2-client (h2load), openssl, curl (Debian), a release build.
@@ -19,7 +20,11 @@ NGINX_TLS=${NGINX_TLS:-15120}
 NGINX_PLAIN=${NGINX_PLAIN:-15121}
 LASTI_TLS=${LASTI_TLS:-15122}
 
-cargo build --release --bin lasti >&2
+LASTI_BIN=${LASTI_BIN:-}
+if [ -z "$LASTI_BIN" ]; then
+  cargo build --release --bin lasti >&2
+  LASTI_BIN=target/release/lasti
+fi
 WORK=$(mktemp -d /tmp/lasti-tls-small.XXXXXX)
 PIDS=()
 cleanup() {
@@ -87,7 +92,7 @@ key_file = "$WORK/key.pem"
 name = "docker.io"
 url = "http://127.0.0.1:$NGINX_PLAIN"
 EOF
-timeout 3600 target/release/lasti --config "$WORK/lasti.toml" >"$WORK/lasti.log" 2>&1 &
+timeout 3600 "$LASTI_BIN" --config "$WORK/lasti.toml" >"$WORK/lasti.log" 2>&1 &
 WRAPPER=$!
 PIDS+=("$WRAPPER")
 for _ in $(seq 100); do curl -kfsS -o /dev/null "https://127.0.0.1:$LASTI_TLS/v2/" && break; sleep 0.1; done

@@ -248,7 +248,10 @@ async fn ranges_are_served_on_misses_and_hits() {
     assert_eq!(hit.header("docker-content-digest"), layer.as_str());
     assert_eq!(hit.header("etag"), format!("\"{layer}\""));
     assert_eq!(hit.header("accept-ranges"), "bytes");
-    assert_eq!(hit.header("docker-distribution-api-version"), "registry/2.0");
+    assert_eq!(
+        hit.header("docker-distribution-api-version"),
+        "registry/2.0"
+    );
     let cases = [
         ("bytes=0-0", 0, 1),
         ("bytes=-100", size - 100, size),

@@ -131,6 +131,18 @@ async fn counters_move_by_what_a_cold_and_a_warm_pull_did() {
         d(r#"lasti_served_bytes_total{source="cache"}"#),
         blob_bytes + manifest_bytes
     );
+    assert_eq!(
+        d(r#"lasti_http_requests_total{route="blob",status="200"}"#),
+        blobs
+    );
+    assert_eq!(
+        d(r#"lasti_http_request_duration_seconds_count{route="blob"}"#),
+        blobs
+    );
+    assert!(
+        d(r#"lasti_http_request_duration_seconds_count{route="manifest"}"#) >= 1.0,
+        "the manifest's request timed"
+    );
     // Blobs of up to 64 KiB (the config, the small layer) are kept in
     // memory; larger ones leave with sendfile.
     let large_bytes = image
