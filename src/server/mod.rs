@@ -403,8 +403,8 @@ impl App {
         }
     }
 
-    /// Handles one request, counts it, and wraps the body
-    /// for the access log, the served-bytes counter and the send timeout.
+    /// Handles one request, counts it, and wraps the body for the access
+    /// log, the served-bytes counter and the send timeout.
     pub async fn respond(
         &self,
         client: IpAddr,
