@@ -258,6 +258,38 @@ fn an_unreachable_upstream_is_a_warning_with_its_name_and_reason() {
     );
 }
 
+#[test]
+fn a_low_open_file_limit_cuts_the_connections_served_and_says_so() {
+    let work = TempDir::new().unwrap();
+    let (api, admin) = loopback_ports();
+    let log = work.path().join("stderr");
+    // 700 descriptors: a quarter for open blobs, 256 kept aside, room for 269.
+    let script = format!(
+        "ulimit -n 700 && exec /usr/bin/timeout --signal=KILL 30s {} \"$@\"",
+        env!("CARGO_BIN_EXE_lasti")
+    );
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", &script, "lasti"])
+        .args(["--data-dir", work.path().join("data").to_str().unwrap()])
+        .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
+        .args(["--listen", &api, "--admin-listen", &admin])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = wait_for_text(&log, "access.max_connections");
+    common::end_wrapped(&mut child);
+    let line = text
+        .lines()
+        .find(|l| l.contains("access.max_connections"))
+        .unwrap_or_else(|| panic!("no warning: {text}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("configured=10000"), "{line}");
+    assert!(line.contains("serving=269"), "{line}");
+}
+
 /// Starts lasti with `log_args`, asks for `/v2/` and a manifest its
 /// unreachable upstream cannot give, and returns the log once both
 /// requests are in it (the second's access line holds `needle`).

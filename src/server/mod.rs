@@ -198,6 +198,17 @@ pub async fn run(
         max_open_blobs = daemon.shared.app.budget.size(),
         "lasti listening"
     );
+    let budget = daemon.shared.app.budget.size();
+    let (max_connections, cut) = open_files::connection_room(config.access.max_connections, budget);
+    if cut {
+        tracing::warn!(
+            configured = config.access.max_connections,
+            serving = max_connections,
+            max_open_blobs = budget,
+            "the open-file limit cannot hold access.max_connections beside the open-blob budget; \
+             serving fewer connections at once (raise the limit, ulimit -n, or lower max_connections)"
+        );
+    }
     let (stop_peers, peers_stopped) = watch::channel(false);
     let peer_task = match (listeners.peer, daemon.shared.app.proxy.cluster()) {
         (Some(listener), Some(cluster)) => {
@@ -207,15 +218,19 @@ pub async fn run(
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            let max = config.access.max_connections;
-            Some(tokio::spawn(accept_until(listener, shared, max, shutdown)))
+            Some(tokio::spawn(accept_until(
+                listener,
+                shared,
+                max_connections,
+                shutdown,
+            )))
         }
         _ => None,
     };
     let connections = accept_until(
         listeners.api,
         Arc::clone(&daemon.shared),
-        config.access.max_connections,
+        max_connections,
         shutdown,
     )
     .await;

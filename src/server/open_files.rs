@@ -21,6 +21,9 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 const AUTO_SHARE: u64 = 4;
 /// The smallest automatic budget, for a process with a tiny limit.
 const AUTO_MIN: usize = 16;
+/// Descriptors kept for what is neither a client connection nor a blob
+/// response: listeners, the index, fills' files, upstream and bucket sockets.
+const RESERVED: u64 = 256;
 /// At most one warning per this long while the budget is exhausted.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -97,6 +100,27 @@ impl BlobBudget {
     }
 }
 
+/// How many client connections one listener may serve at once:
+/// `max_connections`, or fewer when the descriptor limit cannot hold that
+/// many beside the open-blob budget and [`RESERVED`]; the flag says it was
+/// cut, for the caller to warn. Past it, new connections wait in the
+/// kernel's backlog instead of taking the descriptors a fill or the index
+/// needs and failing it with "Too many open files".
+pub fn connection_room(max_connections: usize, open_blobs: usize) -> (usize, bool) {
+    room_within(current_limit(), max_connections, open_blobs)
+}
+
+fn room_within(limit: u64, max_connections: usize, open_blobs: usize) -> (usize, bool) {
+    let room = limit
+        .saturating_sub(open_blobs as u64)
+        .saturating_sub(RESERVED)
+        .max(AUTO_MIN as u64);
+    match usize::try_from(room) {
+        Ok(room) if room < max_connections => (room, true),
+        _ => (max_connections, false),
+    }
+}
+
 fn auto_size(limit: u64) -> usize {
     usize::try_from(limit / AUTO_SHARE)
         .unwrap_or(usize::MAX)
@@ -123,6 +147,19 @@ mod tests {
         assert_eq!(refused.status().as_u16(), 503);
         drop(first);
         assert!(budget.admit().is_ok());
+    }
+
+    #[test]
+    fn connections_fit_beside_the_blob_budget_or_are_cut_to_what_does() {
+        assert_eq!(room_within(1_048_576, 10_000, 262_144), (10_000, false));
+        assert_eq!(room_within(1024, 10_000, 256), (512, true));
+        assert_eq!(room_within(1024, 100, 256), (100, false));
+        assert_eq!(room_within(300, 10_000, 256), (AUTO_MIN, true));
+        let unlimited = u64::MAX;
+        assert_eq!(
+            room_within(unlimited, 10_000, auto_size(unlimited)),
+            (10_000, false)
+        );
     }
 
     #[test]
