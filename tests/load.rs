@@ -90,6 +90,9 @@ fn start_lasti(work: &TempDir, registry: &Registry, lifetime: Duration) -> Proce
 #[ignore = "load test: minutes; run by scripts/test"]
 async fn a_thousand_connections_of_hits_misses_and_ranges() {
     require_free_disk(1);
+    // The clients' thousand sockets live in this process: a shell's soft
+    // limit of 1,024 descriptors would not hold them. lasti raises its own.
+    lasti::server::open_files::raise_limit().expect("raise the open-file limit");
     let registry = Registry::start();
     let work = TempDir::new().unwrap();
     // 16 small blobs to hit, 16 larger ones first asked for under load.
