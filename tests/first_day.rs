@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -151,22 +151,57 @@ fn wait_for_text(path: &Path, needle: &str) -> String {
     }
 }
 
-#[test]
-fn the_start_up_line_shows_plain_addresses() {
-    let work = TempDir::new().unwrap();
+/// `lasti` under `timeout`, killed after 30 s.
+fn timeout_lasti() -> Command {
+    let mut command = Command::new("/usr/bin/timeout");
+    command.args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")]);
+    command
+}
+
+/// Starts lasti through `wrapper` on free loopback ports, a data directory
+/// in `work` and an unreachable upstream, with `args` after those and
+/// `RUST_LOG` as given (unset for `None`). Returns the child, its log (its
+/// standard error) and the API and admin addresses.
+fn serve_logged(
+    mut wrapper: Command,
+    work: &TempDir,
+    args: &[&str],
+    rust_log: Option<&str>,
+) -> (std::process::Child, PathBuf, String, String) {
     let (api, admin) = loopback_ports();
     let log = work.path().join("stderr");
-    let mut child = Command::new("/usr/bin/timeout")
-        .args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")])
+    wrapper
         .args(["--data-dir", work.path().join("data").to_str().unwrap()])
         .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
         .args(["--listen", &api, "--admin-listen", &admin])
-        .env_remove("RUST_LOG")
+        .args(args)
+        .env_remove("RUST_LOG");
+    if let Some(filter) = rust_log {
+        wrapper.env("RUST_LOG", filter);
+    }
+    let child = wrapper
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    (child, log, api, admin)
+}
+
+/// Waits until lasti at `api` answers `/v2/`.
+fn wait_serving(api: &str) {
+    let addr = api.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::http_get_status(addr, "/v2/", None).is_err() {
+        assert!(std::time::Instant::now() < deadline, "lasti did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_start_up_line_shows_plain_addresses() {
+    let work = TempDir::new().unwrap();
+    let (mut child, log, api, admin) = serve_logged(timeout_lasti(), &work, &[], None);
     let text = wait_for_text(&log, "lasti listening");
     common::end_wrapped(&mut child);
     let line = text
@@ -221,25 +256,9 @@ fn check_config_into_a_closed_pipe_exits_cleanly() {
 #[test]
 fn an_unreachable_upstream_is_a_warning_with_its_name_and_reason() {
     let work = TempDir::new().unwrap();
-    let (api, admin) = loopback_ports();
-    let log = work.path().join("stderr");
-    let mut child = Command::new("/usr/bin/timeout")
-        .args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")])
-        .args(["--data-dir", work.path().join("data").to_str().unwrap()])
-        .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
-        .args(["--listen", &api, "--admin-listen", &admin])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut child, log, api, _) = serve_logged(timeout_lasti(), &work, &[], Some("warn"));
+    wait_serving(&api);
     let addr = api.parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while common::http_get_status(addr, "/v2/", None).is_err() {
-        assert!(std::time::Instant::now() < deadline, "lasti did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let status = common::http_get_status(addr, "/v2/library/alpine/manifests/3.20", None);
     assert_eq!(status.unwrap(), 502);
     // What the 502 body says: the upstream's name and the reason.
@@ -261,24 +280,14 @@ fn an_unreachable_upstream_is_a_warning_with_its_name_and_reason() {
 #[test]
 fn a_low_open_file_limit_cuts_the_connections_served_and_says_so() {
     let work = TempDir::new().unwrap();
-    let (api, admin) = loopback_ports();
-    let log = work.path().join("stderr");
     // 700 descriptors: a quarter for open blobs, 256 kept aside, room for 269.
     let script = format!(
         "ulimit -n 700 && exec /usr/bin/timeout --signal=KILL 30s {} \"$@\"",
         env!("CARGO_BIN_EXE_lasti")
     );
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", &script, "lasti"])
-        .args(["--data-dir", work.path().join("data").to_str().unwrap()])
-        .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
-        .args(["--listen", &api, "--admin-listen", &admin])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut sh = Command::new("/bin/sh");
+    sh.args(["-c", &script, "lasti"]);
+    let (mut child, log, _, _) = serve_logged(sh, &work, &[], None);
     let text = wait_for_text(&log, "access.max_connections");
     common::end_wrapped(&mut child);
     let line = text
@@ -295,26 +304,9 @@ fn a_low_open_file_limit_cuts_the_connections_served_and_says_so() {
 /// requests are in it (the second's access line holds `needle`).
 fn access_log(log_args: &[&str], needle: &str) -> String {
     let work = TempDir::new().unwrap();
-    let (api, admin) = loopback_ports();
-    let log = work.path().join("stderr");
-    let mut child = Command::new("/usr/bin/timeout")
-        .args(["--signal=KILL", "30s", env!("CARGO_BIN_EXE_lasti")])
-        .args(["--data-dir", work.path().join("data").to_str().unwrap()])
-        .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
-        .args(["--listen", &api, "--admin-listen", &admin])
-        .args(log_args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut child, log, api, _) = serve_logged(timeout_lasti(), &work, log_args, None);
+    wait_serving(&api);
     let addr = api.parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while common::http_get_status(addr, "/v2/", None).is_err() {
-        assert!(std::time::Instant::now() < deadline, "lasti did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let status = common::http_get_status(addr, "/v2/library/alpine/manifests/3.20", None);
     assert_eq!(status.unwrap(), 502);
     let text = wait_for_text(&log, needle);
