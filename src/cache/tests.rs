@@ -1,0 +1,231 @@
+//! The cache's own tests: eviction races, hot blobs, and hits beside stalled fills.
+
+use super::*;
+use std::time::Duration;
+
+async fn open(dir: &Path, quota: u64) -> Cache {
+    let config = CacheConfig {
+        max_size: bytesize::ByteSize::b(quota),
+        ..CacheConfig::default()
+    };
+    Cache::open(dir, &config, Default::default()).await.unwrap()
+}
+
+/// Fills `content` through the cache as an upstream fetch would.
+async fn fill(cache: &Cache, content: &[u8]) -> Digest {
+    let digest = Digest::sha256_of(content);
+    let BlobLookup::Missing(mut writer, _) = cache.lookup(&digest).await.unwrap() else {
+        panic!("{digest} is already stored or filling");
+    };
+    writer.start(Some(content.len() as u64), None);
+    writer.write(Bytes::copy_from_slice(content)).await.unwrap();
+    writer.finish().await.unwrap();
+    digest
+}
+
+#[tokio::test]
+async fn an_eviction_never_deletes_a_blob_stored_again_since_it_was_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one block-sized blob, not two.
+    let cache = open(dir.path(), 6000).await;
+    let a = fill(&cache, &[1; 80]).await;
+    // Another blob takes the cache past its quota: `a` is chosen, but its
+    // file is not deleted yet.
+    let other = Digest::sha256_of(b"other");
+    cache.inner.usage.insert(other, 4096, SystemTime::now());
+    assert_eq!(cache.inner.usage.take_victims(usize::MAX), vec![a.clone()]);
+    // A client asks for `a` meanwhile: it is fetched and stored again.
+    assert_eq!(fill(&cache, &[1; 80]).await, a);
+    // Then the eviction deletes what it chose.
+    cache.inner.remove_victims(vec![a.clone()]);
+    let stored = cache.stored_blob(&a).await.unwrap();
+    let stored = stored.expect("the re-filled blob is still stored");
+    assert_eq!(stored.size, 80);
+    assert!(cache.inner.store.path(&a).exists());
+}
+
+#[tokio::test]
+async fn a_cache_over_its_quota_at_start_evicts_without_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let mut digests = Vec::new();
+    for n in 0..20u8 {
+        digests.push(fill(&cache, &[n; 1000]).await);
+    }
+    drop(cache);
+    // Restarted with a quota lowered to five blocks.
+    let cache = open(dir.path(), 5 * 4096).await;
+    let on_disk = || {
+        digests
+            .iter()
+            .filter(|d| cache.inner.store.path(d).exists())
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Eviction is done when the table and the disk agree again.
+    while on_disk() > 5 || on_disk() != cache.usage().1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} files left",
+            on_disk()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cache.usage().0 <= 5 * 4096);
+}
+
+#[tokio::test]
+async fn a_blob_not_yet_indexed_is_served_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let stored = fill(&cache, b"stored before the restart").await;
+    drop(cache);
+    // Opened without its background indexing, as in the moments after
+    // start. The first cache's upkeep task may still hold it for a
+    // moment (it holds the directory lock and the index while it runs).
+    let config = CacheConfig::default();
+    let mut attempts = 0;
+    let cache = loop {
+        match Cache::open_blocking(dir.path(), &config, Default::default()) {
+            Ok(cache) => break cache,
+            Err(e) if attempts < 100 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "the first cache is still held");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    assert!(!cache.indexed());
+    let blob = cache.stored_blob(&stored).await.unwrap();
+    assert_eq!(blob.expect("found on disk").size, 25);
+    assert!(matches!(
+        cache.lookup(&stored).await.unwrap(),
+        BlobLookup::Stored(_)
+    ));
+}
+
+#[tokio::test]
+async fn an_evicted_manifest_leaves_no_row_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let bytes = Bytes::from_static(b"{\"schemaVersion\":2}");
+    let digest = Digest::sha256_of(&bytes);
+    let media_type = "application/vnd.oci.image.manifest.v1+json".to_string();
+    let manifest = Arc::new(Manifest {
+        digest: digest.clone(),
+        media_type,
+        bytes,
+    });
+    cache.put_manifest(manifest).await.unwrap();
+    assert!(cache.inner.index.manifest_type(&digest).unwrap().is_some());
+    cache.inner.usage.forget(&digest);
+    cache.inner.remove_victims(vec![digest.clone()]);
+    assert_eq!(cache.inner.index.manifest_type(&digest).unwrap(), None);
+    assert!(cache.manifest(&digest).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_hot_blob_is_served_without_opening_its_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let small_content = vec![3u8; 100];
+    let large_content = vec![4u8; 2 * IN_MEMORY_UP_TO as usize];
+    let small = fill(&cache, &small_content).await;
+    let large = fill(&cache, &large_content).await;
+    for digest in [&small, &large] {
+        assert!(cache.stored_blob(digest).await.unwrap().is_some());
+        // Gone from its name: a hit that opened the file would miss it.
+        std::fs::remove_file(cache.inner.store.path(digest)).unwrap();
+    }
+    let hit = cache.stored_blob(&small).await.unwrap().expect("kept");
+    assert_eq!(hit.content.as_deref(), Some(&small_content[..]));
+    let hit = cache.stored_blob(&large).await.unwrap().expect("kept open");
+    assert!(hit.content.is_none(), "only small blobs are kept in memory");
+    let mut buf = vec![0u8; large_content.len()];
+    pread::read_exact_at(&hit.file, &mut buf, 0).unwrap();
+    assert!(buf == large_content);
+    drop(hit);
+    // Evicted: forgotten.
+    cache.inner.usage.forget(&large);
+    cache.inner.remove_victims(vec![large.clone()]);
+    assert!(cache.inner.open_blobs.get(&large).is_none());
+    assert!(cache.stored_blob(&large).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_manifest_served_from_memory_stays_hot() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for three block-sized objects.
+    let cache = open(dir.path(), 3 * 4096 + 100).await;
+    let bytes = Bytes::from_static(b"{\"schemaVersion\":2,\"hot\":true}");
+    let manifest = Arc::new(Manifest {
+        digest: Digest::sha256_of(&bytes),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        bytes,
+    });
+    let m = manifest.digest.clone();
+    cache.put_manifest(manifest).await.unwrap();
+    let a = fill(&cache, b"a").await;
+    let _b = fill(&cache, b"b").await;
+    // Served from memory: it must count as used.
+    assert!(cache.manifest(&m).await.unwrap().is_some());
+    let _c = fill(&cache, b"c").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.inner.store.path(&a).exists() {
+        assert!(std::time::Instant::now() < deadline, "never evicted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        cache.inner.store.path(&m).exists(),
+        "the least recently used blob went, not the hot manifest"
+    );
+}
+
+#[test]
+fn a_hit_never_waits_behind_fills_from_a_stalled_upstream() {
+    // A blocking pool far smaller than the fills in flight: a fill that
+    // kept a thread for its whole fetch would leave none for the hit.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 30).await;
+        let stored = fill(&cache, b"a cached blob").await;
+        let mut writers = Vec::new();
+        let mut contents = Vec::new();
+        for n in 0..8u8 {
+            let content = vec![n; 64 * 1024];
+            let digest = Digest::sha256_of(&content);
+            let BlobLookup::Missing(mut writer, _) = cache.lookup(&digest).await.unwrap() else {
+                panic!("a new blob");
+            };
+            writer.start(Some(content.len() as u64), None);
+            // The upstream sends the first half, then stalls.
+            writer
+                .write(Bytes::copy_from_slice(&content[..32 * 1024]))
+                .await
+                .unwrap();
+            writers.push(writer);
+            contents.push(content);
+        }
+        let hit = tokio::time::timeout(Duration::from_secs(20), cache.stored_blob(&stored))
+            .await
+            .expect("the hit got a blocking thread while the fills stalled");
+        assert!(hit.unwrap().is_some());
+        // The stalled fills still complete once the upstream goes on.
+        for (mut writer, content) in writers.into_iter().zip(contents) {
+            writer
+                .write(Bytes::copy_from_slice(&content[32 * 1024..]))
+                .await
+                .unwrap();
+            writer.finish().await.unwrap();
+            let digest = Digest::sha256_of(&content);
+            assert!(cache.stored_blob(&digest).await.unwrap().is_some());
+        }
+    });
+}
