@@ -4,9 +4,10 @@
 # signatures are the most frequent hits; this is their figure.
 #
 # Usage: benches/tls_small.sh   (env: REPEAT=3 CONNS=16 REQUESTS=20000 SIZES="183 4096 65536"
-#        LASTI_BIN=path: measure that binary instead of building this tree's)
-# Output: one line per size and server, then the ratios (medians of REPEAT):
-#   <size> <server> rps <n> cpu_us_per_req <n>
+#        LASTI_BIN=path: measure that binary instead of building this tree's;
+#        LASTI_BIN_B=path: a second binary measured beside it, for an A/B of two builds)
+# Output: one line per size and server, medians of REPEAT:
+#   <size> <server> rps <n> cpu_us_per_req <n> x_nginx <median of per-repetition ratios>
 # Needs: nginx, nghttp2-client (h2load), openssl, curl (Debian), a release build.
 # lasti runs with its info-level access log on, as in production.
 # Everything listens on 127.0.0.1; the servers started here are stopped by PID.
@@ -21,6 +22,8 @@ NGINX_PLAIN=${NGINX_PLAIN:-15121}
 LASTI_TLS=${LASTI_TLS:-15122}
 
 LASTI_BIN=${LASTI_BIN:-}
+LASTI_BIN_B=${LASTI_BIN_B:-}
+LASTI_B_TLS=${LASTI_B_TLS:-15123}
 if [ -z "$LASTI_BIN" ]; then
   cargo build --release --bin lasti >&2
   LASTI_BIN=target/release/lasti
@@ -79,10 +82,14 @@ http {
 EOF
 nginx -c "$WORK/nginx.conf"
 
-cat >"$WORK/lasti.toml" <<EOF
-listen = "127.0.0.1:$LASTI_TLS"
+# Starts a lasti binary on a port with a data directory of its own; sets
+# SPIDS[name] to its PID (the wrapper goes to PIDS, for the cleanup).
+start_lasti() { # name bin port
+  local name=$1 bin=$2 port=$3
+  cat >"$WORK/$name.toml" <<EOF
+listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:0"
-data_dir = "$WORK/data"
+data_dir = "$WORK/$name-data"
 [log]
 filter = "info"
 [tls]
@@ -92,12 +99,22 @@ key_file = "$WORK/key.pem"
 name = "docker.io"
 url = "http://127.0.0.1:$NGINX_PLAIN"
 EOF
-timeout 3600 "$LASTI_BIN" --config "$WORK/lasti.toml" >"$WORK/lasti.log" 2>&1 &
-WRAPPER=$!
-PIDS+=("$WRAPPER")
-for _ in $(seq 100); do curl -kfsS -o /dev/null "https://127.0.0.1:$LASTI_TLS/v2/" && break; sleep 0.1; done
-LASTI_PID=$(pgrep -P "$WRAPPER")
-NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
+  timeout 3600 "$bin" --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+  local wrapper=$!
+  PIDS+=("$wrapper")
+  for _ in $(seq 100); do curl -kfsS -o /dev/null "https://127.0.0.1:$port/v2/" && break; sleep 0.1; done
+  SPIDS[$name]=$(pgrep -P "$wrapper")
+}
+SERVERS=(nginx lasti)
+declare -A PORT=([nginx]=$NGINX_TLS [lasti]=$LASTI_TLS)
+declare -A SPIDS
+SPIDS[nginx]=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
+start_lasti lasti "$LASTI_BIN" "$LASTI_TLS"
+if [ -n "$LASTI_BIN_B" ]; then
+  SERVERS+=(lasti_b)
+  PORT[lasti_b]=$LASTI_B_TLS
+  start_lasti lasti_b "$LASTI_BIN_B" "$LASTI_B_TLS"
+fi
 
 # CPU time (µs) of a list of PIDs.
 cpu_us() {
@@ -123,19 +140,25 @@ measure() { # url pids...
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# Each repetition measures every server in turn, so a slow moment of the
+# host falls on all of them; the ratios are the medians of each
+# repetition's own ratio to nginx.
 for size in $SIZES; do
   path="/v2/bench/small/blobs/${DIGEST[$size]}"
-  curl -kfsS -o /dev/null "https://127.0.0.1:$LASTI_TLS$path"  # the miss; every request after is a hit
-  for server in nginx lasti; do
-    : >"$WORK/rps"; : >"$WORK/cpu"
-    for _ in $(seq "$REPEAT"); do
-      if [ "$server" = nginx ]; then
-        read -r rps cpu < <(measure "https://127.0.0.1:$NGINX_TLS$path" $NGINX_PIDS)
-      else
-        read -r rps cpu < <(measure "https://127.0.0.1:$LASTI_TLS$path" "$LASTI_PID")
-      fi
-      echo "$rps" >>"$WORK/rps"; echo "$cpu" >>"$WORK/cpu"
+  for server in "${SERVERS[@]}"; do
+    : >"$WORK/$server.rps"; : >"$WORK/$server.cpu"; : >"$WORK/$server.ratio"
+    [ "$server" = nginx ] || curl -kfsS -o /dev/null "https://127.0.0.1:${PORT[$server]}$path"  # the miss
+  done
+  for _ in $(seq "$REPEAT"); do
+    for server in "${SERVERS[@]}"; do
+      # shellcheck disable=SC2086 # a list of PIDs
+      read -r rps cpu < <(measure "https://127.0.0.1:${PORT[$server]}$path" ${SPIDS[$server]})
+      echo "$rps" >>"$WORK/$server.rps"; echo "$cpu" >>"$WORK/$server.cpu"
+      [ "$server" = nginx ] && nginx_rps=$rps
+      echo "$rps / $nginx_rps" | bc -l >>"$WORK/$server.ratio"
     done
-    echo "$size $server rps $(median <"$WORK/rps") cpu_us_per_req $(median <"$WORK/cpu") (runs: $(tr '\n' ' ' <"$WORK/rps"))"
+  done
+  for server in "${SERVERS[@]}"; do
+    echo "$size $server rps $(median <"$WORK/$server.rps") cpu_us_per_req $(median <"$WORK/$server.cpu") x_nginx $(median <"$WORK/$server.ratio" | cut -c1-5) (runs: $(tr '\n' ' ' <"$WORK/$server.rps"))"
   done
 done
