@@ -360,11 +360,14 @@ impl Cache {
                 manifest_type: inner.manifest_type(&d),
                 content,
             });
-            // Kept only while stored: an eviction since the lease may have
-            // forgotten it already.
-            let _placing = inner.placing.lock().unwrap_or_else(|p| p.into_inner());
-            if inner.usage.contains(&d) {
-                inner.open_blobs.insert(d, Arc::clone(&open));
+            // Kept only while stored, without the placement lock (which a
+            // manifest's store holds across a metadata commit). Kept first,
+            // checked after: an eviction takes a blob out of the usage table
+            // before it forgets its open file, so either that forgets this
+            // one or this check sees the blob gone.
+            inner.open_blobs.insert(d.clone(), Arc::clone(&open));
+            if !inner.usage.contains(&d) {
+                inner.open_blobs.forget(&d);
             }
             Ok::<_, std::io::Error>(Some(open))
         })

@@ -159,7 +159,7 @@ impl BlobStore {
             .open(&path)?;
         Ok(TempBlob {
             path,
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             committed: false,
         })
     }
@@ -193,26 +193,28 @@ impl BlobStore {
 #[derive(Debug)]
 pub struct TempBlob {
     path: PathBuf,
-    file: Arc<File>,
+    /// Always `Some` until dropped, when the removal takes it.
+    file: Option<Arc<File>>,
     committed: bool,
 }
 
 impl TempBlob {
     /// The open file, for writing the fill and for followers to read it.
     pub fn file(&self) -> &File {
-        &self.file
+        self.file.as_ref().expect("open until dropped")
     }
 
     /// The open file as a handle that outlives a borrow, for blocking steps
     /// and readers.
     pub fn shared_file(&self) -> Arc<File> {
-        Arc::clone(&self.file)
+        Arc::clone(self.file.as_ref().expect("open until dropped"))
     }
 
     /// Flushes the file's data to the disk and returns the space it takes.
     pub fn sync(&self) -> io::Result<u64> {
-        self.file.sync_data()?;
-        Ok(charge(&self.file.metadata()?))
+        let file = self.file();
+        file.sync_data()?;
+        Ok(charge(&file.metadata()?))
     }
 
     /// Its path, for opening a second handle.
@@ -222,9 +224,23 @@ impl TempBlob {
 }
 
 impl Drop for TempBlob {
+    /// An abandoned fill of a large blob frees its extents when its file is
+    /// unlinked and closed, which can take milliseconds: inside the runtime
+    /// both happen on its blocking pool, not on the async thread that
+    /// dropped the fill. A removal the runtime's shutdown cuts short is
+    /// finished at the next start ([`BlobStore::open`]).
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.path);
+        if self.committed {
+            return;
+        }
+        let (path, file) = (std::mem::take(&mut self.path), self.file.take());
+        let remove = move || {
+            let _ = fs::remove_file(&path);
+            drop(file);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
     }
 }

@@ -154,6 +154,23 @@ async fn a_hot_blob_is_served_without_opening_its_file_again() {
 }
 
 #[tokio::test]
+async fn a_blob_chosen_for_eviction_while_it_is_opened_is_not_kept_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let digest = fill(&cache, &vec![5u8; 2 * IN_MEMORY_UP_TO as usize]).await;
+    // Chosen for eviction (out of the usage table) before its file is
+    // removed: a hit that opens the file in between must not keep it.
+    cache.inner.usage.forget(&digest);
+    let open = cache.open_blob(&digest, false).await.unwrap();
+    assert!(open.is_some(), "the file is still there");
+    assert!(cache.inner.open_blobs.get(&digest).is_none());
+    // Stored: kept.
+    let kept = fill(&cache, &vec![6u8; 2 * IN_MEMORY_UP_TO as usize]).await;
+    cache.open_blob(&kept, false).await.unwrap();
+    assert!(cache.inner.open_blobs.get(&kept).is_some());
+}
+
+#[tokio::test]
 async fn a_manifest_served_from_memory_stays_hot() {
     let dir = tempfile::tempdir().unwrap();
     // Room for three block-sized objects.
