@@ -66,6 +66,32 @@ impl SendfileStream {
     }
 }
 
+impl SendfileStream {
+    /// Writes the buffers that come before a window (a response's head)
+    /// with `MSG_MORE`, so the kernel sends them in the same segment as the
+    /// window's first bytes instead of a packet of their own (nginx's
+    /// `tcp_nopush`); the `sendfile` that follows at once pushes both.
+    fn poll_write_before_window(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use rustix::net::{SendAncillaryBuffer, SendFlags};
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let sent = self.tcp.try_io(Interest::WRITABLE, || {
+                let mut control = SendAncillaryBuffer::default();
+                let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+                rustix::net::sendmsg(&self.tcp, bufs, &mut control, flags).map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
 impl AsyncRead for SendfileStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -103,11 +129,10 @@ impl AsyncWrite for SendfileStream {
         if let Some((file, offset)) = self.windows.source(&bufs[0]) {
             return self.poll_sendfile(cx, &file, offset, bufs[0].len());
         }
-        let plain = bufs
-            .iter()
-            .position(|b| self.windows.source(b).is_some())
-            .unwrap_or(bufs.len());
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[..plain])
+        match bufs.iter().position(|b| self.windows.source(b).is_some()) {
+            Some(window) => self.poll_write_before_window(cx, &bufs[..window]),
+            None => Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
