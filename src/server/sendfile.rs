@@ -47,26 +47,14 @@ impl SendfileStream {
         offset: u64,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.tcp.poll_write_ready(cx))?;
-            let sent = self.tcp.try_io(Interest::WRITABLE, || {
-                let mut at = offset;
-                rustix::fs::sendfile(&self.tcp, file, Some(&mut at), len).map_err(io::Error::from)
-            });
-            match sent {
-                Ok(n) => {
-                    self.sent_from_files.inc_by(n as u64);
-                    return Poll::Ready(Ok(n));
-                }
-                // Readiness was cleared; the next poll registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let sent = ready!(self.poll_send(cx, || {
+            let mut at = offset;
+            rustix::fs::sendfile(&self.tcp, file, Some(&mut at), len)
+        }))?;
+        self.sent_from_files.inc_by(sent as u64);
+        Poll::Ready(Ok(sent))
     }
-}
 
-impl SendfileStream {
     /// Writes the buffers that come before a window (a response's head)
     /// with `MSG_MORE`, so the kernel sends them in the same segment as the
     /// window's first bytes instead of a packet of their own (nginx's
@@ -77,14 +65,27 @@ impl SendfileStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         use rustix::net::{SendAncillaryBuffer, SendFlags};
+        self.poll_send(cx, || {
+            let mut control = SendAncillaryBuffer::default();
+            let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+            rustix::net::sendmsg(&self.tcp, bufs, &mut control, flags)
+        })
+    }
+
+    /// Runs `send`, a non-blocking system call on the socket, once the
+    /// socket is writable; again after readiness is lost to `EAGAIN`.
+    fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        mut send: impl FnMut() -> rustix::io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
-            let sent = self.tcp.try_io(Interest::WRITABLE, || {
-                let mut control = SendAncillaryBuffer::default();
-                let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
-                rustix::net::sendmsg(&self.tcp, bufs, &mut control, flags).map_err(io::Error::from)
-            });
-            match sent {
+            match self
+                .tcp
+                .try_io(Interest::WRITABLE, || send().map_err(io::Error::from))
+            {
+                // Readiness was cleared; the next poll registers the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 done => return Poll::Ready(done),
             }
