@@ -263,10 +263,12 @@ mod tests {
         send: Duration::from_secs(3),
     };
 
-    // Stamps taken during a test are a few milliseconds after the epoch;
-    // the verdicts are asked for seconds later.
+    // The verdict `secs` seconds from now. Every stamp a test has taken is
+    // at or before now, however slowly the test runs, so "at least `secs`
+    // waited" holds for each of them; the limits are seconds apart, so the
+    // milliseconds a slow machine spends between stamps cannot tip a verdict.
     fn at(activity: &Activity, secs: u64) -> Verdict {
-        activity.verdict_at(&LIMITS, secs * 1000)
+        activity.verdict_at(&LIMITS, activity.now() + secs * 1000)
     }
 
     #[test]
