@@ -8,13 +8,15 @@
 //! from the page cache (see [`crate::server::sendfile`]). Windows go only to
 //! such connections; the bytes on the wire are the file's.
 //!
-//! This is the one module with `unsafe`, for `mmap` and `mincore`.
+//! This is the one module with `unsafe`, for `mmap`, `mincore` and
+//! `cachestat`.
 
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -126,7 +128,9 @@ impl Mapping {
     /// Whether every page is in the page cache, so sending or reading the
     /// range never waits on the disk.
     pub fn is_resident(&self) -> bool {
-        self.map.as_ref().is_none_or(resident)
+        self.map
+            .as_ref()
+            .is_none_or(|map| resident(map, &self.file, self.offset))
     }
 
     /// Reads the range into the page cache through the file, not through
@@ -189,9 +193,83 @@ pub fn window(
     Ok(mapping.into_bytes(windows))
 }
 
+/// Set once `cachestat(2)` has proved missing here (a kernel before 6.5,
+/// or a seccomp profile that does not know it), so it is not tried again.
+static NO_CACHESTAT: AtomicBool = AtomicBool::new(false);
+
+/// `cachestat(2)`'s number; syscalls added since Linux 5.1 have one number
+/// on every architecture, and the `libc` crate does not list this one for
+/// all of them.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// Whether every page of the window `map` (mapped from `file` at `offset`)
+/// is in the page cache. `cachestat(2)` walks the file's page cache once
+/// for the whole range, about three times cheaper on a 4 MiB window than
+/// `mincore(2)`'s lookup of every page, which is the fallback where the
+/// kernel has no `cachestat`.
+fn resident(map: &Mmap, file: &File, offset: u64) -> bool {
+    if !NO_CACHESTAT.load(Ordering::Relaxed) {
+        match cachestat_resident(file, offset, map.len()) {
+            Ok(resident) => return resident,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                NO_CACHESTAT.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+    mincore_resident(map)
+}
+
+/// Whether `cachestat(2)` counts every page of `[offset, offset + len)` of
+/// `file` as cached. It counts a page whose read is still in flight too
+/// (`mincore` would not); a `sendfile` of it then waits for a read that is
+/// already under way, never for one of its own.
+fn cachestat_resident(file: &File, offset: u64, len: usize) -> io::Result<bool> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    if len == 0 {
+        return Ok(true);
+    }
+    let page = rustix::param::page_size() as u64;
+    let pages = (offset + len as u64 - 1) / page - offset / page + 1;
+    let range = Range {
+        off: offset,
+        len: len as u64,
+    };
+    let mut stat = Stat::default();
+    // SAFETY: the kernel reads `range` and writes `stat`, both `repr(C)`
+    // copies of its `struct cachestat_range` and `struct cachestat`, which
+    // live across the call; the descriptor is `file`'s, open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    match rc {
+        0 => Ok(stat.nr_cache >= pages),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Whether every page of `map` is in the page cache (`mincore(2)`), which
 /// costs a lookup a page and touches no page.
-fn resident(map: &Mmap) -> bool {
+fn mincore_resident(map: &Mmap) -> bool {
     let page = rustix::param::page_size();
     let start = map.as_ptr() as usize;
     // memmap2 maps from the page boundary below the offset asked for.
@@ -237,22 +315,55 @@ mod tests {
         let (tmp, file, content) = blob(256 * 4096);
         tmp.as_file().sync_all().unwrap();
         rustix::fs::fadvise(file.as_ref(), 0, None, rustix::fs::Advice::DontNeed).unwrap();
-        // SAFETY: the test's own file, not changed while mapped.
-        let probe = unsafe { MmapOptions::new().map(file.as_ref()).unwrap() };
-        if resident(&probe) {
+        if Mapping::new(&file, 0, 256 * 4096).unwrap().is_resident() {
             eprintln!("this file system keeps clean pages cached (tmpfs?); nothing to check");
             return;
         }
         let bytes = window(&Arc::default(), &file, 8192, 200 * 4096).unwrap();
-        let probe = unsafe {
-            MmapOptions::new()
-                .offset(8192)
-                .len(200 * 4096)
-                .map(file.as_ref())
-                .unwrap()
-        };
-        assert!(resident(&probe), "the window's pages were read in");
+        assert!(
+            Mapping::new(&file, 8192, 200 * 4096).unwrap().is_resident(),
+            "the window's pages were read in"
+        );
         assert_eq!(&bytes[..], &content[8192..8192 + 200 * 4096]);
+    }
+
+    /// Both ways of asking agree, page by page, on a file of which only one
+    /// page is cached: ranges inside that page are resident, any range
+    /// that reaches a neighbour is not.
+    #[test]
+    fn cachestat_and_mincore_agree_on_which_ranges_are_cached() {
+        let page = 4096u64;
+        let (tmp, file, _) = blob(16 * page as usize);
+        tmp.as_file().sync_all().unwrap();
+        // No read-ahead, so reading one page caches that page alone.
+        rustix::fs::fadvise(file.as_ref(), 0, None, rustix::fs::Advice::Random).unwrap();
+        rustix::fs::fadvise(file.as_ref(), 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let mut one = vec![0u8; page as usize];
+        crate::cache::pread::read_exact_at(&file, &mut one, 5 * page).unwrap();
+
+        let ranges = [
+            (5 * page, page as usize, true),
+            (5 * page + 100, 100, true),
+            (5 * page + 1, page as usize - 1, true),
+            (4 * page, 2 * page as usize, false),
+            (5 * page, page as usize + 1, false),
+            (5 * page - 1, 2, false),
+            (0, 16 * page as usize, false),
+        ];
+        let probe = Mapping::new(&file, 0, 16 * page as usize).unwrap();
+        if mincore_resident(probe.map.as_ref().unwrap()) {
+            eprintln!("this file system keeps clean pages cached (tmpfs?); nothing to check");
+            return;
+        }
+        for (offset, len, cached) in ranges {
+            let mapping = Mapping::new(&file, offset, len).unwrap();
+            let map = mapping.map.as_ref().unwrap();
+            assert_eq!(mincore_resident(map), cached, "mincore of {offset}+{len}");
+            match cachestat_resident(&file, offset, len) {
+                Ok(resident) => assert_eq!(resident, cached, "cachestat of {offset}+{len}"),
+                Err(e) => eprintln!("no cachestat here ({e}); mincore checked alone"),
+            }
+        }
     }
 
     #[test]

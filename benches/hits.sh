@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Small cached blobs over TLS and HTTP/2: lasti against nginx serving the
-# same files, with h2load, in one run. Image configs, small layers and
-# signatures are the most frequent hits; this is their figure.
+# Cached blobs, lasti against nginx serving the same files, with h2load, in
+# one run. By default small blobs over TLS and HTTP/2 (image configs, small
+# layers and signatures are the most frequent hits); PROTO=h1 measures
+# plain HTTP/1.1 instead, where both send the files with sendfile(2).
 #
-# Usage: benches/tls_small.sh   (env: REPEAT=3 CONNS=16 REQUESTS=20000 SIZES="183 4096 65536"
+# Usage: benches/hits.sh   (env: REPEAT=3 CONNS=16 REQUESTS=20000 SIZES="183 4096 65536"
+#        PROTO=h2 (TLS + HTTP/2) or h1 (plain HTTP/1.1, e.g. SIZES="1048576 67108864" REQUESTS=2000);
 #        LASTI_BIN=path: measure that binary instead of building this tree's;
 #        LASTI_BIN_B=path: a second binary measured beside it, for an A/B of two builds)
 # Output: one line per size and server, medians of REPEAT:
@@ -16,6 +18,12 @@ cd "$(dirname "$0")/.."
 REPEAT=${REPEAT:-3}
 CONNS=${CONNS:-16}
 REQUESTS=${REQUESTS:-20000}
+PROTO=${PROTO:-h2}
+case $PROTO in
+  h2) SCHEME=https H2LOAD_PROTO=() ;;
+  h1) SCHEME=http H2LOAD_PROTO=(--h1) ;;
+  *) echo "PROTO is h2 or h1, not $PROTO" >&2; exit 2 ;;
+esac
 SIZES=${SIZES:-"183 4096 65536"}
 NGINX_TLS=${NGINX_TLS:-15120}
 NGINX_PLAIN=${NGINX_PLAIN:-15121}
@@ -28,7 +36,7 @@ if [ -z "$LASTI_BIN" ]; then
   cargo build --release --bin lasti >&2
   LASTI_BIN=target/release/lasti
 fi
-WORK=$(mktemp -d /tmp/lasti-tls-small.XXXXXX)
+WORK=$(mktemp -d /tmp/lasti-hits.XXXXXX)
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -92,21 +100,21 @@ admin_listen = "127.0.0.1:0"
 data_dir = "$WORK/$name-data"
 [log]
 filter = "info"
-[tls]
-cert_file = "$WORK/cert.pem"
-key_file = "$WORK/key.pem"
 [[upstream]]
 name = "docker.io"
 url = "http://127.0.0.1:$NGINX_PLAIN"
 EOF
+  [ "$PROTO" = h1 ] || printf '[tls]\ncert_file = "%s"\nkey_file = "%s"\n' \
+    "$WORK/cert.pem" "$WORK/key.pem" >>"$WORK/$name.toml"
   timeout 3600 "$bin" --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
   local wrapper=$!
   PIDS+=("$wrapper")
-  for _ in $(seq 100); do curl -kfsS -o /dev/null "https://127.0.0.1:$port/v2/" && break; sleep 0.1; done
+  for _ in $(seq 100); do curl -kfsS -o /dev/null "$SCHEME://127.0.0.1:$port/v2/" && break; sleep 0.1; done
   SPIDS[$name]=$(pgrep -P "$wrapper")
 }
 SERVERS=(nginx lasti)
 declare -A PORT=([nginx]=$NGINX_TLS [lasti]=$LASTI_TLS)
+[ "$PROTO" = h1 ] && PORT[nginx]=$NGINX_PLAIN
 declare -A SPIDS
 SPIDS[nginx]=$(pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ' ')
 start_lasti lasti "$LASTI_BIN" "$LASTI_TLS"
@@ -131,7 +139,7 @@ measure() { # url pids...
   local url=$1; shift
   local before after out rps
   before=$(cpu_us "$@")
-  out=$(h2load -c "$CONNS" -m 1 -n "$REQUESTS" "$url" 2>&1)
+  out=$(h2load "${H2LOAD_PROTO[@]}" -c "$CONNS" -m 1 -n "$REQUESTS" "$url" 2>&1)
   after=$(cpu_us "$@")
   grep -q " 0 failed, 0 errored" <<<"$out" || { echo "h2load reported errors for $url" >&2; echo "$out" >&2; exit 1; }
   rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
@@ -147,12 +155,16 @@ for size in $SIZES; do
   path="/v2/bench/small/blobs/${DIGEST[$size]}"
   for server in "${SERVERS[@]}"; do
     : >"$WORK/$server.rps"; : >"$WORK/$server.cpu"; : >"$WORK/$server.ratio"
-    [ "$server" = nginx ] || curl -kfsS -o /dev/null "https://127.0.0.1:${PORT[$server]}$path"  # the miss
+    # The miss, then a hit that reads a blob written around the page cache
+    # back into it, as nginx's file is after it was written.
+    [ "$server" = nginx ] || for _ in miss hit; do
+      curl -kfsS -o /dev/null "$SCHEME://127.0.0.1:${PORT[$server]}$path"
+    done
   done
   for _ in $(seq "$REPEAT"); do
     for server in "${SERVERS[@]}"; do
       # shellcheck disable=SC2086 # a list of PIDs
-      read -r rps cpu < <(measure "https://127.0.0.1:${PORT[$server]}$path" ${SPIDS[$server]})
+      read -r rps cpu < <(measure "$SCHEME://127.0.0.1:${PORT[$server]}$path" ${SPIDS[$server]})
       echo "$rps" >>"$WORK/$server.rps"; echo "$cpu" >>"$WORK/$server.cpu"
       [ "$server" = nginx ] && nginx_rps=$rps
       echo "$rps / $nginx_rps" | bc -l >>"$WORK/$server.ratio"
