@@ -11,7 +11,11 @@
 # is then relay + hash; lasti's CPU is reported against it and against the
 # hash alone.
 #
-# Usage: benches/cold_floor.sh   (env: ROUNDS=3 MIB=1024 BASE_PORT=15300)
+# Usage: benches/cold_floor.sh   (env: ROUNDS=3 MIB=1024 BASE_PORT=15300;
+#        LASTI_BIN_B=path and/or LASTI_ENV_B="VAR=value ...": a second lasti,
+#        that binary or this one with that environment, fetched in turn with
+#        the first in every round, for an A/B)
+# Each lasti's resident memory (total / anonymous) is taken after each fill.
 # Needs: docker-registry, nginx, curl, python3 (Debian), a release build.
 # Everything listens on 127.0.0.1; every server started here is stopped by PID.
 set -euo pipefail
@@ -58,12 +62,25 @@ EOF
 timeout 3600 nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" &
 PIDS+=($!)
 
-RUST_LOG=warn timeout 3600 target/release/lasti --listen "127.0.0.1:$LASTI" --admin-listen 127.0.0.1:0 \
-  --data-dir "$W/lasti" --upstream docker.io=http://127.0.0.1:$REG >"$W/lasti.log" 2>&1 &
-PIDS+=($!)
-wait_port "$RELAY"; wait_port "$LASTI"
+declare -A LASTI_PID PORT
+VARIANTS=(lasti)
+[ -n "${LASTI_BIN_B:-}${LASTI_ENV_B:-}" ] && VARIANTS+=(lasti_b)
+for v in "${VARIANTS[@]}"; do
+  bin=target/release/lasti env=()
+  PORT[$v]=$LASTI
+  if [ "$v" = lasti_b ]; then
+    bin=${LASTI_BIN_B:-$bin} PORT[$v]=$((BASE + 3))
+    read -r -a env <<<"${LASTI_ENV_B:-}"
+  fi
+  env RUST_LOG=warn "${env[@]}" timeout 3600 "$bin" --listen "127.0.0.1:${PORT[$v]}" --admin-listen 127.0.0.1:0 \
+    --data-dir "$W/$v" --upstream docker.io=http://127.0.0.1:$REG >"$W/$v.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "${PORT[$v]}"
+  # `env` execs `timeout`, whose child is lasti.
+  LASTI_PID[$v]=$(pgrep -P "$!")
+done
+wait_port "$RELAY"
 NGINX_PID=$(pgrep -P "${PIDS[1]}")
-LASTI_PID=$(pgrep -P "${PIDS[2]}")
 
 # Waits until the process has used no CPU for 300 ms (a fill may finish
 # its last write and verification after the client's last byte).
@@ -89,7 +106,10 @@ print(f"{time.process_time() - t:.3f}")
 PY
 }
 
-for name in direct relay_wall relay_cpu lasti_wall lasti_cpu sha; do : >"$W/$name"; done
+# Resident memory of a process, total and anonymous, in MiB.
+rss() { awk '/^VmRSS/ {t = $2} /^RssAnon/ {a = $2} END {printf "%.1f/%.1f\n", t / 1024, a / 1024}' "/proc/$1/status"; }
+for name in direct relay_wall relay_cpu sha; do : >"$W/$name"; done
+for v in "${VARIANTS[@]}"; do : >"$W/${v}_wall"; : >"$W/${v}_cpu"; : >"$W/${v}_rss"; done
 for round in $(seq "$ROUNDS"); do
   digest=$(push_blob "$REG" "$MIB")
   path="v2/bench/blob/blobs/$digest"
@@ -97,27 +117,36 @@ for round in $(seq "$ROUNDS"); do
   c0=$(cpu_s "$NGINX_PID")
   fetch "http://127.0.0.1:$RELAY/$path" >>"$W/relay_wall"
   used "$NGINX_PID" "$c0" >>"$W/relay_cpu"
-  settle "$LASTI_PID"; c0=$(cpu_s "$LASTI_PID")
-  fetch "http://127.0.0.1:$LASTI/$path" >>"$W/lasti_wall"
-  settle "$LASTI_PID"
-  used "$LASTI_PID" "$c0" >>"$W/lasti_cpu"
+  line=""
+  for v in "${VARIANTS[@]}"; do
+    pid=${LASTI_PID[$v]}
+    settle "$pid"; c0=$(cpu_s "$pid")
+    fetch "http://127.0.0.1:${PORT[$v]}/$path" >>"$W/${v}_wall"
+    settle "$pid"
+    used "$pid" "$c0" >>"$W/${v}_cpu"
+    rss "$pid" >>"$W/${v}_rss"
+    line+=", $v $(tail -1 "$W/${v}_wall") s / $(tail -1 "$W/${v}_cpu") s CPU / RSS $(tail -1 "$W/${v}_rss") MiB"
+  done
   sha_cpu $((MIB * 1024 * 1024)) >>"$W/sha"
-  echo "round $round: direct $(tail -1 "$W/direct") s, relay $(tail -1 "$W/relay_wall") s / $(tail -1 "$W/relay_cpu") s CPU," \
-    "lasti $(tail -1 "$W/lasti_wall") s / $(tail -1 "$W/lasti_cpu") s CPU, sha256 $(tail -1 "$W/sha") s CPU" >&2
+  echo "round $round: direct $(tail -1 "$W/direct") s, relay $(tail -1 "$W/relay_wall") s / $(tail -1 "$W/relay_cpu") s CPU$line," \
+    "sha256 $(tail -1 "$W/sha") s CPU" >&2
 done
 
 m() { median <"$W/$1"; }
 direct=$(m direct) relay_wall=$(m relay_wall) relay_cpu=$(m relay_cpu)
-lasti_wall=$(m lasti_wall) lasti_cpu=$(m lasti_cpu) sha=$(m sha)
+sha=$(m sha)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 floor=$(awk -v a="$relay_cpu" -v b="$sha" 'BEGIN {print a + b}')
+wall_floor=$(awk -v a="$direct" -v b="$sha" 'BEGIN {print (a > b) ? a : b}')
 echo "cold $MIB MiB, medians of $ROUNDS rounds:"
 echo "  direct fetch           $direct s"
 echo "  nginx relay            $relay_wall s wall, $relay_cpu s CPU"
 echo "  sha256                 $sha s CPU"
-echo "  lasti cold             $lasti_wall s wall, $lasti_cpu s CPU"
-echo "  lasti CPU / sha256     $(ratio "$lasti_cpu" "$sha")x"
-echo "  lasti CPU / (relay + sha256) $(ratio "$lasti_cpu" "$floor")x"
-wall_floor=$(awk -v a="$direct" -v b="$sha" 'BEGIN {print (a > b) ? a : b}')
-echo "  lasti wall / max(direct, sha256) $(ratio "$lasti_wall" "$wall_floor")x"
+for v in "${VARIANTS[@]}"; do
+  wall=$(m "${v}_wall") cpu=$(m "${v}_cpu")
+  echo "  $v cold             $wall s wall, $cpu s CPU, RSS after each fill (MiB, total/anon): $(tr '\n' ' ' <"$W/${v}_rss")"
+  echo "  $v CPU / sha256     $(ratio "$cpu" "$sha")x"
+  echo "  $v CPU / (relay + sha256) $(ratio "$cpu" "$floor")x"
+  echo "  $v wall / max(direct, sha256) $(ratio "$wall" "$wall_floor")x"
+done
 echo "  relay wall / direct    $(ratio "$relay_wall" "$direct")x"

@@ -9,10 +9,14 @@
 //! thresholds keep that memory for reuse instead.
 //!
 //! What it costs is memory kept after a burst: up to [`TRIM_THRESHOLD`] of
-//! free heap per arena. So that a pod's memory does not stay at its peak,
-//! a thread of lasti's own hands every free page back to the kernel each
-//! [`RETURN_EVERY`] (`malloc_trim`): a fill in progress then refaults its
-//! buffers once per period instead of continually. Measured in the load
+//! free heap at the top of each arena (glibc keeps one arena per thread
+//! that allocated at the same time as another, up to eight per core), cut
+//! back to [`TOP_PAD`] once it passes that. `malloc_trim` cannot return
+//! the top of any arena but the first, so that threshold is what bounds
+//! the rest; 8 MiB holds a fill's buffers in flight (a 32 MiB threshold
+//! cost the same CPU on a cold miss and kept 15 MiB more after each one,
+//! docs/performance.md). A thread of lasti's own hands every other free
+//! page back to the kernel each [`RETURN_EVERY`]. Measured in the load
 //! tests (64 clients of one cold 1 GiB blob, 1,000 connections of hits and
 //! misses, 256 slow fills), peak resident memory rose by under 10 MiB.
 //!
@@ -26,7 +30,12 @@ pub const MMAP_THRESHOLD: usize = 4 * 1024 * 1024;
 
 /// Free memory at the top of a heap is returned to the kernel only past
 /// this much.
-pub const TRIM_THRESHOLD: usize = 32 * 1024 * 1024;
+pub const TRIM_THRESHOLD: usize = 8 * 1024 * 1024;
+
+/// What a trimmed heap keeps free at its top (and grows by, beyond what
+/// an allocation needs), so that the next fill's first buffers find pages
+/// already there.
+pub const TOP_PAD: usize = 4 * 1024 * 1024;
 
 /// How often free memory is handed back to the kernel.
 pub const RETURN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -51,7 +60,7 @@ pub fn tune() {
     }
 }
 
-/// Whether both thresholds were taken.
+/// Whether every setting was taken.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn set_thresholds() -> bool {
@@ -62,6 +71,7 @@ fn set_thresholds() -> bool {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, as_int(MMAP_THRESHOLD)) == 1
             && libc::mallopt(libc::M_TRIM_THRESHOLD, as_int(TRIM_THRESHOLD)) == 1
+            && libc::mallopt(libc::M_TOP_PAD, as_int(TOP_PAD)) == 1
     }
 }
 
