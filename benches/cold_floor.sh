@@ -16,6 +16,10 @@
 #        that binary or this one with that environment, fetched in turn with
 #        the first in every round, for an A/B)
 # Each lasti's resident memory (total / anonymous) is taken after each fill.
+# SLOW_RATE=250M adds, each round, a second fresh blob fetched through each
+# lasti by a client that reads at that rate (curl --limit-rate): a client
+# slower than the fill falls behind the live channel and reads the rest
+# from the growing file; its CPU is reported beside the fast client's.
 # Needs: docker-registry, nginx, curl, python3 (Debian), a release build.
 # Everything listens on 127.0.0.1; every server started here is stopped by PID.
 set -euo pipefail
@@ -109,7 +113,7 @@ PY
 # Resident memory of a process, total and anonymous, in MiB.
 rss() { awk '/^VmRSS/ {t = $2} /^RssAnon/ {a = $2} END {printf "%.1f/%.1f\n", t / 1024, a / 1024}' "/proc/$1/status"; }
 for name in direct relay_wall relay_cpu sha; do : >"$W/$name"; done
-for v in "${VARIANTS[@]}"; do : >"$W/${v}_wall"; : >"$W/${v}_cpu"; : >"$W/${v}_rss"; done
+for v in "${VARIANTS[@]}"; do : >"$W/${v}_wall"; : >"$W/${v}_cpu"; : >"$W/${v}_rss"; : >"$W/${v}_slow_cpu"; done
 for round in $(seq "$ROUNDS"); do
   digest=$(push_blob "$REG" "$MIB")
   path="v2/bench/blob/blobs/$digest"
@@ -127,6 +131,17 @@ for round in $(seq "$ROUNDS"); do
     rss "$pid" >>"$W/${v}_rss"
     line+=", $v $(tail -1 "$W/${v}_wall") s / $(tail -1 "$W/${v}_cpu") s CPU / RSS $(tail -1 "$W/${v}_rss") MiB"
   done
+  if [ -n "${SLOW_RATE:-}" ]; then
+    slow=$(push_blob "$REG" "$MIB")
+    for v in "${VARIANTS[@]}"; do
+      pid=${LASTI_PID[$v]}
+      settle "$pid"; c0=$(cpu_s "$pid")
+      curl -fsS --limit-rate "$SLOW_RATE" -o /dev/null "http://127.0.0.1:${PORT[$v]}/v2/bench/blob/blobs/$slow"
+      settle "$pid"
+      used "$pid" "$c0" >>"$W/${v}_slow_cpu"
+      line+=", $v slow client $(tail -1 "$W/${v}_slow_cpu") s CPU"
+    done
+  fi
   sha_cpu $((MIB * 1024 * 1024)) >>"$W/sha"
   echo "round $round: direct $(tail -1 "$W/direct") s, relay $(tail -1 "$W/relay_wall") s / $(tail -1 "$W/relay_cpu") s CPU$line," \
     "sha256 $(tail -1 "$W/sha") s CPU" >&2
@@ -148,5 +163,6 @@ for v in "${VARIANTS[@]}"; do
   echo "  $v CPU / sha256     $(ratio "$cpu" "$sha")x"
   echo "  $v CPU / (relay + sha256) $(ratio "$cpu" "$floor")x"
   echo "  $v wall / max(direct, sha256) $(ratio "$wall" "$wall_floor")x"
+  [ -z "${SLOW_RATE:-}" ] || echo "  $v cold, a client at $SLOW_RATE/s: $(m "${v}_slow_cpu") s CPU"
 done
 echo "  relay wall / direct    $(ratio "$relay_wall" "$direct")x"
