@@ -10,12 +10,15 @@
 //! the page cache: they are the ones hit again at once, and their page
 //! allocations are few.
 //!
-//! Readers of a fill in progress read the temporary file through the page
-//! cache, so every byte a batch publishes must be readable when the batch
-//! ends: the aligned part of a batch goes out directly, and the unaligned
-//! tail (under 4 KiB) is written through the page cache as well and kept to
-//! lead the next direct write. Linux keeps the two coherent (a direct write
-//! drops the cached pages it covers).
+//! Readers of a fill in progress read the temporary file, so every byte a
+//! batch publishes must be readable when the batch ends: the aligned part
+//! of a batch goes out directly, and the unaligned tail (under 4 KiB) is
+//! written through the page cache as well and kept to lead the next direct
+//! write. Linux keeps the two coherent (a direct write drops the cached
+//! pages it covers). A reader behind the fill reads the whole blocks below
+//! the published tail directly too ([`read_direct`]): they are not in the
+//! page cache, and reading them through it would fill it with pages only
+//! to copy them out again.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
@@ -28,9 +31,9 @@ use bytes::Bytes;
 /// Blobs announced at least this large are written with `O_DIRECT`.
 pub const DIRECT_FROM_BYTES: u64 = 16 * 1024 * 1024;
 
-/// The alignment of a direct write's buffer, offset and length: the largest
-/// logical block size in use.
-const ALIGN: usize = 4096;
+/// The alignment of a direct write's or read's buffer, offset and length:
+/// the largest logical block size in use.
+pub const ALIGN: usize = 4096;
 
 /// The aligned buffer of one direct fill: the most one direct write sends.
 const BUFFER_BYTES: usize = 1024 * 1024;
@@ -67,6 +70,15 @@ impl FileWriter {
     #[cfg(test)]
     pub fn is_direct(&self) -> bool {
         matches!(self, FileWriter::Direct(_))
+    }
+
+    /// The file opened with `O_DIRECT`, for readers of the fill, when this
+    /// writer writes around the page cache.
+    pub fn direct_file(&self) -> Option<Arc<File>> {
+        match self {
+            FileWriter::Direct(direct) => Some(Arc::clone(&direct.direct)),
+            FileWriter::Buffered { .. } => None,
+        }
     }
 
     /// Writes one batch after the previous ones. Every byte of it can be read
@@ -106,8 +118,9 @@ fn write_vectored_at(file: &File, batch: &[Bytes], offset: u64) -> io::Result<us
 /// take them: some refuse the open (tmpfs), some only the first write (a few
 /// FUSE and network mounts), so one aligned block of zeros is written at the
 /// start and cut off again.
-fn open_direct(path: &Path) -> Option<File> {
+fn open_direct(path: &Path) -> Option<Arc<File>> {
     let direct = OpenOptions::new()
+        .read(true)
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
@@ -115,15 +128,36 @@ fn open_direct(path: &Path) -> Option<File> {
     let probe = AlignedBuf::new(ALIGN);
     match direct.write_at(probe.as_slice(), 0) {
         // The file is as long as what the fill writes, and no longer.
-        Ok(n) if n == ALIGN => direct.set_len(0).ok().map(|()| direct),
+        Ok(n) if n == ALIGN => direct.set_len(0).ok().map(|()| Arc::new(direct)),
         _ => None,
     }
+}
+
+/// Reads `[start, end)` of `file`, opened with `O_DIRECT`, into a fresh
+/// aligned buffer; both ends must be [`ALIGN`]ed and lie in blocks every
+/// byte of which has been written. Blocks: call it on the blocking pool.
+pub fn read_direct(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
+    debug_assert!(start % ALIGN as u64 == 0 && end % ALIGN as u64 == 0 && start < end);
+    let mut buf = AlignedBuf::new((end - start) as usize);
+    let mut done = 0;
+    while done < buf.capacity() {
+        match file.read_at(&mut buf.as_mut_slice()[done..], start + done as u64)? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cache file shorter than published",
+                ))
+            }
+            n => done += n,
+        }
+    }
+    Ok(Bytes::from_owner(buf))
 }
 
 /// The direct state: the aligned buffer and where its first byte goes.
 #[derive(Debug)]
 pub struct Direct {
-    direct: File,
+    direct: Arc<File>,
     buffered: Arc<File>,
     buf: AlignedBuf,
     /// Bytes in `buf`.
@@ -208,6 +242,12 @@ impl AlignedBuf {
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.capacity]
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
     }
 }
 

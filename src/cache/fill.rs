@@ -77,6 +77,10 @@ pub struct Progress {
     /// The cache file stopped being written (a full disk); only live
     /// readers get the rest.
     pub uncached: bool,
+    /// The temporary file opened with `O_DIRECT`, once the fill writes
+    /// around the page cache: a reader behind the live channel reads the
+    /// whole blocks below the published tail through it.
+    pub direct: Option<Arc<File>>,
 }
 
 /// One fill in progress.
@@ -120,6 +124,11 @@ impl Fill {
             }
         });
         let _ = self.live.send(LiveMsg::Data(chunk));
+    }
+
+    /// The fill writes its file around the page cache, through `direct`.
+    pub(super) fn writes_directly(&self, direct: Arc<File>) {
+        self.progress.send_modify(|p| p.direct = Some(direct));
     }
 
     /// The cache file could not be written: readers of the file stop at

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
 
+use super::file_writer;
 use super::fill::{FillState, LiveMsg, Progress, Subscription};
 use super::mapped;
 use super::pread;
@@ -38,6 +39,9 @@ pub enum Delivery {
 
 /// Size of one read from a cache file.
 pub const READ_CHUNK: usize = 256 * 1024;
+
+/// Size of one direct read from a fill's file (one request to the disk).
+const DIRECT_READ: u64 = 1024 * 1024;
 
 /// A reader over `[offset, end)` of a blob.
 #[derive(Debug)]
@@ -158,11 +162,11 @@ impl BlobReader {
 
     async fn next_from_file(&mut self) -> Option<io::Result<Bytes>> {
         loop {
-            let (available, state, uncached) = match self.follow.as_mut() {
-                None => (self.end, FillState::Complete, false),
+            let (available, state, uncached, direct) = match self.follow.as_mut() {
+                None => (self.end, FillState::Complete, false, None),
                 Some(rx) => {
                     let p = rx.borrow_and_update();
-                    (p.published, p.state.clone(), p.uncached)
+                    (p.published, p.state.clone(), p.uncached, p.direct.clone())
                 }
             };
             if uncached && self.offset >= available {
@@ -175,6 +179,11 @@ impl BlobReader {
             }
             if self.offset < available {
                 let limit = available.min(self.end);
+                if let Some(direct) = direct {
+                    if let Some(read) = self.read_direct(&direct, available, limit).await {
+                        return Some(read);
+                    }
+                }
                 return Some(match (&self.follow, &self.delivery) {
                     (None, Delivery::Mapped(windows)) => {
                         let windows = Arc::clone(windows);
@@ -219,6 +228,37 @@ impl BlobReader {
     }
 
     /// The next piece of the file, read into a buffer.
+    /// Reads from `self.offset` on of a fill written around the page cache,
+    /// through its `O_DIRECT` handle, up to [`DIRECT_READ`] and never into
+    /// the block that holds the published tail (`available`), which is
+    /// written through the page cache and rewritten by the next direct
+    /// write. `None` when no whole written block lies ahead.
+    async fn read_direct(
+        &mut self,
+        direct: &Arc<File>,
+        available: u64,
+        limit: u64,
+    ) -> Option<io::Result<Bytes>> {
+        let align = file_writer::ALIGN as u64;
+        let start = self.offset - self.offset % align;
+        let stop = (available - available % align).min(start + DIRECT_READ);
+        if stop <= self.offset {
+            return None;
+        }
+        let file = Arc::clone(direct);
+        let read =
+            tokio::task::spawn_blocking(move || file_writer::read_direct(&file, start, stop))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+        Some(read.map(|blocks| {
+            let from = (self.offset - start) as usize;
+            let to = (stop.min(limit) - start) as usize;
+            self.offset += (to - from) as u64;
+            blocks.slice(from..to)
+        }))
+    }
+
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
         let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
         let chunk = pread::read(&self.file, self.offset, len).await?;

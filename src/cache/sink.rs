@@ -112,6 +112,7 @@ pub fn spawn(
         slots,
         writer: None,
         direct,
+        announced: false,
     };
     Handle {
         queue,
@@ -130,6 +131,9 @@ struct Sink {
     writer: Option<FileWriter>,
     /// Whether a large fill may bypass the page cache.
     direct: bool,
+    /// Whether readers were told how the file is written (after the
+    /// writer opened it).
+    announced: bool,
 }
 
 impl Sink {
@@ -191,6 +195,12 @@ impl Sink {
         };
         self.out.hasher = hasher;
         let written = written.map(|(writer, result)| {
+            if !self.announced {
+                self.announced = true;
+                if let Some(direct) = writer.direct_file() {
+                    self.fill.writes_directly(direct);
+                }
+            }
             self.writer = Some(writer);
             result
         });
