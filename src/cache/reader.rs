@@ -227,7 +227,6 @@ impl BlobReader {
         Ok(chunk)
     }
 
-    /// The next piece of the file, read into a buffer.
     /// Reads from `self.offset` on of a fill written around the page cache,
     /// through its `O_DIRECT` handle, up to [`DIRECT_READ`] and never into
     /// the block that holds the published tail (`available`), which is
@@ -259,6 +258,7 @@ impl BlobReader {
         }))
     }
 
+    /// The next piece of the file, read into a buffer.
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
         let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
         let chunk = pread::read(&self.file, self.offset, len).await?;
