@@ -133,7 +133,7 @@ async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucke
             "{digest} in the bucket"
         );
         assert_eq!(
-            registry.blob_gets(digest),
+            registry.settled_blob_gets(digest, 1),
             1,
             "{digest} fetched from the upstream once"
         );

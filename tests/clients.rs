@@ -76,7 +76,7 @@ impl Setup {
     fn assert_fetched_once_through_lasti(&self) {
         for (registry, image) in [(&self.hub, &self.hub_image), (&self.ghcr, &self.ghcr_image)] {
             for digest in image.blob_digests() {
-                assert_eq!(registry.blob_gets(&digest), 1, "{digest}");
+                assert_eq!(registry.settled_blob_gets(&digest, 1), 1, "{digest}");
             }
         }
     }
@@ -230,7 +230,7 @@ async fn docker_pulls_through_lasti_as_a_registry_mirror() {
     chosen.extend(pinned.blob_digests());
     chosen.extend(index.chosen.iter().chain(&list.chosen).cloned());
     for digest in chosen {
-        assert_eq!(hub.blob_gets(&digest), 1, "{digest}");
+        assert_eq!(hub.settled_blob_gets(&digest, 1), 1, "{digest}");
     }
     for digest in index.other.iter().chain(&list.other) {
         assert_eq!(hub.blob_gets(digest), 0, "other platform: {digest}");
@@ -284,7 +284,7 @@ async fn docker_pulls_from_authenticated_lasti_by_its_name_not_as_a_mirror() {
     let pulled = docker.pull(&by_name).await.unwrap();
     assert_eq!(pulled, [image.manifest_digest.as_str()]);
     for digest in image.blob_digests() {
-        assert_eq!(hub.blob_gets(&digest), 1, "{digest}");
+        assert_eq!(hub.settled_blob_gets(&digest, 1), 1, "{digest}");
     }
 
     // What the mirror is sent: the credentials kept for Docker Hub.

@@ -154,6 +154,13 @@ impl Registry {
         self.count_requests("GET", &format!("/blobs/{digest}"))
     }
 
+    /// [`Registry::blob_gets`] once the log holds at least `expected` of
+    /// them (or 2 s have passed): for asserting an exact count right after
+    /// a client finishes, when the last GET may not be logged yet.
+    pub fn settled_blob_gets(&self, digest: &str, expected: usize) -> usize {
+        self.wait_for_requests("GET", &format!("/blobs/{digest}"), expected)
+    }
+
     /// `GET`s of `/manifests/<reference>` (a tag or a digest).
     pub fn manifest_gets(&self, reference: &str) -> usize {
         self.count_requests("GET", &format!("/manifests/{reference}"))
