@@ -15,7 +15,10 @@
 #        LASTI_BIN_B=path and/or LASTI_ENV_B="VAR=value ...": a second lasti,
 #        that binary or this one with that environment, fetched in turn with
 #        the first in every round, for an A/B)
-# Each lasti's resident memory (total / anonymous) is taken after each fill.
+# Each lasti's resident memory (total / anonymous) is taken after each fill,
+# and the blob is then fetched once more: the first hit after the miss,
+# whose wall time and CPU are reported too (a blob written around the page
+# cache is read from the disk by it).
 # SLOW_RATE=250M adds, each round, a second fresh blob fetched through each
 # lasti by a client that reads at that rate (curl --limit-rate): a client
 # slower than the fill falls behind the live channel and reads the rest
@@ -113,7 +116,9 @@ PY
 # Resident memory of a process, total and anonymous, in MiB.
 rss() { awk '/^VmRSS/ {t = $2} /^RssAnon/ {a = $2} END {printf "%.1f/%.1f\n", t / 1024, a / 1024}' "/proc/$1/status"; }
 for name in direct relay_wall relay_cpu sha; do : >"$W/$name"; done
-for v in "${VARIANTS[@]}"; do : >"$W/${v}_wall"; : >"$W/${v}_cpu"; : >"$W/${v}_rss"; : >"$W/${v}_slow_cpu"; done
+for v in "${VARIANTS[@]}"; do
+  for f in wall cpu rss slow_cpu hit_wall hit_cpu; do : >"$W/${v}_$f"; done
+done
 for round in $(seq "$ROUNDS"); do
   digest=$(push_blob "$REG" "$MIB")
   path="v2/bench/blob/blobs/$digest"
@@ -129,7 +134,12 @@ for round in $(seq "$ROUNDS"); do
     settle "$pid"
     used "$pid" "$c0" >>"$W/${v}_cpu"
     rss "$pid" >>"$W/${v}_rss"
+    c0=$(cpu_s "$pid")
+    fetch "http://127.0.0.1:${PORT[$v]}/$path" >>"$W/${v}_hit_wall"
+    settle "$pid"
+    used "$pid" "$c0" >>"$W/${v}_hit_cpu"
     line+=", $v $(tail -1 "$W/${v}_wall") s / $(tail -1 "$W/${v}_cpu") s CPU / RSS $(tail -1 "$W/${v}_rss") MiB"
+    line+=" / first hit $(tail -1 "$W/${v}_hit_wall") s, $(tail -1 "$W/${v}_hit_cpu") s CPU"
   done
   if [ -n "${SLOW_RATE:-}" ]; then
     slow=$(push_blob "$REG" "$MIB")
@@ -163,6 +173,7 @@ for v in "${VARIANTS[@]}"; do
   echo "  $v CPU / sha256     $(ratio "$cpu" "$sha")x"
   echo "  $v CPU / (relay + sha256) $(ratio "$cpu" "$floor")x"
   echo "  $v wall / max(direct, sha256) $(ratio "$wall" "$wall_floor")x"
+  echo "  $v first hit after the miss $(m "${v}_hit_wall") s wall, $(m "${v}_hit_cpu") s CPU"
   [ -z "${SLOW_RATE:-}" ] || echo "  $v cold, a client at $SLOW_RATE/s: $(m "${v}_slow_cpu") s CPU"
 done
 echo "  relay wall / direct    $(ratio "$relay_wall" "$direct")x"

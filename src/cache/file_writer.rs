@@ -16,9 +16,9 @@
 //! written through the page cache as well and kept to lead the next direct
 //! write. Linux keeps the two coherent (a direct write drops the cached
 //! pages it covers). A reader behind the fill reads the whole blocks below
-//! the published tail directly too ([`read_direct`]): they are not in the
-//! page cache, and reading them through it would fill it with pages only
-//! to copy them out again.
+//! the published tail directly too ([`super::direct_read`]): they are not
+//! in the page cache, and reading them through it would fill it with pages
+//! only to copy them out again.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
@@ -133,27 +133,6 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
     }
 }
 
-/// Reads `[start, end)` of `file`, opened with `O_DIRECT`, into a fresh
-/// aligned buffer; both ends must be [`ALIGN`]ed and lie in blocks every
-/// byte of which has been written. Blocks: call it on the blocking pool.
-pub fn read_direct(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
-    debug_assert!(start % ALIGN as u64 == 0 && end % ALIGN as u64 == 0 && start < end);
-    let mut buf = AlignedBuf::new((end - start) as usize);
-    let mut done = 0;
-    while done < buf.capacity() {
-        match file.read_at(&mut buf.as_mut_slice()[done..], start + done as u64)? {
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "cache file shorter than published",
-                ))
-            }
-            n => done += n,
-        }
-    }
-    Ok(Bytes::from_owner(buf))
-}
-
 /// The direct state: the aligned buffer and where its first byte goes.
 #[derive(Debug)]
 pub struct Direct {
@@ -215,14 +194,14 @@ impl Direct {
 
 /// A heap buffer whose start is [`ALIGN`]-aligned, as `O_DIRECT` needs.
 #[derive(Debug)]
-struct AlignedBuf {
+pub(super) struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
     capacity: usize,
 }
 
 impl AlignedBuf {
-    fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         let raw = vec![0u8; capacity + ALIGN];
         let start = raw.as_ptr().align_offset(ALIGN);
         AlignedBuf {
@@ -232,15 +211,15 @@ impl AlignedBuf {
         }
     }
 
-    fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         self.capacity
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(super) fn as_slice(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.capacity]
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(super) fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.capacity]
     }
 }

@@ -5,6 +5,7 @@
 //! stored file, a fill to follow, or a fill to feed.
 
 mod dir_lock;
+mod direct_read;
 mod file_writer;
 pub mod fill;
 mod fill_error;

@@ -17,17 +17,32 @@ use rustix::io::{Errno, ReadWriteFlags};
 /// Reads `len` bytes of `file` at `offset` (fewer only when the page cache
 /// held fewer and the disk was not asked).
 pub async fn read(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
-    match read_cached(file, &mut buf, offset) {
-        Ok(0) => {}
-        Ok(n) => {
-            buf.truncate(n);
-            return Ok(buf.freeze());
-        }
-        Err(e) => return Err(e),
+    match read_cached(file, offset, len)? {
+        Some(chunk) => Ok(chunk),
+        None => read_from_disk(file, offset, len).await,
     }
+}
+
+/// What the page cache holds of the `len` bytes at `offset`, from the
+/// first on, read without waiting on the disk; `None` when the first byte
+/// needs the disk (or the file system cannot say).
+pub fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    let mut buf = BytesMut::zeroed(len);
+    match cached_into(file, &mut buf, offset)? {
+        0 => Ok(None),
+        n => {
+            buf.truncate(n);
+            Ok(Some(buf.freeze()))
+        }
+    }
+}
+
+/// Reads the `len` bytes at `offset` through the page cache on the
+/// blocking pool, waiting on the disk as it must.
+pub async fn read_from_disk(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
     let file = Arc::clone(file);
     tokio::task::spawn_blocking(move || {
+        let mut buf = BytesMut::zeroed(len);
         read_exact_at(&file, &mut buf, offset).map(|()| buf.freeze())
     })
     .await
@@ -37,7 +52,7 @@ pub async fn read(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes
 /// What the page cache holds of `[offset, offset + buf.len())`, without
 /// waiting on the disk: `Ok(0)` when that needs the disk (or the file system
 /// cannot say), else the bytes read.
-fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+fn cached_into(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut slices = [IoSliceMut::new(buf)];
     match rustix::io::preadv2(file, &mut slices, offset, ReadWriteFlags::NOWAIT) {
         Ok(0) => Err(cut_short()),

@@ -8,7 +8,8 @@
 //! one response rather than raising `SIGBUS`. File reads are positional on a
 //! shared handle (see [`super::pread`]), in pieces of [`READ_CHUNK`], so any
 //! number of readers share one open file and memory per reader stays at one
-//! piece.
+//! piece. What of a large blob is not in the page cache, its lone reader
+//! reads around the page cache ([`super::direct_read`]).
 
 use std::fs::File;
 use std::io;
@@ -18,11 +19,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
 
-use super::file_writer;
 use super::fill::{FillState, LiveMsg, Progress, Subscription};
 use super::mapped;
 use super::pread;
 use super::usage::Lease;
+use super::{direct_read, file_writer};
 
 /// How a stored blob's bytes reach the connection.
 #[derive(Debug, Clone, Default)]
@@ -40,8 +41,18 @@ pub enum Delivery {
 /// Size of one read from a cache file.
 pub const READ_CHUNK: usize = 256 * 1024;
 
-/// Size of one direct read from a fill's file (one request to the disk).
-const DIRECT_READ: u64 = 1024 * 1024;
+/// Where a stored blob's pages that are not in the page cache are read
+/// from.
+#[derive(Debug, Default)]
+enum DiskReads {
+    /// None read yet.
+    #[default]
+    Untried,
+    /// Around the page cache, through this `O_DIRECT` handle on the file.
+    Direct(Arc<File>),
+    /// Through the page cache: the file system refuses `O_DIRECT`.
+    Cached,
+}
 
 /// A reader over `[offset, end)` of a blob.
 #[derive(Debug)]
@@ -54,7 +65,8 @@ pub struct BlobReader {
     delivery: Delivery,
     content: Option<Bytes>,
     done: bool,
-    _lease: Option<Lease>,
+    disk: DiskReads,
+    lease: Option<Lease>,
 }
 
 impl BlobReader {
@@ -70,7 +82,8 @@ impl BlobReader {
             delivery: Delivery::Copied,
             content: None,
             done: false,
-            _lease: lease,
+            disk: DiskReads::Untried,
+            lease,
         }
     }
 
@@ -87,7 +100,8 @@ impl BlobReader {
             delivery: Delivery::Copied,
             content: None,
             done: false,
-            _lease: None,
+            disk: DiskReads::Untried,
+            lease: None,
         }
     }
 
@@ -180,7 +194,7 @@ impl BlobReader {
             if self.offset < available {
                 let limit = available.min(self.end);
                 if let Some(direct) = direct {
-                    if let Some(read) = self.read_direct(&direct, available, limit).await {
+                    if let Some(read) = self.read_fill_direct(&direct, available, limit).await {
                         return Some(read);
                     }
                 }
@@ -210,14 +224,18 @@ impl BlobReader {
 
     /// The next window of a stored (immutable) blob, memory-mapped. A window
     /// already in the page cache (the usual hit) is handed out at once; one
-    /// that is not is read in on a blocking thread first, so the async
-    /// threads never wait on the disk.
+    /// that is not is read from the disk on a blocking thread, so the async
+    /// threads never wait on it: around the page cache when this reader may
+    /// ([`BlobReader::disk_direct`]), else into it first.
     async fn map(&mut self, limit: u64, windows: &Arc<mapped::Windows>) -> io::Result<Bytes> {
         let len = (limit - self.offset).min(mapped::WINDOW) as usize;
         let mapping = mapped::Mapping::new(&self.file, self.offset, len)?;
         let mapping = if mapping.is_resident() {
             mapping
         } else {
+            if let Some(read) = self.read_stored_direct(limit).await {
+                return read;
+            }
             tokio::task::spawn_blocking(move || mapping.read_in().map(|()| mapping))
                 .await
                 .map_err(io::Error::other)??
@@ -228,11 +246,11 @@ impl BlobReader {
     }
 
     /// Reads from `self.offset` on of a fill written around the page cache,
-    /// through its `O_DIRECT` handle, up to [`DIRECT_READ`] and never into
-    /// the block that holds the published tail (`available`), which is
+    /// through its `O_DIRECT` handle, up to [`direct_read::PIECE`] and never
+    /// into the block that holds the published tail (`available`), which is
     /// written through the page cache and rewritten by the next direct
     /// write. `None` when no whole written block lies ahead.
-    async fn read_direct(
+    async fn read_fill_direct(
         &mut self,
         direct: &Arc<File>,
         available: u64,
@@ -240,16 +258,15 @@ impl BlobReader {
     ) -> Option<io::Result<Bytes>> {
         let align = file_writer::ALIGN as u64;
         let start = self.offset - self.offset % align;
-        let stop = (available - available % align).min(start + DIRECT_READ);
+        let stop = (available - available % align).min(start + direct_read::PIECE);
         if stop <= self.offset {
             return None;
         }
         let file = Arc::clone(direct);
-        let read =
-            tokio::task::spawn_blocking(move || file_writer::read_direct(&file, start, stop))
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r);
+        let read = tokio::task::spawn_blocking(move || direct_read::read(&file, start, stop))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
         Some(read.map(|blocks| {
             let from = (self.offset - start) as usize;
             let to = (stop.min(limit) - start) as usize;
@@ -258,12 +275,69 @@ impl BlobReader {
         }))
     }
 
-    /// The next piece of the file, read into a buffer.
+    /// The next piece of the file, read into a buffer: what the page cache
+    /// holds at once, the rest from the disk on the blocking pool (around
+    /// the page cache when this reader may, [`BlobReader::disk_direct`]).
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
         let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
-        let chunk = pread::read(&self.file, self.offset, len).await?;
+        let chunk = match pread::read_cached(&self.file, self.offset, len)? {
+            Some(chunk) => chunk,
+            None => match self.read_stored_direct(limit).await {
+                Some(read) => return read,
+                None => pread::read_from_disk(&self.file, self.offset, len).await?,
+            },
+        };
         self.offset += chunk.len() as u64;
         Ok(chunk)
+    }
+
+    /// Reads from `self.offset` on of a stored blob from the disk around
+    /// the page cache, up to [`direct_read::PIECE`]; `None` when this
+    /// reader reads through the page cache instead.
+    async fn read_stored_direct(&mut self, limit: u64) -> Option<io::Result<Bytes>> {
+        let direct = self.disk_direct()?;
+        let align = file_writer::ALIGN as u64;
+        let start = self.offset - self.offset % align;
+        let stop = limit.min(start + direct_read::PIECE);
+        let read = tokio::task::spawn_blocking(move || direct_read::read(&direct, start, stop))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+        match read {
+            Err(e) if direct_read::refused(&e) => {
+                self.disk = DiskReads::Cached;
+                None
+            }
+            read => Some(read.map(|blocks| {
+                let chunk = blocks.slice((self.offset - start) as usize..);
+                self.offset = stop;
+                chunk
+            })),
+        }
+    }
+
+    /// The `O_DIRECT` handle to read a stored blob's uncached pages with,
+    /// when reading around the page cache is the better trade: the blob is
+    /// large enough to have been written around it too
+    /// ([`file_writer::DIRECT_FROM_BYTES`]), and no other client is reading
+    /// it now. Clients reading it together (a burst of pulls of one image)
+    /// read through the page cache, where the pages one brings in serve
+    /// the others.
+    fn disk_direct(&mut self) -> Option<Arc<File>> {
+        let alone = self.lease.as_ref().is_none_or(Lease::alone);
+        if self.follow.is_some() || self.end < file_writer::DIRECT_FROM_BYTES || !alone {
+            return None;
+        }
+        if let DiskReads::Untried = self.disk {
+            self.disk = match direct_read::reopen(&self.file) {
+                Some(file) => DiskReads::Direct(Arc::new(file)),
+                None => DiskReads::Cached,
+            };
+        }
+        match &self.disk {
+            DiskReads::Direct(file) => Some(Arc::clone(file)),
+            _ => None,
+        }
     }
 }
 

@@ -313,3 +313,67 @@ async fn readers_behind_a_direct_written_fill_get_every_byte() {
     // ext4 and xfs take O_DIRECT; elsewhere the buffered reads were checked.
     eprintln!("written around the page cache: {direct:?}");
 }
+
+/// Reads a stored blob's `[start, size)` through a reader, with `delivery`.
+async fn read_stored(hit: StoredBlob, start: u64, delivery: reader::Delivery) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let reader = reader::BlobReader::stored(hit.file, start, hit.size, Some(hit.lease))
+        .with_delivery(delivery);
+    let mut all = Vec::new();
+    let mut stream = std::pin::pin!(reader.into_stream());
+    while let Some(chunk) = stream.next().await {
+        all.extend_from_slice(&chunk.unwrap());
+    }
+    all
+}
+
+/// A hit of a large blob that is not in the page cache (its fill was
+/// written around it) reads it from the disk around the page cache too
+/// when it is the blob's only reader, by either delivery and from an
+/// unaligned offset, and leaves the page cache as it was; with a second
+/// client reading the blob, it reads through the page cache, where the
+/// pages it brings in serve the other. Every read gets the blob's bytes.
+#[tokio::test]
+async fn a_large_uncached_hit_reads_around_the_page_cache_unless_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let size = file_writer::DIRECT_FROM_BYTES as usize + 5 * 4096 + 321;
+    let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = fill(&cache, &content).await;
+    let first_window = |hit: &StoredBlob| {
+        mapped::Mapping::new(&hit.file, 0, mapped::WINDOW as usize)
+            .unwrap()
+            .is_resident()
+    };
+    let hit = cache.stored_blob(&digest).await.unwrap().unwrap();
+    let uncached = !first_window(&hit);
+    let from = 4096 * 3 + 5;
+    let got = read_stored(hit, from as u64, reader::Delivery::Copied).await;
+    assert!(
+        got == content[from..],
+        "a ranged copied read got other bytes"
+    );
+    let hit = cache.stored_blob(&digest).await.unwrap().unwrap();
+    let got = read_stored(hit, 0, reader::Delivery::Mapped(Arc::default())).await;
+    assert!(got == content, "a mapped read got other bytes");
+    let hit = cache.stored_blob(&digest).await.unwrap().unwrap();
+    if !uncached {
+        // tmpfs and file systems without O_DIRECT: the fill went through
+        // the page cache, and so did every read; the bytes were checked.
+        eprintln!("the fill was written through the page cache; bytes checked only");
+        return;
+    }
+    assert!(
+        !first_window(&hit),
+        "a lone reader left the page cache alone"
+    );
+
+    let other = cache.stored_blob(&digest).await.unwrap().unwrap();
+    let got = read_stored(hit, 0, reader::Delivery::Mapped(Arc::default())).await;
+    assert!(got == content, "a shared mapped read got other bytes");
+    assert!(
+        first_window(&other),
+        "a shared read went through the page cache"
+    );
+    drop(other);
+}

@@ -61,7 +61,15 @@ pub struct Usage {
 /// Keeps a blob from eviction while it is read.
 #[derive(Debug)]
 pub struct Lease {
-    _token: Arc<()>,
+    token: Arc<()>,
+}
+
+impl Lease {
+    /// Whether this is the blob's only lease (besides the table's own
+    /// token): no other client is reading the blob now.
+    pub fn alone(&self) -> bool {
+        Arc::strong_count(&self.token) <= 2
+    }
 }
 
 impl Usage {
@@ -139,7 +147,7 @@ impl Usage {
             .unwrap_or(false);
         entry.last_use = now;
         let lease = Lease {
-            _token: Arc::clone(&entry.token),
+            token: Arc::clone(&entry.token),
         };
         Some((lease, persist))
     }
@@ -248,6 +256,23 @@ mod tests {
             vec![digest(0)],
             "released, so evictable"
         );
+    }
+
+    #[test]
+    fn a_lease_knows_when_another_client_reads_the_same_blob() {
+        let usage = Usage::new(1000);
+        usage.insert(digest(0), 80, at(1));
+        usage.insert(digest(1), 80, at(2));
+        let (first, _) = usage.lease(&digest(0)).unwrap();
+        let (elsewhere, _) = usage.lease(&digest(1)).unwrap();
+        assert!(first.alone(), "another blob's reader does not count");
+        let (second, _) = usage.lease(&digest(0)).unwrap();
+        assert!(!first.alone() && !second.alone());
+        drop(second);
+        assert!(first.alone(), "the other reader is gone");
+        usage.forget(&digest(0));
+        assert!(first.alone(), "still alone once the entry is forgotten");
+        drop(elsewhere);
     }
 
     #[test]
