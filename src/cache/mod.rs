@@ -69,6 +69,9 @@ pub struct StoredBlob {
     /// The whole content, when the blob is small enough to be kept in
     /// memory: served without touching the file.
     pub content: Option<Bytes>,
+    /// Whether its reader may read what is not in the page cache around
+    /// it (`cache.direct_reads`; see [`reader::BlobReader::reading_around_page_cache`]).
+    pub direct_reads: bool,
     /// Keeps it from eviction while read.
     pub lease: Lease,
 }
@@ -191,6 +194,9 @@ struct Inner {
     max_blob_size: u64,
     /// Whether large fills bypass the page cache (`cache.direct_writes`).
     direct_writes: bool,
+    /// Whether a lone hit reads a large blob's uncached ranges around the
+    /// page cache (`cache.direct_reads`).
+    direct_reads: bool,
 }
 
 impl Cache {
@@ -244,6 +250,7 @@ impl Cache {
             metrics,
             max_blob_size: config.max_blob_size.as_u64(),
             direct_writes: config.direct_writes,
+            direct_reads: config.direct_reads,
         };
         Ok(Cache {
             inner: Arc::new(inner),
@@ -330,6 +337,7 @@ impl Cache {
             size: open.size,
             manifest_type: open.manifest_type.clone(),
             content: open.content.clone(),
+            direct_reads: self.inner.direct_reads,
             lease,
         }))
     }

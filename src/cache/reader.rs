@@ -50,7 +50,8 @@ enum DiskReads {
     Untried,
     /// Around the page cache, through this `O_DIRECT` handle on the file.
     Direct(Arc<File>),
-    /// Through the page cache: the file system refuses `O_DIRECT`.
+    /// Through the page cache: the file system refuses `O_DIRECT`, or the
+    /// reader was not allowed to ([`BlobReader::reading_around_page_cache`]).
     Cached,
 }
 
@@ -82,7 +83,7 @@ impl BlobReader {
             delivery: Delivery::Copied,
             content: None,
             done: false,
-            disk: DiskReads::Untried,
+            disk: DiskReads::Cached,
             lease,
         }
     }
@@ -100,7 +101,7 @@ impl BlobReader {
             delivery: Delivery::Copied,
             content: None,
             done: false,
-            disk: DiskReads::Untried,
+            disk: DiskReads::Cached,
             lease: None,
         }
     }
@@ -108,6 +109,19 @@ impl BlobReader {
     /// Serves a stored blob from its whole content in memory, not its file.
     pub fn with_content(mut self, content: Option<Bytes>) -> Self {
         self.content = content;
+        self
+    }
+
+    /// Lets a stored blob's reader read what is not in the page cache around
+    /// it, when it may ([`BlobReader::disk_direct`]); without this, or with
+    /// `false` (`cache.direct_reads = false`), it reads through the page
+    /// cache.
+    pub fn reading_around_page_cache(mut self, allowed: bool) -> Self {
+        self.disk = if allowed {
+            DiskReads::Untried
+        } else {
+            DiskReads::Cached
+        };
         self
     }
 

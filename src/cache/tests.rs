@@ -318,7 +318,8 @@ async fn readers_behind_a_direct_written_fill_get_every_byte() {
 async fn read_stored(hit: StoredBlob, start: u64, delivery: reader::Delivery) -> Vec<u8> {
     use futures_util::StreamExt;
     let reader = reader::BlobReader::stored(hit.file, start, hit.size, Some(hit.lease))
-        .with_delivery(delivery);
+        .with_delivery(delivery)
+        .reading_around_page_cache(hit.direct_reads);
     let mut all = Vec::new();
     let mut stream = std::pin::pin!(reader.into_stream());
     while let Some(chunk) = stream.next().await {
@@ -376,4 +377,31 @@ async fn a_large_uncached_hit_reads_around_the_page_cache_unless_shared() {
         "a shared read went through the page cache"
     );
     drop(other);
+}
+
+/// `cache.direct_reads = false`: a lone hit of the same large, uncached
+/// blob reads it through the page cache, which then holds it.
+#[tokio::test]
+async fn without_direct_reads_a_lone_hit_reads_through_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig {
+        direct_reads: false,
+        ..CacheConfig::default()
+    };
+    let cache = Cache::open(dir.path(), &config, Default::default())
+        .await
+        .unwrap();
+    let size = file_writer::DIRECT_FROM_BYTES as usize + 4096;
+    let content: Vec<u8> = (0..size).map(|i| (i * 13 % 241) as u8).collect();
+    let digest = fill(&cache, &content).await;
+    let hit = cache.stored_blob(&digest).await.unwrap().unwrap();
+    assert!(!hit.direct_reads);
+    let window = mapped::Mapping::new(&hit.file, 0, mapped::WINDOW as usize).unwrap();
+    if window.is_resident() {
+        eprintln!("the fill was written through the page cache; nothing to check");
+        return;
+    }
+    let got = read_stored(hit, 0, reader::Delivery::Copied).await;
+    assert!(got == content, "the read got other bytes");
+    assert!(window.is_resident(), "the hit went through the page cache");
 }

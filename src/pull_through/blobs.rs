@@ -200,7 +200,9 @@ fn stored_answer(blob: StoredBlob, range: Option<RangeSpec>) -> Result<BlobAnswe
         media_type: content_type(blob.manifest_type.as_deref()),
         range,
         reader: Some(
-            BlobReader::stored(blob.file, start, end, Some(blob.lease)).with_content(blob.content),
+            BlobReader::stored(blob.file, start, end, Some(blob.lease))
+                .with_content(blob.content)
+                .reading_around_page_cache(blob.direct_reads),
         ),
         outcome: Outcome::Hit,
     })
