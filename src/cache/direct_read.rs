@@ -5,10 +5,10 @@
 //! written around it ([`super::file_writer`]), and a pod's memory limit
 //! would not keep them there anyway. Reading such a range through the page
 //! cache first allocates and fills a page for every 4 KiB, only for the
-//! bytes to be copied out again; on this kind of virtual machine that
-//! costs more than the disk read itself (docs/performance.md, "The first
-//! hit of a large blob"). A direct read asks the disk for the whole range
-//! in one request and copies nothing on the way.
+//! bytes to be copied out again; on the virtual machine measured in
+//! docs/performance.md ("The first hit of a large blob") that ran at half
+//! the disk's rate. A direct read asks the disk for the whole range in one
+//! request and copies nothing on the way.
 
 use std::fs::{File, OpenOptions};
 use std::io;

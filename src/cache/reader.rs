@@ -43,10 +43,9 @@ pub const READ_CHUNK: usize = 256 * 1024;
 
 /// Where a stored blob's pages that are not in the page cache are read
 /// from.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 enum DiskReads {
-    /// None read yet.
-    #[default]
+    /// Allowed, and none read yet.
     Untried,
     /// Around the page cache, through this `O_DIRECT` handle on the file.
     Direct(Arc<File>),
