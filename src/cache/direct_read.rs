@@ -20,7 +20,10 @@ use bytes::Bytes;
 use super::file_writer::{AlignedBuf, ALIGN};
 
 /// Most bytes one direct read asks for: one request to the disk, and the
-/// memory a reader holds for it.
+/// memory a reader holds for it. Only a blob's lone reader reads directly,
+/// so this is held once per large blob being read, not once per client. A
+/// quarter of it cost a lone 1 GiB hit 1.7x the CPU (four times the trips
+/// to the blocking pool) and a fifth more time (docs/performance.md).
 pub const PIECE: u64 = 1024 * 1024;
 
 /// A second handle on `file`, opened with `O_DIRECT`, or `None` where the

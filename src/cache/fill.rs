@@ -89,6 +89,8 @@ pub struct Fill {
     file: Arc<File>,
     progress: watch::Sender<Progress>,
     live: broadcast::Sender<LiveMsg>,
+    /// Cloned into each subscription: how many readers the fill has.
+    readers: Arc<()>,
 }
 
 impl Fill {
@@ -98,6 +100,7 @@ impl Fill {
             file: temp.shared_file(),
             progress: watch::Sender::new(Progress::default()),
             live: broadcast::Sender::new(LIVE_CHANNEL_CAPACITY),
+            readers: Arc::new(()),
         });
         let writer = FillWriter {
             fill: Arc::clone(&fill),
@@ -150,6 +153,7 @@ impl Fill {
             file: Arc::clone(&self.file),
             live,
             progress,
+            readers: FillReaders(Arc::clone(&self.readers)),
         }
     }
 }
@@ -160,6 +164,19 @@ pub struct Subscription {
     pub(super) file: Arc<File>,
     pub(super) live: Option<broadcast::Receiver<LiveMsg>>,
     pub(super) progress: watch::Receiver<Progress>,
+    pub(super) readers: FillReaders,
+}
+
+/// A reader's place among a fill's readers.
+#[derive(Debug)]
+pub struct FillReaders(Arc<()>);
+
+impl FillReaders {
+    /// Whether this is the fill's only reader.
+    pub fn alone(&self) -> bool {
+        // The fill holds one count, each subscription one more.
+        Arc::strong_count(&self.0) <= 2
+    }
 }
 
 impl Subscription {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
 
-use super::fill::{FillState, LiveMsg, Progress, Subscription};
+use super::fill::{FillReaders, FillState, LiveMsg, Progress, Subscription};
 use super::mapped;
 use super::pread;
 use super::usage::Lease;
@@ -67,6 +67,7 @@ pub struct BlobReader {
     done: bool,
     disk: DiskReads,
     lease: Option<Lease>,
+    fill_readers: Option<FillReaders>,
 }
 
 impl BlobReader {
@@ -84,6 +85,7 @@ impl BlobReader {
             done: false,
             disk: DiskReads::Cached,
             lease,
+            fill_readers: None,
         }
     }
 
@@ -102,6 +104,7 @@ impl BlobReader {
             done: false,
             disk: DiskReads::Cached,
             lease: None,
+            fill_readers: Some(sub.readers),
         }
     }
 
@@ -206,7 +209,8 @@ impl BlobReader {
             }
             if self.offset < available {
                 let limit = available.min(self.end);
-                if let Some(direct) = direct {
+                let alone = self.fill_readers.as_ref().is_none_or(FillReaders::alone);
+                if let Some(direct) = direct.filter(|_| alone) {
                     if let Some(read) = self.read_fill_direct(&direct, available, limit).await {
                         return Some(read);
                     }
@@ -262,7 +266,10 @@ impl BlobReader {
     /// through its `O_DIRECT` handle, up to [`direct_read::PIECE`] and never
     /// into the block that holds the published tail (`available`), which is
     /// written through the page cache and rewritten by the next direct
-    /// write. `None` when no whole written block lies ahead.
+    /// write. `None` when no whole written block lies ahead. Only the
+    /// fill's lone reader reads so: readers of one fill together read its
+    /// file through the page cache, where the pages one brings in serve the
+    /// others instead of each asking the disk for the whole blob.
     async fn read_fill_direct(
         &mut self,
         direct: &Arc<File>,

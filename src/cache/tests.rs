@@ -247,10 +247,11 @@ fn a_hit_never_waits_behind_fills_from_a_stalled_upstream() {
     });
 }
 
-/// A reader that falls behind a large fill written around the page cache
-/// reads the written blocks directly, and a range from an unaligned offset
-/// too: both get exactly the blob's bytes, the block with the published
-/// tail included, whatever the chunking.
+/// Readers that fall behind a large fill written around the page cache,
+/// one from the start and one from an unaligned offset, read its file
+/// through the page cache (they are two): both get exactly the blob's
+/// bytes, the block with the published tail included, whatever the
+/// chunking.
 #[tokio::test]
 async fn readers_behind_a_direct_written_fill_get_every_byte() {
     use futures_util::StreamExt;
@@ -404,4 +405,52 @@ async fn without_direct_reads_a_lone_hit_reads_through_the_page_cache() {
     let got = read_stored(hit, 0, reader::Delivery::Copied).await;
     assert!(got == content, "the read got other bytes");
     assert!(window.is_resident(), "the hit went through the page cache");
+}
+
+/// The lone reader behind a large fill written around the page cache reads
+/// the written blocks around it too (so the page cache stays as the fill
+/// left it), and gets exactly the blob's bytes.
+#[tokio::test]
+async fn a_lone_reader_behind_a_direct_written_fill_reads_around_the_page_cache() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let size = file_writer::DIRECT_FROM_BYTES as usize + 2 * 4096 + 77;
+    let content: Vec<u8> = (0..size).map(|i| (i * 17 % 251) as u8).collect();
+    let digest = Digest::sha256_of(&content);
+    let BlobLookup::Missing(mut writer, first) = cache.lookup(&digest).await.unwrap() else {
+        panic!("a fresh cache has nothing");
+    };
+    writer.start(Some(size as u64), None);
+    let file = Arc::clone(&first.file);
+    let progress = first.progress.clone();
+    let behind = reader::BlobReader::filling(first, 0, Some(size as u64));
+    // Far more chunks than the live channel holds: the reader falls behind.
+    for piece in content.chunks(65_536) {
+        writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    let direct = progress.borrow().direct.is_some();
+    let reading = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let mut stream = std::pin::pin!(behind.into_stream());
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk.unwrap());
+        }
+        all
+    });
+    writer.finish().await.unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the reader reaches the end of the blob")
+        .unwrap();
+    assert!(all == content, "the reader behind the fill got other bytes");
+    if !direct {
+        eprintln!("the fill was written through the page cache; bytes checked only");
+        return;
+    }
+    let window = mapped::Mapping::new(&file, 0, mapped::WINDOW as usize).unwrap();
+    assert!(
+        !window.is_resident(),
+        "the lone reader left the page cache alone"
+    );
 }
