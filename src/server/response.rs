@@ -137,12 +137,15 @@ pub fn blob(answer: BlobAnswer, digest: &str, delivery: Delivery) -> Response<Bo
         _ => {}
     }
     let body = match answer.reader {
-        Some(reader) => body::stream(
-            reader
-                .with_delivery(delivery)
-                .into_stream()
-                .map(|chunk| chunk.map_err(|e| Box::new(e) as BodyError)),
-        ),
+        Some(reader) => match reader.in_memory() {
+            Some(bytes) => body::full(bytes),
+            None => body::stream(
+                reader
+                    .with_delivery(delivery)
+                    .into_stream()
+                    .map(|chunk| chunk.map_err(|e| Box::new(e) as BodyError)),
+            ),
+        },
         None => body::empty(),
     };
     let mut response = Response::new(body);
@@ -194,4 +197,46 @@ pub fn referrers(answer: ReferrersAnswer, head: bool) -> Response<Body> {
 fn with_outcome(mut response: Response<Body>, outcome: Outcome) -> Response<Body> {
     response.extensions_mut().insert(outcome);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::reader::BlobReader;
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+
+    fn answer(reader: BlobReader, size: u64) -> BlobAnswer {
+        BlobAnswer {
+            size: Some(size),
+            media_type: HeaderValue::from_static("application/octet-stream"),
+            range: None,
+            reader: Some(reader),
+            outcome: Outcome::Hit,
+        }
+    }
+
+    /// A blob held in memory goes out as a body known to end with its
+    /// bytes (over HTTP/2, the end of the stream rides on the data's own
+    /// frame); one read from its file is streamed. Both carry the bytes.
+    #[tokio::test]
+    async fn a_blob_in_memory_is_one_body_that_ends_with_its_bytes() {
+        let content = Bytes::from(vec![9u8; 4096]);
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), &content).unwrap();
+        let file = Arc::new(std::fs::File::open(tmp.path()).unwrap());
+        let size = content.len() as u64;
+
+        let kept = BlobReader::stored(Arc::clone(&file), 0, size, None)
+            .with_content(Some(content.clone()));
+        let body = blob(answer(kept, size), "sha256:x", Delivery::Copied).into_body();
+        assert_eq!(body.size_hint().exact(), Some(size));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), content);
+
+        let read = BlobReader::stored(file, 0, size, None);
+        let body = blob(answer(read, size), "sha256:x", Delivery::Copied).into_body();
+        assert_eq!(body.size_hint().exact(), None, "a file is streamed");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), content);
+    }
 }
