@@ -18,31 +18,39 @@ use rustix::io::{Errno, ReadWriteFlags};
 /// held fewer and the disk was not asked).
 pub async fn read(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
     match read_cached(file, offset, len)? {
-        Some(chunk) => Ok(chunk),
-        None => read_from_disk(file, offset, len).await,
+        Cached::Hit(chunk) => Ok(chunk),
+        Cached::Miss(buf) => read_from_disk(file, offset, buf).await,
     }
 }
 
+/// What [`read_cached`] found.
+#[derive(Debug)]
+pub enum Cached {
+    /// What the page cache held, from the first byte on.
+    Hit(Bytes),
+    /// The first byte needs the disk: the buffer, to read it into.
+    Miss(BytesMut),
+}
+
 /// What the page cache holds of the `len` bytes at `offset`, from the
-/// first on, read without waiting on the disk; `None` when the first byte
+/// first on, read without waiting on the disk; a miss when the first byte
 /// needs the disk (or the file system cannot say).
-pub fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+pub fn read_cached(file: &File, offset: u64, len: usize) -> io::Result<Cached> {
     let mut buf = BytesMut::zeroed(len);
     match cached_into(file, &mut buf, offset)? {
-        0 => Ok(None),
+        0 => Ok(Cached::Miss(buf)),
         n => {
             buf.truncate(n);
-            Ok(Some(buf.freeze()))
+            Ok(Cached::Hit(buf.freeze()))
         }
     }
 }
 
-/// Reads the `len` bytes at `offset` through the page cache on the
-/// blocking pool, waiting on the disk as it must.
-pub async fn read_from_disk(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
+/// Fills `buf` from `offset` through the page cache on the blocking pool,
+/// waiting on the disk as it must.
+pub async fn read_from_disk(file: &Arc<File>, offset: u64, mut buf: BytesMut) -> io::Result<Bytes> {
     let file = Arc::clone(file);
     tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::zeroed(len);
         read_exact_at(&file, &mut buf, offset).map(|()| buf.freeze())
     })
     .await

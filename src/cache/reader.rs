@@ -288,23 +288,31 @@ impl BlobReader {
         available: u64,
         limit: u64,
     ) -> Option<io::Result<Bytes>> {
-        let align = file_writer::ALIGN as u64;
-        let start = self.offset - self.offset % align;
-        let stop = (available - available % align).min(start + direct_read::PIECE);
+        let whole_blocks = available - available % file_writer::ALIGN as u64;
+        let stop = whole_blocks.min(self.direct_piece_end()).min(limit);
         if stop <= self.offset {
             return None;
         }
-        let file = Arc::clone(direct);
-        let read = tokio::task::spawn_blocking(move || direct_read::read(&file, start, stop))
+        Some(self.read_direct_to(Arc::clone(direct), stop).await)
+    }
+
+    /// Where a direct read from `self.offset` ends at most: one
+    /// [`direct_read::PIECE`] past the block that holds `self.offset`.
+    fn direct_piece_end(&self) -> u64 {
+        self.offset - self.offset % file_writer::ALIGN as u64 + direct_read::PIECE
+    }
+
+    /// Reads `[self.offset, stop)` through the `O_DIRECT` handle `direct`,
+    /// on the blocking pool, from the start of the block that holds
+    /// `self.offset`; moves `self.offset` to `stop` once read.
+    async fn read_direct_to(&mut self, direct: Arc<File>, stop: u64) -> io::Result<Bytes> {
+        let start = self.offset - self.offset % file_writer::ALIGN as u64;
+        let blocks = tokio::task::spawn_blocking(move || direct_read::read(&direct, start, stop))
             .await
-            .map_err(io::Error::other)
-            .and_then(|r| r);
-        Some(read.map(|blocks| {
-            let from = (self.offset - start) as usize;
-            let to = (stop.min(limit) - start) as usize;
-            self.offset += (to - from) as u64;
-            blocks.slice(from..to)
-        }))
+            .map_err(io::Error::other)??;
+        let chunk = blocks.slice((self.offset - start) as usize..);
+        self.offset = stop;
+        Ok(chunk)
     }
 
     /// The next piece of the file, read into a buffer: what the page cache
@@ -313,10 +321,10 @@ impl BlobReader {
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
         let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
         let chunk = match pread::read_cached(&self.file, self.offset, len)? {
-            Some(chunk) => chunk,
-            None => match self.read_stored_direct(limit).await {
+            pread::Cached::Hit(chunk) => chunk,
+            pread::Cached::Miss(buf) => match self.read_stored_direct(limit).await {
                 Some(read) => return read,
-                None => pread::read_from_disk(&self.file, self.offset, len).await?,
+                None => pread::read_from_disk(&self.file, self.offset, buf).await?,
             },
         };
         self.offset += chunk.len() as u64;
@@ -328,23 +336,13 @@ impl BlobReader {
     /// reader reads through the page cache instead.
     async fn read_stored_direct(&mut self, limit: u64) -> Option<io::Result<Bytes>> {
         let direct = self.disk_direct()?;
-        let align = file_writer::ALIGN as u64;
-        let start = self.offset - self.offset % align;
-        let stop = limit.min(start + direct_read::PIECE);
-        let read = tokio::task::spawn_blocking(move || direct_read::read(&direct, start, stop))
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r);
-        match read {
+        let stop = limit.min(self.direct_piece_end());
+        match self.read_direct_to(direct, stop).await {
             Err(e) if direct_read::refused(&e) => {
                 self.disk = DiskReads::Cached;
                 None
             }
-            read => Some(read.map(|blocks| {
-                let chunk = blocks.slice((self.offset - start) as usize..);
-                self.offset = stop;
-                chunk
-            })),
+            read => Some(read),
         }
     }
 
