@@ -28,8 +28,10 @@ pub const PIECE: u64 = 1024 * 1024;
 
 /// A second handle on `file`, opened with `O_DIRECT`, or `None` where the
 /// file system refuses it. Opened through `/proc/self/fd`, so it is the
-/// same inode even after eviction unlinked the name; it never touches the
-/// disk (the inode is in memory while `file` is open).
+/// same inode even after eviction unlinked the name. On a local file
+/// system it never touches the disk (the inode is in memory while `file`
+/// is open); a network one may ask its server, so call it on the blocking
+/// pool.
 pub fn reopen(file: &File) -> Option<File> {
     OpenOptions::new()
         .read(true)

@@ -19,6 +19,7 @@
 //! length verify, so no reader ever completes a blob that fails its check.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -78,8 +79,9 @@ pub struct Progress {
     /// readers get the rest.
     pub uncached: bool,
     /// The temporary file opened with `O_DIRECT`, once the fill writes
-    /// around the page cache: a reader behind the live channel reads the
-    /// whole blocks below the published tail through it.
+    /// around the page cache (and `cache.direct_reads` is on): the lone
+    /// reader of the file reads the whole blocks below the published tail
+    /// through it.
     pub direct: Option<Arc<File>>,
 }
 
@@ -89,8 +91,11 @@ pub struct Fill {
     file: Arc<File>,
     progress: watch::Sender<Progress>,
     live: broadcast::Sender<LiveMsg>,
-    /// Cloned into each subscription: how many readers the fill has.
-    readers: Arc<()>,
+    /// How many of its readers read its file (not the live channel).
+    file_readers: Arc<AtomicUsize>,
+    /// Whether readers may read the file around the page cache when the
+    /// fill writes it so (`cache.direct_reads`).
+    direct_reads: bool,
 }
 
 impl Fill {
@@ -100,7 +105,8 @@ impl Fill {
             file: temp.shared_file(),
             progress: watch::Sender::new(Progress::default()),
             live: broadcast::Sender::new(LIVE_CHANNEL_CAPACITY),
-            readers: Arc::new(()),
+            file_readers: Arc::new(AtomicUsize::new(0)),
+            direct_reads: cache.inner.direct_reads,
         });
         let writer = FillWriter {
             fill: Arc::clone(&fill),
@@ -129,9 +135,12 @@ impl Fill {
         let _ = self.live.send(LiveMsg::Data(chunk));
     }
 
-    /// The fill writes its file around the page cache, through `direct`.
+    /// The fill writes its file around the page cache, through `direct`;
+    /// its readers read it so too, unless `cache.direct_reads` is off.
     pub(super) fn writes_directly(&self, direct: Arc<File>) {
-        self.progress.send_modify(|p| p.direct = Some(direct));
+        if self.direct_reads {
+            self.progress.send_modify(|p| p.direct = Some(direct));
+        }
     }
 
     /// The cache file could not be written: readers of the file stop at
@@ -153,7 +162,10 @@ impl Fill {
             file: Arc::clone(&self.file),
             live,
             progress,
-            readers: FillReaders(Arc::clone(&self.readers)),
+            readers: FillReaders {
+                count: Arc::clone(&self.file_readers),
+                counted: false,
+            },
         }
     }
 }
@@ -167,15 +179,33 @@ pub struct Subscription {
     pub(super) readers: FillReaders,
 }
 
-/// A reader's place among a fill's readers.
+/// A reader's place among the readers of a fill's file. Readers on the
+/// live channel do not count: they never read the file. A reader counts
+/// from its first read of the file until it is dropped, whether or not the
+/// fill has ended meanwhile.
 #[derive(Debug)]
-pub struct FillReaders(Arc<()>);
+pub struct FillReaders {
+    count: Arc<AtomicUsize>,
+    counted: bool,
+}
 
 impl FillReaders {
-    /// Whether this is the fill's only reader.
-    pub fn alone(&self) -> bool {
-        // The fill holds one count, each subscription one more.
-        Arc::strong_count(&self.0) <= 2
+    /// Counts this reader among the file's readers (once), and tells
+    /// whether it is the only one.
+    pub fn alone(&mut self) -> bool {
+        if !self.counted {
+            self.counted = true;
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+        self.count.load(Ordering::SeqCst) == 1
+    }
+}
+
+impl Drop for FillReaders {
+    fn drop(&mut self) {
+        if self.counted {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -221,7 +221,7 @@ impl BlobReader {
             }
             if self.offset < available {
                 let limit = available.min(self.end);
-                let alone = self.fill_readers.as_ref().is_none_or(FillReaders::alone);
+                let alone = self.fill_readers.as_mut().is_none_or(FillReaders::alone);
                 if let Some(direct) = direct.filter(|_| alone) {
                     if let Some(read) = self.read_fill_direct(&direct, available, limit).await {
                         return Some(read);
@@ -262,8 +262,13 @@ impl BlobReader {
         let mapping = if mapping.is_resident() {
             mapping
         } else {
-            if let Some(read) = self.read_stored_direct(limit).await {
-                return read;
+            // A window that starts cached is mostly cached (a hot blob that
+            // lost some pages): read the few missing pages into the page
+            // cache and keep `sendfile`, rather than ask the disk for all.
+            if !mapping.starts_resident() {
+                if let Some(read) = self.read_stored_direct(limit).await {
+                    return read;
+                }
             }
             tokio::task::spawn_blocking(move || mapping.read_in().map(|()| mapping))
                 .await
@@ -278,10 +283,11 @@ impl BlobReader {
     /// through its `O_DIRECT` handle, up to [`direct_read::PIECE`] and never
     /// into the block that holds the published tail (`available`), which is
     /// written through the page cache and rewritten by the next direct
-    /// write. `None` when no whole written block lies ahead. Only the
-    /// fill's lone reader reads so: readers of one fill together read its
-    /// file through the page cache, where the pages one brings in serve the
-    /// others instead of each asking the disk for the whole blob.
+    /// write. `None` when no whole written block lies ahead. Only the lone
+    /// reader of the fill's file reads so (readers on the live channel do
+    /// not count): readers of one file together read it through the page
+    /// cache, where the pages one brings in serve the others instead of
+    /// each asking the disk for the whole blob.
     async fn read_fill_direct(
         &mut self,
         direct: &Arc<File>,
@@ -335,7 +341,7 @@ impl BlobReader {
     /// the page cache, up to [`direct_read::PIECE`]; `None` when this
     /// reader reads through the page cache instead.
     async fn read_stored_direct(&mut self, limit: u64) -> Option<io::Result<Bytes>> {
-        let direct = self.disk_direct()?;
+        let direct = self.disk_direct().await?;
         let stop = limit.min(self.direct_piece_end());
         match self.read_direct_to(direct, stop).await {
             Err(e) if direct_read::refused(&e) => {
@@ -347,21 +353,25 @@ impl BlobReader {
     }
 
     /// The `O_DIRECT` handle to read a stored blob's uncached pages with,
-    /// when reading around the page cache is the better trade: the blob is
-    /// large enough to have been written around it too
-    /// ([`file_writer::DIRECT_FROM_BYTES`]), and no other client is reading
-    /// it now. Clients reading it together (a burst of pulls of one image)
+    /// when reading around the page cache is the better trade: the range
+    /// reaches [`file_writer::DIRECT_FROM_BYTES`] into the blob (so the blob
+    /// was large enough to be written around it too), and no other client
+    /// is reading it now. Clients reading it together (a burst of pulls of one image)
     /// read through the page cache, where the pages one brings in serve
     /// the others.
-    fn disk_direct(&mut self) -> Option<Arc<File>> {
+    async fn disk_direct(&mut self) -> Option<Arc<File>> {
         let alone = self.lease.as_ref().is_none_or(Lease::alone);
         if self.follow.is_some() || self.end < file_writer::DIRECT_FROM_BYTES || !alone {
             return None;
         }
         if let DiskReads::Untried = self.disk {
-            self.disk = match direct_read::reopen(&self.file) {
-                Some(file) => DiskReads::Direct(Arc::new(file)),
-                None => DiskReads::Cached,
+            // An open may ask a network file system's server: never on an
+            // async thread.
+            let file = Arc::clone(&self.file);
+            let reopened = tokio::task::spawn_blocking(move || direct_read::reopen(&file)).await;
+            self.disk = match reopened {
+                Ok(Some(file)) => DiskReads::Direct(Arc::new(file)),
+                _ => DiskReads::Cached,
             };
         }
         match &self.disk {

@@ -454,3 +454,145 @@ async fn a_lone_reader_behind_a_direct_written_fill_reads_around_the_page_cache(
         "the lone reader left the page cache alone"
     );
 }
+
+/// Waits until the fill has sent bytes on its live channel: a client that
+/// joins from then on reads the file.
+async fn streamed(sub: &Subscription) {
+    let mut progress = sub.progress.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        progress.wait_for(|p| p.streamed > 0),
+    )
+    .await
+    .expect("the fill streams its first bytes")
+    .expect("the fill is under way");
+}
+
+/// A large fill written around the page cache, with the client that
+/// started it on the live channel (never reading, so never reading the
+/// file either) and a client that joined late, which reads the file; the
+/// late client's bytes are checked. Whether the fill offered its readers
+/// its `O_DIRECT` handle, and whether the file's first window is in the
+/// page cache afterwards.
+async fn late_reader_of_a_large_fill(config: CacheConfig) -> (bool, bool) {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), &config, Default::default())
+        .await
+        .unwrap();
+    let size = file_writer::DIRECT_FROM_BYTES as usize + 4096 + 55;
+    let content: Vec<u8> = (0..size).map(|i| (i * 19 % 249) as u8).collect();
+    let digest = Digest::sha256_of(&content);
+    let BlobLookup::Missing(mut writer, live) = cache.lookup(&digest).await.unwrap() else {
+        panic!("a fresh cache has nothing");
+    };
+    assert!(
+        live.live.is_some(),
+        "the first client is on the live channel"
+    );
+    writer.start(Some(size as u64), None);
+    let file = Arc::clone(&live.file);
+    writer
+        .write(Bytes::copy_from_slice(&content[..65_536]))
+        .await
+        .unwrap();
+    streamed(&live).await;
+    let late = cache.filling(&digest).expect("the fill is under way");
+    assert!(late.live.is_none(), "a late joiner reads the file");
+    let late = reader::BlobReader::filling(late, 0, Some(size as u64));
+    for piece in content[65_536..].chunks(65_536) {
+        writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    let reading = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let mut stream = std::pin::pin!(late.into_stream());
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk.unwrap());
+        }
+        all
+    });
+    writer.finish().await.unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the late reader reaches the end of the blob")
+        .unwrap();
+    assert!(all == content, "the late reader got other bytes");
+    let announced = live.progress.borrow().direct.is_some();
+    let window = mapped::Mapping::new(&file, 0, mapped::WINDOW as usize).unwrap();
+    (announced, window.is_resident())
+}
+
+/// Readers on a fill's live channel read no file, so they do not count
+/// against the lone reader of the file: a client that joined a direct-
+/// written fill late reads its blocks around the page cache even while the
+/// client that started the fill is still on the channel. With
+/// `cache.direct_reads = false`, it reads them through the page cache.
+#[tokio::test]
+async fn live_readers_do_not_count_against_the_lone_reader_of_a_fill_file() {
+    let (direct, cached) = late_reader_of_a_large_fill(CacheConfig::default()).await;
+    if !direct {
+        eprintln!("the fill was written through the page cache; bytes checked only");
+        return;
+    }
+    assert!(!cached, "the lone file reader left the page cache alone");
+    let off = CacheConfig {
+        direct_reads: false,
+        ..CacheConfig::default()
+    };
+    let (direct, cached) = late_reader_of_a_large_fill(off).await;
+    assert!(!direct, "no reader is handed the O_DIRECT handle");
+    assert!(cached, "the file was read through the page cache");
+}
+
+/// Two readers of a fill's file that read it at once both go through the
+/// page cache, also once the fill has ended (when nothing but the readers
+/// themselves holds the count).
+#[tokio::test]
+async fn two_readers_of_an_ended_fill_file_share_the_page_cache() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let size = file_writer::DIRECT_FROM_BYTES as usize + 8192;
+    let content: Vec<u8> = (0..size).map(|i| (i * 23 % 241) as u8).collect();
+    let digest = Digest::sha256_of(&content);
+    let BlobLookup::Missing(mut writer, live) = cache.lookup(&digest).await.unwrap() else {
+        panic!("a fresh cache has nothing");
+    };
+    writer.start(Some(size as u64), None);
+    let file = Arc::clone(&live.file);
+    writer
+        .write(Bytes::copy_from_slice(&content[..4096]))
+        .await
+        .unwrap();
+    streamed(&live).await;
+    let a = cache.filling(&digest).expect("the fill is under way");
+    let b = cache.filling(&digest).expect("the fill is under way");
+    let direct = {
+        let progress = a.progress.clone();
+        let a = reader::BlobReader::filling(a, 0, Some(size as u64));
+        let b = reader::BlobReader::filling(b, 0, Some(size as u64));
+        for piece in content[4096..].chunks(1 << 20) {
+            writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        writer.finish().await.unwrap();
+        drop(writer);
+        drop(live);
+        let direct = progress.borrow().direct.is_some();
+        let mut a = std::pin::pin!(a.into_stream());
+        let mut b = std::pin::pin!(b.into_stream());
+        let first_a = a.next().await.unwrap().unwrap();
+        let first_b = b.next().await.unwrap().unwrap();
+        assert!(first_a[..] == content[..first_a.len()]);
+        assert!(first_b[..] == content[..first_b.len()]);
+        direct
+    };
+    if !direct {
+        eprintln!("the fill was written through the page cache; bytes checked only");
+        return;
+    }
+    let first_page = mapped::Mapping::new(&file, 0, 4096).unwrap();
+    assert!(
+        first_page.is_resident(),
+        "the second reader read through the page cache"
+    );
+}

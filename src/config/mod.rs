@@ -153,10 +153,12 @@ pub struct CacheConfig {
     /// its hash. Off: every fill goes through the page cache.
     pub direct_writes: bool,
     /// Read what of a blob of 16 MiB and more is not in the page cache
-    /// around it (`O_DIRECT`) when one client alone reads the blob: reading
-    /// it into the page cache first runs at a fraction of the disk's rate.
-    /// Off: every hit reads through the page cache, which then keeps large
-    /// blobs for later hits as far as memory allows.
+    /// around it (`O_DIRECT`) when one client alone reads the blob from its
+    /// file (a hit, or a client behind a fill written around the page
+    /// cache): reading it into the page cache first runs at a fraction of
+    /// the disk's rate. Off: every read of a file goes through the page
+    /// cache, which then keeps large blobs for later hits as far as memory
+    /// allows.
     pub direct_reads: bool,
 }
 
