@@ -35,10 +35,6 @@ pub const QUEUE: usize = 16;
 /// Most bytes written and hashed in one blocking step.
 pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// Batches gathered and not yet released, at most: the hash may run one
-/// batch ahead of the write, or the write one ahead of the hash.
-const BATCHES_IN_FLIGHT: usize = 2;
-
 /// Below this size a batch is written and then hashed on one thread: two
 /// thread hand-offs would cost more than the overlap saves.
 const OVERLAP_FROM_BYTES: usize = 256 * 1024;
@@ -133,7 +129,7 @@ struct Sink {
     written: u64,
     slots: Arc<Semaphore>,
     /// Opened on the first batch's blocking step (opening may touch the
-    /// disk); `None` while a write step holds it, and after a cache error.
+    /// disk); `None` after a cache error.
     writer: Option<FileWriter>,
     /// Whether a large fill may bypass the page cache.
     direct: bool,
@@ -142,269 +138,82 @@ struct Sink {
     announced: bool,
 }
 
-/// A batch between its gathering and its release: both its steps must be
-/// done before its chunks are published.
-struct Batch {
-    chunks: Arc<[Bytes]>,
-    hashed: bool,
-    written: bool,
-}
-
-/// What one blocking step hands back.
-type Hashed = Hasher;
-type Written = Option<(FileWriter, std::io::Result<()>)>;
-
-/// The steps running on the blocking pool, and the batches they work on.
-/// The hash and the write of a fill each take its batches in order, but
-/// not in step with each other: the hash of a batch may start while the
-/// write of the one before is still running, and the other way round. In
-/// lock-step, each batch waited for the slower of its two steps; on a
-/// shared machine the slower one changes from batch to batch, and the
-/// fill then took the sum of those maxima rather than the slower step's
-/// total (docs/performance.md, "The hash and the write apart").
-#[derive(Default)]
-struct Steps {
-    /// Gathered, not yet released; the oldest first.
-    batches: std::collections::VecDeque<Batch>,
-    /// How many batches were released before `batches[0]`.
-    released: usize,
-    /// The next batch to hash and to write, counted like `released`.
-    next_hash: usize,
-    next_write: usize,
-    hashing: Option<JoinHandle<Hashed>>,
-    writing: Option<JoinHandle<Written>>,
-    /// A small batch written and hashed on one thread.
-    both: Option<JoinHandle<(Hashed, Written)>>,
-}
-
-/// The result of whichever step ended first.
-enum Ended {
-    Hashed(Result<Hashed, tokio::task::JoinError>),
-    Written(Result<Written, tokio::task::JoinError>),
-    Both(Result<(Hashed, Written), tokio::task::JoinError>),
-}
-
-impl Steps {
-    fn batch(&self, index: usize) -> Option<&Batch> {
-        self.batches.get(index - self.released)
-    }
-
-    fn batch_mut(&mut self, index: usize) -> &mut Batch {
-        &mut self.batches[index - self.released]
-    }
-
-    fn idle(&self) -> bool {
-        self.hashing.is_none() && self.writing.is_none() && self.both.is_none()
-    }
-
-    /// Waits for the next step to end; never resolves when none runs.
-    async fn next_ended(&mut self) -> Ended {
-        async fn join<T>(step: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
-            match step.as_mut() {
-                Some(handle) => handle.await,
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            ended = join(&mut self.hashing) => {
-                self.hashing = None;
-                Ended::Hashed(ended)
-            }
-            ended = join(&mut self.writing) => {
-                self.writing = None;
-                Ended::Written(ended)
-            }
-            ended = join(&mut self.both) => {
-                self.both = None;
-                Ended::Both(ended)
-            }
-        }
-    }
-}
-
 impl Sink {
     async fn run(mut self, mut chunks: mpsc::Receiver<Bytes>) -> Output {
-        let mut steps = Steps::default();
-        let mut open = true;
-        loop {
-            if let Err(e) = self.start_steps(&mut steps).await {
+        while let Some(first) = chunks.recv().await {
+            let batch = gather(first, &mut chunks);
+            if let Err(e) = self.write(&batch).await {
                 self.out.error = Some(e);
                 break;
             }
-            while let Some(batch) = steps.batches.front() {
-                if !(batch.hashed && batch.written) {
-                    break;
-                }
-                let batch = steps.batches.pop_front().expect("a front batch");
-                steps.released += 1;
-                for chunk in batch.chunks.iter() {
-                    self.release(chunk.clone());
-                }
-            }
-            if !open && steps.batches.is_empty() {
-                break;
-            }
-            let room = steps.batches.len() < BATCHES_IN_FLIGHT;
-            tokio::select! {
-                chunk = chunks.recv(), if open && room => match chunk {
-                    Some(first) => steps.batches.push_back(Batch {
-                        chunks: gather(first, &mut chunks).into(),
-                        hashed: false,
-                        written: false,
-                    }),
-                    None => open = false,
-                },
-                ended = steps.next_ended(), if !steps.idle() => {
-                    if let Err(e) = self.step_ended(&mut steps, ended) {
-                        self.out.error = Some(e);
-                        break;
-                    }
-                }
+            for chunk in batch {
+                self.release(chunk);
             }
         }
-        // A step still running after an error holds only its batch; it
-        // ends on its own and its result is dropped.
         self.out
     }
 
-    /// Starts the hash and the write of the next batches, each if its
-    /// step is free: one blocking thread for both when the batch is small
-    /// and nothing else runs.
-    async fn start_steps(&mut self, steps: &mut Steps) -> Result<(), FillError> {
-        if steps.both.is_some() {
-            return Ok(());
-        }
-        let small = steps
-            .batch(steps.next_hash)
-            .filter(|_| steps.idle() && steps.next_hash == steps.next_write)
-            .map(|b| b.chunks.iter().map(Bytes::len).sum::<usize>() < OVERLAP_FROM_BYTES)
-            .unwrap_or(false);
-        if small {
-            let batch = Arc::clone(&steps.batch(steps.next_hash).expect("a batch").chunks);
-            let slot = self.slot().await?;
-            let hasher = self.take_hasher();
-            let writer = self.take_writer();
-            steps.both = Some(tokio::task::spawn_blocking(move || {
-                let _slot = slot;
+    /// Writes and hashes one batch on the blocking pool.
+    async fn write(&mut self, batch: &[Bytes]) -> Result<(), FillError> {
+        let stopped = FillError::WriterStopped;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| stopped("fill slots closed"))?;
+        let writer = match self.out.cache_error {
+            None => Some(self.writer.take().map_or_else(
+                || {
+                    let file = self.out.temp.shared_file();
+                    let path = self.out.temp.path().to_path_buf();
+                    let size = self.size.filter(|_| self.direct);
+                    Opening::Later(file, path, size)
+                },
+                Opening::Open,
+            )),
+            Some(_) => None,
+        };
+        let algorithm = self.out.hasher.algorithm();
+        let hasher = std::mem::replace(&mut self.out.hasher, Hasher::new(algorithm));
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        let (hasher, written) = if bytes < OVERLAP_FROM_BYTES {
+            let batch = batch.to_vec();
+            tokio::task::spawn_blocking(move || {
                 let written = writer.map(|w| w.write(&batch));
                 (hash(hasher, &batch), written)
-            }));
-            return Ok(());
-        }
-        if steps.hashing.is_none() {
-            if let Some(batch) = steps.batch(steps.next_hash) {
-                let batch = Arc::clone(&batch.chunks);
-                let slot = self.slot().await?;
-                let hasher = self.take_hasher();
-                steps.hashing = Some(tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    hash(hasher, &batch)
-                }));
-            }
-        }
-        if steps.writing.is_none() && steps.batch(steps.next_write).is_some() {
-            if self.out.cache_error.is_some() {
-                // Nothing more is written; the batch goes to live readers.
-                let next = steps.next_write;
-                steps.batch_mut(next).written = true;
-                steps.next_write += 1;
-            } else {
-                let batch = Arc::clone(&steps.batch(steps.next_write).expect("a batch").chunks);
-                let slot = self.slot().await?;
-                let writer = self.take_writer();
-                steps.writing = Some(tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    writer.map(|w| w.write(&batch))
-                }));
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes in what a step handed back and marks its batch.
-    fn step_ended(&mut self, steps: &mut Steps, ended: Ended) -> Result<(), FillError> {
-        let stopped = FillError::WriterStopped;
-        match ended {
-            Ended::Hashed(hashed) => {
-                self.out.hasher = hashed.map_err(|_| stopped("the fill's hash step failed"))?;
-                let next = steps.next_hash;
-                steps.batch_mut(next).hashed = true;
-                steps.next_hash += 1;
-            }
-            Ended::Written(written) => {
-                let written = written.map_err(|_| stopped("the fill's write step failed"))?;
-                self.took_back(written);
-                let next = steps.next_write;
-                steps.batch_mut(next).written = true;
-                steps.next_write += 1;
-            }
-            Ended::Both(both) => {
-                let (hasher, written) =
-                    both.map_err(|_| stopped("the fill's write step failed"))?;
-                self.out.hasher = hasher;
-                self.took_back(written);
-                let next = steps.next_hash;
-                let batch = steps.batch_mut(next);
-                batch.hashed = true;
-                batch.written = true;
-                steps.next_hash += 1;
-                steps.next_write += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// A slot on the blocking pool for one step, held until it ends.
-    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, FillError> {
-        Arc::clone(&self.slots)
-            .acquire_owned()
+            })
             .await
-            .map_err(|_| FillError::WriterStopped("fill slots closed"))
-    }
-
-    /// The hasher, for a hash step to hand back.
-    fn take_hasher(&mut self) -> Hasher {
-        let algorithm = self.out.hasher.algorithm();
-        std::mem::replace(&mut self.out.hasher, Hasher::new(algorithm))
-    }
-
-    /// The writer, or what opens it, for a write step; `None` once the
-    /// cache file cannot be written.
-    fn take_writer(&mut self) -> Option<Opening> {
-        if self.out.cache_error.is_some() {
-            return None;
-        }
-        Some(self.writer.take().map_or_else(
-            || {
-                let file = self.out.temp.shared_file();
-                let path = self.out.temp.path().to_path_buf();
-                let size = self.size.filter(|_| self.direct);
-                Opening::Later(file, path, size)
-            },
-            Opening::Open,
-        ))
-    }
-
-    /// Takes back the writer a write step used, and its outcome: a failed
-    /// write stops caching, never the stream to live readers.
-    fn took_back(&mut self, written: Written) {
-        let Some((writer, result)) = written else {
-            return;
+            .map_err(|_| stopped("the fill's write step failed"))?
+        } else {
+            let to_hash = batch.to_vec();
+            let to_write = batch.to_vec();
+            let hashing = tokio::task::spawn_blocking(move || hash(hasher, &to_hash));
+            let writing = tokio::task::spawn_blocking(move || writer.map(|w| w.write(&to_write)));
+            let (hashed, written) = tokio::join!(hashing, writing);
+            (
+                hashed.map_err(|_| stopped("the fill's hash step failed"))?,
+                written.map_err(|_| stopped("the fill's write step failed"))?,
+            )
         };
-        if !self.announced {
-            self.announced = true;
-            if let Some(direct) = writer.direct_file() {
-                self.fill.writes_directly(direct);
+        self.out.hasher = hasher;
+        let written = written.map(|(writer, result)| {
+            if !self.announced {
+                self.announced = true;
+                if let Some(direct) = writer.direct_file() {
+                    self.fill.writes_directly(direct);
+                }
             }
-        }
-        self.writer = Some(writer);
-        if let Err(e) = result {
+            self.writer = Some(writer);
+            result
+        });
+        if let Some(Err(e)) = written {
             // Keep streaming to the clients; only the cache gives up.
             tracing::warn!(error = %e, "cannot write the cache file; streaming without caching");
             self.out.cache_error = Some(format!("cannot write the cache file: {e}"));
             self.fill.stop_caching();
             self.writer = None;
         }
+        Ok(())
     }
 
     /// Publishes a written chunk, holding back the one that may complete the
