@@ -5,13 +5,12 @@
 //! No thread waits on the network. The task itself is async: between
 //! batches it holds no thread, so a fill from a slow upstream costs the
 //! blocking pool only the time its disk writes and hashes take. Each batch
-//! (the chunks queued since the last one, up to [`BATCH_BYTES`]) is written
-//! on one blocking thread while a second hashes the same `Bytes`, so the
-//! digest check overlaps with the disk write; the two take the batches in
-//! order but not in step, one batch apart at most, and a batch is published
-//! once both are done with it. At most [`IO_SLOTS`] steps run at once
-//! across all fills, which leaves the rest of the blocking pool to cache
-//! hits: a hit never queues behind a miss however many fills are in flight.
+//! (the chunks that arrived while the previous one was written, up to
+//! [`BATCH_BYTES`]) is written on one blocking thread while a second hashes
+//! the same `Bytes`, so the digest check still overlaps with the disk write.
+//! At most [`IO_SLOTS`] batches run at once across all fills, which leaves
+//! the rest of the blocking pool to cache hits: a hit never queues behind a
+//! miss however many fills are in flight.
 //!
 //! The chunk that completes the blob (or, when the size is unknown, the
 //! latest chunk) is held back for the fill's writer to release after
@@ -39,9 +38,8 @@ pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// thread hand-offs would cost more than the overlap saves.
 const OVERLAP_FROM_BYTES: usize = 256 * 1024;
 
-/// Most fill steps (a batch's hash, its write, or both on one thread for a
-/// small batch) on the blocking pool at once, across every fill. Each
-/// takes one thread; the pool has 512, so hits always find one.
+/// Most fill batches on the blocking pool at once, across every fill. Each
+/// takes up to two threads; the pool has 512, so hits always find one.
 pub const IO_SLOTS: usize = 16;
 
 /// The slots the blocking steps of one cache's fills share: [`IO_SLOTS`]
