@@ -596,3 +596,52 @@ async fn two_readers_of_an_ended_fill_file_share_the_page_cache() {
         "the second reader read through the page cache"
     );
 }
+
+/// A live reader gets every byte in order, and the blob verifies, when the
+/// fill's batches alternate between small ones (written and hashed on one
+/// thread) and large ones (hashed on one thread while another writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_small_and_large_reach_a_live_reader_in_order() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let size = file_writer::DIRECT_FROM_BYTES as usize + 12_345;
+    let content: Vec<u8> = (0..size).map(|i| (i * 29 % 239) as u8).collect();
+    let digest = Digest::sha256_of(&content);
+    let BlobLookup::Missing(mut writer, live) = cache.lookup(&digest).await.unwrap() else {
+        panic!("a fresh cache has nothing");
+    };
+    writer.start(Some(size as u64), None);
+    let reader = reader::BlobReader::filling(live, 0, Some(size as u64));
+    let reading = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let mut stream = std::pin::pin!(reader.into_stream());
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk.unwrap());
+        }
+        all
+    });
+    let sizes = [1_000, 700_000, 3_000, 2_500_000, 100, 1_200_000];
+    let mut at = 0;
+    for n in sizes.iter().cycle() {
+        if at == size {
+            break;
+        }
+        let n = (*n).min(size - at);
+        writer
+            .write(Bytes::copy_from_slice(&content[at..at + n]))
+            .await
+            .unwrap();
+        at += n;
+        // Lets the sink take a small chunk as a batch of its own.
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(writer.finish().await.unwrap(), size as u64);
+    let all = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the reader reaches the end of the blob")
+        .unwrap();
+    assert!(all == content, "the live reader got other bytes");
+    let stored = cache.stored_blob(&digest).await.unwrap().unwrap();
+    assert_eq!(stored.size, size as u64);
+}
