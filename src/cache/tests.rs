@@ -23,6 +23,48 @@ async fn fill(cache: &Cache, content: &[u8]) -> Digest {
     digest
 }
 
+/// Starts the fill of a blob `extra` bytes past the size written around
+/// the page cache, announced at its size, with content made from `seed`:
+/// the content, its digest, the fill's writer and the first client's
+/// subscription (on the live channel).
+async fn large_fill(
+    cache: &Cache,
+    extra: usize,
+    seed: usize,
+) -> (Vec<u8>, Digest, Box<fill::FillWriter>, Subscription) {
+    let size = file_writer::DIRECT_FROM_BYTES as usize + extra;
+    let content: Vec<u8> = (0..size).map(|i| (i * seed % 251) as u8).collect();
+    let digest = Digest::sha256_of(&content);
+    let BlobLookup::Missing(mut writer, first) = cache.lookup(&digest).await.unwrap() else {
+        panic!("a fresh cache has nothing");
+    };
+    writer.start(Some(size as u64), None);
+    (content, digest, writer, first)
+}
+
+/// Reads a reader's whole stream on a task of its own; an error item fails
+/// the test.
+fn read_all(reader: reader::BlobReader) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut all = Vec::new();
+        let mut stream = std::pin::pin!(reader.into_stream());
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk.unwrap());
+        }
+        all
+    })
+}
+
+/// What a [`read_all`] task read, once `who` reached the end of the blob
+/// (within a minute).
+async fn read_to_end(reading: tokio::task::JoinHandle<Vec<u8>>, who: &str) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .unwrap_or_else(|_| panic!("{who} never reached the end of the blob"))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_eviction_never_deletes_a_blob_stored_again_since_it_was_chosen() {
     let dir = tempfile::tempdir().unwrap();
@@ -257,13 +299,8 @@ async fn readers_behind_a_direct_written_fill_get_every_byte() {
     use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), 1 << 30).await;
-    let size = file_writer::DIRECT_FROM_BYTES as usize + 3 * 4096 + 123;
-    let content: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
-    let digest = Digest::sha256_of(&content);
-    let BlobLookup::Missing(mut writer, first) = cache.lookup(&digest).await.unwrap() else {
-        panic!("a fresh cache has nothing");
-    };
-    writer.start(Some(size as u64), None);
+    let (content, digest, mut writer, first) = large_fill(&cache, 3 * 4096 + 123, 31).await;
+    let size = content.len();
     let behind = reader::BlobReader::filling(first, 0, Some(size as u64));
     let BlobLookup::Filling(second) = cache.lookup(&digest).await.unwrap() else {
         panic!("the fill is under way");
@@ -412,16 +449,10 @@ async fn without_direct_reads_a_lone_hit_reads_through_the_page_cache() {
 /// left it), and gets exactly the blob's bytes.
 #[tokio::test]
 async fn a_lone_reader_behind_a_direct_written_fill_reads_around_the_page_cache() {
-    use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), 1 << 30).await;
-    let size = file_writer::DIRECT_FROM_BYTES as usize + 2 * 4096 + 77;
-    let content: Vec<u8> = (0..size).map(|i| (i * 17 % 251) as u8).collect();
-    let digest = Digest::sha256_of(&content);
-    let BlobLookup::Missing(mut writer, first) = cache.lookup(&digest).await.unwrap() else {
-        panic!("a fresh cache has nothing");
-    };
-    writer.start(Some(size as u64), None);
+    let (content, _, mut writer, first) = large_fill(&cache, 2 * 4096 + 77, 17).await;
+    let size = content.len();
     let file = Arc::clone(&first.file);
     let progress = first.progress.clone();
     let behind = reader::BlobReader::filling(first, 0, Some(size as u64));
@@ -430,19 +461,9 @@ async fn a_lone_reader_behind_a_direct_written_fill_reads_around_the_page_cache(
         writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
     }
     let direct = progress.borrow().direct.is_some();
-    let reading = tokio::spawn(async move {
-        let mut all = Vec::new();
-        let mut stream = std::pin::pin!(behind.into_stream());
-        while let Some(chunk) = stream.next().await {
-            all.extend_from_slice(&chunk.unwrap());
-        }
-        all
-    });
+    let reading = read_all(behind);
     writer.finish().await.unwrap();
-    let all = tokio::time::timeout(Duration::from_secs(60), reading)
-        .await
-        .expect("the reader reaches the end of the blob")
-        .unwrap();
+    let all = read_to_end(reading, "the reader").await;
     assert!(all == content, "the reader behind the fill got other bytes");
     if !direct {
         eprintln!("the fill was written through the page cache; bytes checked only");
@@ -475,22 +496,16 @@ async fn streamed(sub: &Subscription) {
 /// its `O_DIRECT` handle, and whether the file's first window is in the
 /// page cache afterwards.
 async fn late_reader_of_a_large_fill(config: CacheConfig) -> (bool, bool) {
-    use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path(), &config, Default::default())
         .await
         .unwrap();
-    let size = file_writer::DIRECT_FROM_BYTES as usize + 4096 + 55;
-    let content: Vec<u8> = (0..size).map(|i| (i * 19 % 249) as u8).collect();
-    let digest = Digest::sha256_of(&content);
-    let BlobLookup::Missing(mut writer, live) = cache.lookup(&digest).await.unwrap() else {
-        panic!("a fresh cache has nothing");
-    };
+    let (content, digest, mut writer, live) = large_fill(&cache, 4096 + 55, 19).await;
+    let size = content.len();
     assert!(
         live.live.is_some(),
         "the first client is on the live channel"
     );
-    writer.start(Some(size as u64), None);
     let file = Arc::clone(&live.file);
     writer
         .write(Bytes::copy_from_slice(&content[..65_536]))
@@ -503,19 +518,9 @@ async fn late_reader_of_a_large_fill(config: CacheConfig) -> (bool, bool) {
     for piece in content[65_536..].chunks(65_536) {
         writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
     }
-    let reading = tokio::spawn(async move {
-        let mut all = Vec::new();
-        let mut stream = std::pin::pin!(late.into_stream());
-        while let Some(chunk) = stream.next().await {
-            all.extend_from_slice(&chunk.unwrap());
-        }
-        all
-    });
+    let reading = read_all(late);
     writer.finish().await.unwrap();
-    let all = tokio::time::timeout(Duration::from_secs(60), reading)
-        .await
-        .expect("the late reader reaches the end of the blob")
-        .unwrap();
+    let all = read_to_end(reading, "the late reader").await;
     assert!(all == content, "the late reader got other bytes");
     let announced = live.progress.borrow().direct.is_some();
     let window = mapped::Mapping::new(&file, 0, mapped::WINDOW as usize).unwrap();
@@ -552,13 +557,8 @@ async fn two_readers_of_an_ended_fill_file_share_the_page_cache() {
     use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), 1 << 30).await;
-    let size = file_writer::DIRECT_FROM_BYTES as usize + 8192;
-    let content: Vec<u8> = (0..size).map(|i| (i * 23 % 241) as u8).collect();
-    let digest = Digest::sha256_of(&content);
-    let BlobLookup::Missing(mut writer, live) = cache.lookup(&digest).await.unwrap() else {
-        panic!("a fresh cache has nothing");
-    };
-    writer.start(Some(size as u64), None);
+    let (content, digest, mut writer, live) = large_fill(&cache, 8192, 23).await;
+    let size = content.len();
     let file = Arc::clone(&live.file);
     writer
         .write(Bytes::copy_from_slice(&content[..4096]))
@@ -602,25 +602,12 @@ async fn two_readers_of_an_ended_fill_file_share_the_page_cache() {
 /// thread) and large ones (hashed on one thread while another writes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_small_and_large_reach_a_live_reader_in_order() {
-    use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), 1 << 30).await;
-    let size = file_writer::DIRECT_FROM_BYTES as usize + 12_345;
-    let content: Vec<u8> = (0..size).map(|i| (i * 29 % 239) as u8).collect();
-    let digest = Digest::sha256_of(&content);
-    let BlobLookup::Missing(mut writer, live) = cache.lookup(&digest).await.unwrap() else {
-        panic!("a fresh cache has nothing");
-    };
-    writer.start(Some(size as u64), None);
+    let (content, digest, mut writer, live) = large_fill(&cache, 12_345, 29).await;
+    let size = content.len();
     let reader = reader::BlobReader::filling(live, 0, Some(size as u64));
-    let reading = tokio::spawn(async move {
-        let mut all = Vec::new();
-        let mut stream = std::pin::pin!(reader.into_stream());
-        while let Some(chunk) = stream.next().await {
-            all.extend_from_slice(&chunk.unwrap());
-        }
-        all
-    });
+    let reading = read_all(reader);
     let sizes = [1_000, 700_000, 3_000, 2_500_000, 100, 1_200_000];
     let mut at = 0;
     for n in sizes.iter().cycle() {
@@ -637,10 +624,7 @@ async fn batches_small_and_large_reach_a_live_reader_in_order() {
         tokio::task::yield_now().await;
     }
     assert_eq!(writer.finish().await.unwrap(), size as u64);
-    let all = tokio::time::timeout(Duration::from_secs(60), reading)
-        .await
-        .expect("the reader reaches the end of the blob")
-        .unwrap();
+    let all = read_to_end(reading, "the live reader").await;
     assert!(all == content, "the live reader got other bytes");
     let stored = cache.stored_blob(&digest).await.unwrap().unwrap();
     assert_eq!(stored.size, size as u64);
