@@ -213,10 +213,10 @@ static NO_CACHESTAT: AtomicBool = AtomicBool::new(false);
 const SYS_CACHESTAT: libc::c_long = 451;
 
 /// Whether every page of the first `len` bytes of the window `map` (mapped
-/// from `file` at `offset`) is in the page cache. `cachestat(2)` walks the file's page cache once
-/// for the whole range, about three times cheaper on a 4 MiB window than
-/// `mincore(2)`'s lookup of every page, which is the fallback where the
-/// kernel has no `cachestat`.
+/// from `file` at `offset`) is in the page cache. `cachestat(2)` walks the
+/// file's page cache once for the whole range, about three times cheaper
+/// on a 4 MiB window than `mincore(2)`'s lookup of every page, which is the
+/// fallback where the kernel has no `cachestat`.
 fn resident(map: &Mmap, len: usize, file: &File, offset: u64) -> bool {
     if !NO_CACHESTAT.load(Ordering::Relaxed) {
         match cachestat_resident(file, offset, len) {

@@ -356,9 +356,9 @@ impl BlobReader {
     /// when reading around the page cache is the better trade: the range
     /// reaches [`file_writer::DIRECT_FROM_BYTES`] into the blob (so the blob
     /// was large enough to be written around it too), and no other client
-    /// is reading it now. Clients reading it together (a burst of pulls of one image)
-    /// read through the page cache, where the pages one brings in serve
-    /// the others.
+    /// is reading it now. Clients reading it together (a burst of pulls of
+    /// one image) read through the page cache, where the pages one brings
+    /// in serve the others.
     async fn disk_direct(&mut self) -> Option<Arc<File>> {
         let alone = self.lease.as_ref().is_none_or(Lease::alone);
         if self.follow.is_some() || self.end < file_writer::DIRECT_FROM_BYTES || !alone {
