@@ -476,10 +476,11 @@ async fn a_lone_reader_behind_a_direct_written_fill_reads_around_the_page_cache(
     );
 }
 
-/// Waits until the fill has sent bytes on its live channel: a client that
-/// joins from then on reads the file.
-async fn streamed(sub: &Subscription) {
-    let mut progress = sub.progress.clone();
+/// Writes the fill's first bytes and waits until it has sent them on its
+/// live channel: a client that joins from then on reads the file.
+async fn write_first(writer: &mut fill::FillWriter, first: &[u8], live: &Subscription) {
+    writer.write(Bytes::copy_from_slice(first)).await.unwrap();
+    let mut progress = live.progress.clone();
     tokio::time::timeout(
         Duration::from_secs(30),
         progress.wait_for(|p| p.streamed > 0),
@@ -507,11 +508,7 @@ async fn late_reader_of_a_large_fill(config: CacheConfig) -> (bool, bool) {
         "the first client is on the live channel"
     );
     let file = Arc::clone(&live.file);
-    writer
-        .write(Bytes::copy_from_slice(&content[..65_536]))
-        .await
-        .unwrap();
-    streamed(&live).await;
+    write_first(&mut writer, &content[..65_536], &live).await;
     let late = cache.filling(&digest).expect("the fill is under way");
     assert!(late.live.is_none(), "a late joiner reads the file");
     let late = reader::BlobReader::filling(late, 0, Some(size as u64));
@@ -560,11 +557,7 @@ async fn two_readers_of_an_ended_fill_file_share_the_page_cache() {
     let (content, digest, mut writer, live) = large_fill(&cache, 8192, 23).await;
     let size = content.len();
     let file = Arc::clone(&live.file);
-    writer
-        .write(Bytes::copy_from_slice(&content[..4096]))
-        .await
-        .unwrap();
-    streamed(&live).await;
+    write_first(&mut writer, &content[..4096], &live).await;
     let a = cache.filling(&digest).expect("the fill is under way");
     let b = cache.filling(&digest).expect("the fill is under way");
     let direct = {
