@@ -31,11 +31,34 @@ pub struct TagRecord {
     pub checked_at: u64,
 }
 
+/// How far ahead of this replica's clock another's `checked_at` may be and
+/// still count as "just now": clocks of pods on different nodes differ by
+/// a little, not by minutes.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 impl TagRecord {
-    /// How long ago the upstream confirmed this answer.
+    /// How long ago the upstream confirmed this answer; zero for a time
+    /// after `now`, whatever its value (never a panic).
     pub fn age(&self, now: SystemTime) -> Duration {
-        let checked = SystemTime::UNIX_EPOCH + Duration::from_secs(self.checked_at);
-        now.duration_since(checked).unwrap_or(Duration::ZERO)
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Duration::from_secs(now.saturating_sub(self.checked_at))
+    }
+
+    /// The record as this replica may trust it at `now` (Unix seconds): a
+    /// `checked_at` a little ahead (within [`CLOCK_SKEW`]) is taken as now;
+    /// one further ahead was written by a clock that ran wrong, and counts
+    /// as never confirmed, so the tag is revalidated (and the record
+    /// rewritten with this clock) instead of pinned until that time comes.
+    pub fn trusted(mut self, now: u64) -> TagRecord {
+        if self.checked_at > now.saturating_add(CLOCK_SKEW.as_secs()) {
+            self.checked_at = 0;
+        } else {
+            self.checked_at = self.checked_at.min(now);
+        }
+        self
     }
 }
 
@@ -232,5 +255,25 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(160);
         assert_eq!(record.age(now), Duration::from_secs(60));
         assert_eq!(record.age(SystemTime::UNIX_EPOCH), Duration::ZERO);
+        let far = TagRecord {
+            checked_at: u64::MAX,
+            ..record
+        };
+        assert_eq!(far.age(now), Duration::ZERO, "no overflow, no panic");
+    }
+
+    #[test]
+    fn a_record_from_a_clock_that_ran_ahead_is_not_trusted() {
+        let at = |checked_at| TagRecord {
+            digest: Digest::sha256_of(b""),
+            media_type: String::new(),
+            size: 0,
+            checked_at,
+        };
+        let now = 1_000_000;
+        assert_eq!(at(now - 5).trusted(now).checked_at, now - 5);
+        assert_eq!(at(now + 30).trusted(now).checked_at, now, "within the skew");
+        assert_eq!(at(now + 3600).trusted(now).checked_at, 0, "an hour ahead");
+        assert_eq!(at(u64::MAX).trusted(now).checked_at, 0);
     }
 }

@@ -192,7 +192,8 @@ impl Proxy {
             .cache
             .tag(&key)
             .await?
-            .filter(|r| !media_type::is_schema1(&r.media_type));
+            .filter(|r| !media_type::is_schema1(&r.media_type))
+            .map(|r| r.trusted(unix_now()));
         if let Some(record) = local.as_ref().filter(|r| fresh(r)) {
             return self
                 .answer_recorded(upstream, repo, record.clone(), head, Outcome::Hit)
@@ -200,7 +201,9 @@ impl Proxy {
         }
         // Another replica may have asked the upstream since: its answer
         // counts as this replica's own, for the rest of the same TTL.
-        let shared = shared::shared_tag(self.bucket.as_ref(), &tag_ref).await;
+        let shared = shared::shared_tag(self.bucket.as_ref(), &tag_ref)
+            .await
+            .map(|r| r.trusted(unix_now()));
         let newer = |a: TagRecord, b: TagRecord| match b.checked_at > a.checked_at {
             true => b,
             false => a,
