@@ -45,9 +45,10 @@ impl Algorithm {
 /// Why a string is not a digest lasti can verify; maps to `DIGEST_INVALID` at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
-    /// Not `algorithm:encoded`, or the encoded part has the wrong length or characters.
-    #[error("invalid digest")]
-    Invalid,
+    /// Not `algorithm:encoded`, or the encoded part has the wrong length or
+    /// characters: what was wrong, said without echoing the input.
+    #[error("{0}")]
+    Invalid(&'static str),
     /// Well-formed, but with an algorithm lasti cannot verify (name capped at 32 chars).
     #[error("unsupported digest algorithm {0:?}")]
     UnsupportedAlgorithm(String),
@@ -64,9 +65,18 @@ pub struct Digest {
 impl Digest {
     /// Parses `algorithm ":" encoded`, accepting only sha256 and sha512 in lowercase hex.
     pub fn parse(s: &str) -> Result<Self, DigestError> {
-        let (alg, encoded) = s.split_once(':').ok_or(DigestError::Invalid)?;
-        if !is_algorithm(alg) || !is_encoded(encoded) {
-            return Err(DigestError::Invalid);
+        let (alg, encoded) = s.split_once(':').ok_or(DigestError::Invalid(
+            "not algorithm:encoded (e.g. sha256: and 64 hex characters)",
+        ))?;
+        if !is_algorithm(alg) {
+            return Err(DigestError::Invalid(
+                "the algorithm is not [a-z0-9]+ parts joined by + . _ or -",
+            ));
+        }
+        if !is_encoded(encoded) {
+            return Err(DigestError::Invalid(
+                "the encoded part is empty or not [a-zA-Z0-9=_-]",
+            ));
         }
         let Some(algorithm) = Algorithm::from_name(alg) else {
             let echo = alg.chars().take(MAX_ALGORITHM_ECHO).collect();
@@ -74,7 +84,10 @@ impl Digest {
         };
         let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
         if encoded.len() != algorithm.hex_len() || !encoded.bytes().all(lower_hex) {
-            return Err(DigestError::Invalid);
+            return Err(DigestError::Invalid(match algorithm {
+                Algorithm::Sha256 => "sha256 takes 64 lowercase hex characters",
+                Algorithm::Sha512 => "sha512 takes 128 lowercase hex characters",
+            }));
         }
         Ok(Self {
             repr: s.to_owned(),
@@ -237,8 +250,23 @@ mod tests {
         let listed = ": sha256 sha256: :abc SHA256:00 sha256:xyz a..b:00 sha256::00 sha512:00";
         let extra = ["", upper.as_str(), short, long.as_str()];
         for bad in listed.split(' ').chain(extra) {
-            assert_eq!(Digest::parse(bad), Err(DigestError::Invalid), "{bad:?}");
+            let err = Digest::parse(bad).unwrap_err();
+            assert!(matches!(err, DigestError::Invalid(_)), "{bad:?}");
+            assert!(
+                !err.to_string().contains("invalid digest"),
+                "says what is wrong"
+            );
         }
+    }
+
+    #[test]
+    fn a_malformed_digest_is_told_what_is_wrong() {
+        let reason = |s: &str| Digest::parse(s).unwrap_err().to_string();
+        assert!(reason("sha256").contains("algorithm:encoded"));
+        assert!(reason("sha256:abc").contains("64 lowercase hex"));
+        assert!(reason(&format!("sha512:{}", &EMPTY_SHA256[7..])).contains("128 lowercase hex"));
+        assert!(reason("SHA256:00").contains("algorithm"));
+        assert!(reason("sha256:").contains("encoded part"));
     }
 
     #[test]

@@ -92,6 +92,19 @@ impl HttpBody for LoggedBody {
     }
 }
 
+impl LoggedBody {
+    /// Whether the whole response went out: a `HEAD` answer once its head
+    /// was sent (it has no body, whatever `Content-Length` says), any other
+    /// once its body ended or every announced byte was sent.
+    fn complete(&self, method: &Method) -> bool {
+        !self.failed
+            && (method == Method::HEAD
+                || self.ended
+                || self.inner.is_end_stream()
+                || self.expected == Some(self.bytes))
+    }
+}
+
 /// Milliseconds to the microsecond: `0.125`, not `0.12498712`.
 fn millis(elapsed: std::time::Duration) -> f64 {
     elapsed.as_micros() as f64 / 1000.0
@@ -107,8 +120,7 @@ impl Drop for LoggedBody {
             );
             metrics.served(from_cache, self.bytes);
         }
-        let complete = !self.failed
-            && (self.ended || self.inner.is_end_stream() || self.expected == Some(self.bytes));
+        let complete = self.complete(&r.method);
         tracing::info!(
             target: crate::telemetry::access_format::ACCESS_TARGET,
             method = r.method.as_str(),
@@ -120,5 +132,34 @@ impl Drop for LoggedBody {
             complete,
             ms = millis(r.started.elapsed()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged(method: Method, inner: Body, expected_bytes: Option<u64>) -> LoggedBody {
+        let record = Record {
+            method,
+            path: "/v2/library/alpine/blobs/sha256:00".into(),
+            status: StatusCode::OK,
+            outcome: Some(Outcome::Hit),
+            error: None,
+            started: Instant::now(),
+            expected_bytes,
+            metrics: None,
+        };
+        LoggedBody::new(inner, record)
+    }
+
+    #[test]
+    fn a_head_answer_is_complete_once_sent_a_get_only_once_its_body_is() {
+        let unsent = || crate::body::full(Bytes::from_static(&[7; 100]));
+        // hyper never polls the body of a HEAD answer, whatever it is.
+        let head = logged(Method::HEAD, unsent(), Some(100));
+        assert!(head.complete(&Method::HEAD), "a HEAD hit of 100 bytes");
+        let get = logged(Method::GET, unsent(), Some(100));
+        assert!(!get.complete(&Method::GET), "no byte of a GET was sent");
     }
 }
