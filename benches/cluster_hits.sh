@@ -46,7 +46,9 @@ name = "docker.io"
 url = "http://127.0.0.1:$REG"
 EOF
   if [ "$CLUSTER" = 1 ]; then
-    printf '[cluster]\nlisten = "127.0.0.1:%s"\npeers = [%s]\n' "$((api + 2))" "${PEERS%, }" >>"$W/r$i/lasti.toml"
+    printf 'bench-cluster-secret\n' >"$W/cluster-secret"
+    printf '[cluster]\nlisten = "127.0.0.1:%s"\npeers = [%s]\nsecret_file = "%s"\n' \
+      "$((api + 2))" "${PEERS%, }" "$W/cluster-secret" >>"$W/r$i/lasti.toml"
   fi
   timeout 1800 target/release/lasti --config "$W/r$i/lasti.toml" >"$W/r$i/log" 2>&1 &
   PIDS+=($!)

@@ -57,7 +57,7 @@ fn fill(c: &mut Criterion) {
                         }
                         got
                     });
-                    writer.start(Some(SIZE as u64), None);
+                    writer.start(Some(SIZE as u64), None).unwrap();
                     for offset in (0..SIZE).step_by(CHUNK) {
                         writer
                             .write(data.slice(offset..offset + CHUNK))

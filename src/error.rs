@@ -43,8 +43,10 @@ pub enum Error {
     /// The request asks for something a pull-through cache does not do (pushes, deletes).
     #[error("{0}")]
     Unsupported(&'static str),
-    /// The Range header cannot be satisfied for a blob of this size.
-    #[error("range not satisfiable")]
+    /// The Range header cannot be satisfied for a blob of this size. The
+    /// blob exists: the answer must not say `BLOB_UNKNOWN`, or a client
+    /// takes it for missing.
+    #[error("range not satisfiable: the blob has {size} bytes")]
     RangeNotSatisfiable {
         /// The blob's full size, for `Content-Range: bytes */size`.
         size: u64,
@@ -128,6 +130,38 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The shared object store failed or did not answer in time. A fill
+    /// goes on to its next source; a client sees it only when every
+    /// source failed.
+    #[error("object store unavailable: {0}")]
+    BucketUnavailable(String),
+    /// Another replica could not be reached, did not answer in time, or
+    /// broke off: it is left out for a while.
+    #[error("peer {member} unavailable: {message}")]
+    PeerDown {
+        /// The member's address.
+        member: String,
+        /// What happened.
+        message: String,
+    },
+    /// Another replica answered, but not with the blob: it is busy (its
+    /// open-file budget, its fetch cap), failed, or ignored the range asked
+    /// for. It stays a member: a busy owner is not a dead one.
+    #[error("peer {member} did not serve the blob: {message}")]
+    PeerRefused {
+        /// The member's address.
+        member: String,
+        /// What it answered.
+        message: String,
+    },
+    /// A peer request reached the replica that sent it (the member list
+    /// names it twice, e.g. by a host name and by its address): refused at
+    /// once, never waited on.
+    #[error("peer {member} is this replica under another name")]
+    PeerIsSelf {
+        /// The name under which this replica reached itself.
+        member: String,
+    },
     /// The local disk or metadata store failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -172,7 +206,11 @@ impl Error {
             | UpstreamUnavailable { .. }
             | UpstreamTimeout { .. }
             | UpstreamInvalid { .. }
-            | ReferrersUnavailable { .. } => Origin::Upstream,
+            | ReferrersUnavailable { .. }
+            | BucketUnavailable(_)
+            | PeerDown { .. }
+            | PeerRefused { .. }
+            | PeerIsSelf { .. } => Origin::Upstream,
             Storage(_) | DataDirInUse { .. } => Origin::Internal,
         }
     }
@@ -208,18 +246,22 @@ impl Error {
             | ManifestUnknown
             | NotAcceptable(_)
             | ReferrersUnavailable { .. } => ErrorCode::ManifestUnknown,
-            BlobUnknown | RangeNotSatisfiable { .. } => ErrorCode::BlobUnknown,
+            BlobUnknown => ErrorCode::BlobUnknown,
             NameUnknown => ErrorCode::NameUnknown,
-            Unsupported(_) | RangeInvalid(_) => ErrorCode::Unsupported,
+            Unsupported(_) | RangeInvalid(_) | RangeNotSatisfiable { .. } => ErrorCode::Unsupported,
             Unauthorized { .. } => ErrorCode::Unauthorized,
             Denied(_) => ErrorCode::Denied,
             RateLimited { .. } => ErrorCode::TooManyRequests,
             Busy { .. } => ErrorCode::Unavailable,
             UpstreamDenied { .. } => ErrorCode::Denied,
             UpstreamTooManyRequests { .. } => ErrorCode::TooManyRequests,
-            UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamInvalid { .. } => {
-                ErrorCode::Unavailable
-            }
+            UpstreamUnavailable { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamInvalid { .. }
+            | BucketUnavailable(_)
+            | PeerDown { .. }
+            | PeerRefused { .. } => ErrorCode::Unavailable,
+            PeerIsSelf { .. } => ErrorCode::Denied,
             Storage(_) | DataDirInUse { .. } => ErrorCode::Unknown,
         }
     }
@@ -231,7 +273,12 @@ impl Error {
             ReferenceInvalid(_) => StatusCode::NOT_FOUND,
             RangeNotSatisfiable { .. } | RangeInvalid(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             NotAcceptable(_) => StatusCode::NOT_FOUND,
-            UpstreamUnavailable { .. } | UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamUnavailable { .. }
+            | UpstreamInvalid { .. }
+            | BucketUnavailable(_)
+            | PeerDown { .. }
+            | PeerRefused { .. } => StatusCode::BAD_GATEWAY,
+            PeerIsSelf { .. } => StatusCode::LOOP_DETECTED,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             other => other.code().status(),
         }
@@ -261,6 +308,10 @@ impl Error {
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamInvalid { .. } => "upstream_invalid",
             ReferrersUnavailable { .. } => "referrers_unavailable",
+            BucketUnavailable(_) => "bucket_unavailable",
+            PeerDown { .. } => "peer_down",
+            PeerRefused { .. } => "peer_refused",
+            PeerIsSelf { .. } => "peer_is_self",
             Storage(_) => "storage",
             DataDirInUse { .. } => "data_dir_in_use",
         }
@@ -288,7 +339,7 @@ mod tests {
             (Error::ManifestUnknown, 404, "MANIFEST_UNKNOWN"),
             (Error::BlobUnknown, 404, "BLOB_UNKNOWN"),
             (Error::Unsupported("push"), 405, "UNSUPPORTED"),
-            (Error::RangeNotSatisfiable { size: 3 }, 416, "BLOB_UNKNOWN"),
+            (Error::RangeNotSatisfiable { size: 3 }, 416, "UNSUPPORTED"),
             (
                 Error::UpstreamTooManyRequests {
                     upstream: up.clone(),

@@ -17,6 +17,7 @@ use common::lasti::{config as lasti_config, Lasti};
 use common::oci_layout::{BuiltImage, ImageSpec, Layout};
 use common::process::Setup;
 use common::registry::Registry;
+use common::s3::{blob_key, Store};
 use common::skopeo;
 use common::throttle::Throttle;
 use common::{checks, free_port};
@@ -49,8 +50,12 @@ fn replica(front: &Throttle, garage: &Garage, me: &str, members: &[String]) -> C
     garage.configure(&mut config);
     config.cluster.listen = Some(me.parse().unwrap());
     config.cluster.peers = members.to_vec();
+    config.cluster.secret = Some(lasti::secret::Secret::new(SECRET.into()));
     config
 }
+
+/// The secret the replicas of a test share.
+const SECRET: &str = "replicas-of-one-test";
 
 /// Pulls `library/<name>:v1` (all platforms) through `host` with skopeo,
 /// which verifies every digest, into `out`; checks it is `image`, whole.
@@ -178,7 +183,7 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
         "[bucket]\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\n\
          access_key_id_file = {:?}\nsecret_access_key_file = {:?}\n",
         garage.endpoint(),
-        common::garage::BUCKET,
+        common::s3::BUCKET,
         common::garage::REGION,
         credentials.join("id"),
         credentials.join("secret"),
@@ -198,7 +203,11 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
                 .map(|n| format!("{n:?}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let cluster = format!("[cluster]\nlisten = {me:?}\npeers = [{peers}]\n{bucket}");
+            let secret = dir.join("cluster-secret");
+            std::fs::write(&secret, SECRET).unwrap();
+            let cluster = format!(
+                "[cluster]\nlisten = {me:?}\npeers = [{peers}]\nsecret_file = {secret:?}\n{bucket}"
+            );
             Setup::write(&dir, &front.url(), "", &cluster)
         })
         .collect();
@@ -235,12 +244,12 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
     // published whole: the object in the bucket has the blob's digest.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let object = loop {
-        match s3_object(&garage, &big) {
-            Some(object) => break object,
-            None if std::time::Instant::now() < deadline => {
+        match garage.request("GET", &blob_key(&big), None) {
+            (200, object) => break object,
+            _ if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await
             }
-            None => panic!("{big} never reached the bucket"),
+            _ => panic!("{big} never reached the bucket"),
         }
     };
     assert!(object == bytes, "the bucket holds the whole, verified blob");
@@ -261,25 +270,4 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
     )
     .await;
     drop(asker);
-}
-
-/// A blob's object, read from Garage with `curl` (S3 signatures); `None`
-/// while it is not there.
-fn s3_object(garage: &Garage, digest: &str) -> Option<Vec<u8>> {
-    let url = format!(
-        "{}/{}/blobs/sha256/{}",
-        garage.endpoint(),
-        common::garage::BUCKET,
-        digest.trim_start_matches("sha256:")
-    );
-    let out = std::process::Command::new("curl")
-        .args(["-sf", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-        .arg("--aws-sigv4")
-        .arg(format!("aws:amz:{}:s3", common::garage::REGION))
-        .arg("--user")
-        .arg(format!("{}:{}", garage.key_id, garage.secret))
-        .arg(&url)
-        .output()
-        .expect("run curl");
-    out.status.success().then_some(out.stdout)
 }

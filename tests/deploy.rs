@@ -394,6 +394,7 @@ fn the_ha_overlay_runs_three_replicas_on_one_bucket() {
         config.cluster.advertised(Some(POD_IP)).unwrap(),
         format!("{POD_IP}:{}", listen.port())
     );
+    peer_port_admits_only_lasti_pods(&objects, labels);
     let secret_file = config.cluster.secret_file.clone().expect("a shared secret");
     let mount = lasti["volumeMounts"]
         .as_sequence()
@@ -426,6 +427,49 @@ fn the_ha_overlay_runs_three_replicas_on_one_bucket() {
     }
     config.bucket.resolve_secrets().expect("the credentials");
     config.validate().expect("valid");
+}
+
+/// The NetworkPolicy of overlays/ha: it selects the lasti pods, admits the
+/// peer port only from pods with their labels, and keeps the registry and
+/// admin ports open (a policy that selects a pod closes what it does not
+/// list).
+fn peer_port_admits_only_lasti_pods(objects: &[Value], labels: &serde_yaml_ng::Mapping) {
+    let policy = find(objects, "NetworkPolicy");
+    let selects_lasti = |selector: &Value| {
+        let wanted = selector["matchLabels"].as_mapping().expect("matchLabels");
+        !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    assert!(selects_lasti(&policy["spec"]["podSelector"]));
+    let rules = policy["spec"]["ingress"]
+        .as_sequence()
+        .expect("ingress rules");
+    let admits = |port: &str| -> Vec<&Value> {
+        rules
+            .iter()
+            .filter(|rule| {
+                rule["ports"]
+                    .as_sequence()
+                    .is_some_and(|ports| ports.iter().any(|p| p["port"] == port))
+            })
+            .collect()
+    };
+    for open in ["registry", "admin"] {
+        assert!(
+            admits(open).iter().any(|rule| rule["from"].is_null()),
+            "{open} stays open"
+        );
+    }
+    let peer_rules = admits("peer");
+    assert!(!peer_rules.is_empty(), "the peer port is admitted");
+    for rule in peer_rules {
+        let from = rule["from"].as_sequence().expect("the peer port names who");
+        assert!(
+            from.iter().all(|peer| peer["namespaceSelector"].is_null()
+                && peer["ipBlock"].is_null()
+                && selects_lasti(&peer["podSelector"])),
+            "only lasti's pods reach the peer port: {from:?}"
+        );
+    }
 }
 
 /// deploy/build builds the image in Rahti from the uploaded tree with the

@@ -19,7 +19,7 @@ const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
 const UPLOADS: TableDefinition<&str, &str> = TableDefinition::new("uploads");
 
 /// Something to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Pending {
     /// A blob, read from its cache file.
     Blob(Digest),

@@ -6,8 +6,17 @@
 //! Only verified bytes are published: a blob is uploaded from the cache file
 //! after its fill has checked length and digest and stored it, and the
 //! upload is completed only when the bytes sent are the stored size; any
-//! failure aborts it, so no partial object is ever visible under a blob's
-//! key (a multipart upload is invisible until completed). A replica that
+//! failure (the time limit included) aborts it, so no partial object is
+//! ever visible under a blob's key (a multipart upload is invisible until
+//! completed). Every part but the last is a full [`PART_BYTES`], as S3
+//! wants (AWS, Ceph RGW and MinIO refuse a middle part under 5 MiB).
+//!
+//! What is to be published waits in the journal (`journal`), not in
+//! memory: a stored blob or manifest is owed first, and an uploader
+//! (`pull_through::uploader`) publishes what is owed, `max_uploads` at
+//! once, taking a blob's file (and its lease on eviction) only when its
+//! upload starts. A store slower than the upstream makes the journal
+//! longer, never the disk fuller. A replica that
 //! reads a blob from the store verifies it like any other source; an object
 //! that fails its digest is deleted, so the next miss goes on to the
 //! upstream instead of failing again.
@@ -35,7 +44,7 @@ use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
     RetryConfig,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::pread;
 use crate::config::BucketConfig;
@@ -62,6 +71,22 @@ const BACK_OFF: Duration = Duration::from_secs(5);
 /// The journal's file in the data directory.
 pub const JOURNAL_FILE: &str = "bucket.redb";
 
+/// Tag records being written at once; a tag resolved past it is not
+/// shared (the next upstream answer writes a fresh record).
+const TAG_WRITES: usize = 16;
+
+/// Why a blob or manifest was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The cache could not read what was to be sent (`EIO` on a cache
+    /// file): the store is not at fault and is not backed off from.
+    #[error("cannot read it from the cache: {0}")]
+    Local(Error),
+    /// The store failed, or did not take it within the time limit.
+    #[error("{0}")]
+    Store(Error),
+}
+
 /// A blob found in the store: its size and a stream of its bytes from the
 /// offset asked for.
 pub struct Found {
@@ -82,21 +107,24 @@ impl std::fmt::Debug for Found {
 pub struct Bucket {
     store: AmazonS3,
     prefix: String,
-    uploads: Semaphore,
+    max_uploads: usize,
+    /// Places for tag records being written.
+    tag_writes: Arc<Semaphore>,
+    /// Wakes the uploader when something is owed.
+    owed: Arc<Notify>,
     timeout: Duration,
     /// Until when look-ups skip the store, after one failed.
     skip_until: std::sync::Mutex<Option<Instant>>,
     /// What is still to be published, and the multipart uploads in flight.
     journal: Arc<Journal>,
-    /// Blobs being uploaded now: a catch-up round does not upload them twice.
-    publishing: std::sync::Mutex<std::collections::HashSet<Digest>>,
     metrics: Arc<Metrics>,
 }
 
 impl Bucket {
     /// A client for the configured store, or `None` when none is configured,
     /// with its journal in `data_dir`. Builds the client only; nothing is
-    /// sent until a blob is needed.
+    /// sent until a blob is needed. Opens the journal: call it on the
+    /// blocking pool.
     pub fn new(
         config: &BucketConfig,
         data_dir: &std::path::Path,
@@ -145,11 +173,12 @@ impl Bucket {
         Ok(Some(Bucket {
             store,
             prefix: config.prefix.clone(),
-            uploads: Semaphore::new(config.max_uploads),
+            max_uploads: config.max_uploads,
+            tag_writes: Arc::new(Semaphore::new(TAG_WRITES)),
+            owed: Arc::new(Notify::new()),
             timeout: config.timeout,
             skip_until: std::sync::Mutex::new(None),
             journal: Arc::new(journal),
-            publishing: Default::default(),
             metrics,
         }))
     }
@@ -245,6 +274,13 @@ impl Bucket {
             Some(Instant::now() + BACK_OFF);
     }
 
+    /// How long look-ups and uploads still skip the store, after a failure.
+    pub fn backing_off_for(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let until = *self.skip_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.filter(|t| now < *t).map(|t| t - now)
+    }
+
     /// Whether look-ups skip the store for now, after a failure.
     fn skipping(&self, now: Instant) -> bool {
         let mut until = self.skip_until.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,110 +294,141 @@ impl Bucket {
         }
     }
 
-    /// Uploads a stored, verified blob of `size` bytes from `file`. Waits
-    /// for one of `max_uploads` places first. The object appears whole or
-    /// not at all.
-    pub async fn publish(&self, digest: &Digest, file: Arc<File>, size: u64) -> Result<()> {
-        let Some(_publishing) = Publishing::claim(self, digest) else {
-            return Ok(());
-        };
+    /// Owes the store a blob about to be stored: journaled before the
+    /// blob is committed to the cache, so that no crash between the two
+    /// leaves a stored blob never published (one owed but never stored is
+    /// forgotten by the uploader). [`Bucket::wake_uploader`] once it is
+    /// stored. Holds nothing (no file, no lease) while it is owed.
+    pub async fn owe_blob(&self, digest: &Digest) {
         let item = Pending::Blob(digest.clone());
         self.note(move |j| j.owe(&item)).await;
-        let _place = self
-            .uploads
-            .acquire()
-            .await
-            .map_err(|_| Error::Storage("bucket closed".into()))?;
+    }
+
+    /// Owes the store a manifest just stored, and wakes the uploader.
+    pub async fn owe_manifest(&self, digest: &Digest) {
+        let item = Pending::Manifest(digest.clone());
+        self.note(move |j| j.owe(&item)).await;
+        self.wake_uploader();
+    }
+
+    /// Tells the uploader something is owed.
+    pub fn wake_uploader(&self) {
+        self.owed.notify_one();
+    }
+
+    /// What the uploader waits on between rounds: notified when something
+    /// is owed.
+    pub fn owed_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.owed)
+    }
+
+    /// How many uploads run at once (`max_uploads`).
+    pub fn max_uploads(&self) -> usize {
+        self.max_uploads
+    }
+
+    /// A place to write one tag record, or `None` when [`TAG_WRITES`] are
+    /// in flight already.
+    pub fn tag_write_place(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.tag_writes).try_acquire_owned().ok()
+    }
+
+    /// Uploads a stored, verified blob of `size` bytes from `file`, and
+    /// settles it in the journal. The object appears whole or not at all;
+    /// an upload not done within its time limit (at least 1 MB/s) is
+    /// aborted.
+    pub async fn publish(
+        &self,
+        digest: &Digest,
+        file: Arc<File>,
+        size: u64,
+    ) -> Result<(), PublishError> {
         let key = self.key(digest);
-        // At least 1 MB/s, or the upload is given up (and aborted).
         let deadline = self.timeout + Duration::from_secs(size / 1_000_000);
-        let upload = async {
-            if size <= PART_BYTES as u64 {
-                let bytes = read_whole(file, size).await?;
-                self.store
-                    .put(&key, PutPayload::from(bytes))
-                    .await
-                    .map(drop)
-                    .map_err(unavailable)
-            } else {
-                self.put_in_parts(&key, file, size).await
-            }
+        let started = Instant::now();
+        let outcome = match size <= PART_BYTES as u64 {
+            true => match read_whole(file, size).await {
+                Ok(bytes) => {
+                    let put = self.store.put(&key, PutPayload::from(bytes));
+                    within(deadline, async { put.await.map(drop).map_err(unavailable) })
+                        .await
+                        .map_err(PublishError::Store)
+                }
+                Err(e) => Err(PublishError::Local(e)),
+            },
+            false => self.put_in_parts(&key, file, size, deadline).await,
         };
-        self.store_within("put", deadline, upload).await?;
+        self.count_write("put", started, outcome.as_ref().err());
+        outcome?;
         self.metrics.bucket_bytes("out", size);
         let item = Pending::Blob(digest.clone());
         self.note(move |j| j.settle(&item)).await;
         Ok(())
     }
 
-    /// One write to the store, given up after `deadline` and counted under
-    /// `op`. A failure makes look-ups skip the store for [`BACK_OFF`], as a
-    /// failed look-up does.
-    async fn store_within(
-        &self,
-        op: &str,
-        deadline: Duration,
-        write: impl std::future::Future<Output = Result<()>>,
-    ) -> Result<()> {
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(deadline, write)
-            .await
-            .unwrap_or_else(|_| Err(unavailable(timed_out())));
+    /// Counts one write to the store under `op`; a store failure makes
+    /// look-ups and uploads skip the store for [`BACK_OFF`], as a failed
+    /// look-up does (a local one does not).
+    fn count_write(&self, op: &str, started: Instant, failure: Option<&PublishError>) {
         self.metrics.bucket_request(op, started.elapsed());
-        match &outcome {
-            Ok(()) => self.metrics.bucket_result(op, "stored"),
-            Err(_) => {
+        match failure {
+            None => self.metrics.bucket_result(op, "stored"),
+            Some(PublishError::Local(_)) => self.metrics.bucket_result(op, "local_error"),
+            Some(PublishError::Store(_)) => {
                 self.metrics.bucket_result(op, "error");
                 self.back_off();
             }
         }
-        outcome
+    }
+
+    /// One small write to the store, within the timeout, counted under `op`.
+    async fn store_within(
+        &self,
+        op: &str,
+        write: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let outcome = within(self.timeout, write)
+            .await
+            .map_err(PublishError::Store);
+        self.count_write(op, started, outcome.as_ref().err());
+        outcome.map_err(|e| match e {
+            PublishError::Local(e) | PublishError::Store(e) => e,
+        })
     }
 
     /// A multipart upload of the file, [`PARTS_IN_FLIGHT`] parts at once,
-    /// completed only when exactly `size` bytes were sent and aborted on any
-    /// failure. Its id is journaled while it runs, so that an upload a
-    /// crash cut off is aborted at the next start.
-    async fn put_in_parts(&self, key: &Path, file: Arc<File>, size: u64) -> Result<()> {
-        let id = self
-            .store
-            .create_multipart(key)
+    /// completed only when exactly `size` bytes were sent, within
+    /// `deadline`, and aborted on any failure, the deadline included. Its
+    /// id is journaled while it runs, so that an upload a crash cut off is
+    /// aborted at the next start.
+    async fn put_in_parts(
+        &self,
+        key: &Path,
+        file: Arc<File>,
+        size: u64,
+        deadline: Duration,
+    ) -> Result<(), PublishError> {
+        let create = async { self.store.create_multipart(key).await.map_err(unavailable) };
+        let id = within(self.timeout, create)
             .await
-            .map_err(unavailable)?;
+            .map_err(PublishError::Store)?;
         let (journaled_id, journaled_key) = (id.clone(), key.to_string());
         self.note(move |j| j.upload_started(&journaled_id, &journaled_key))
             .await;
-        let result = async {
-            let mut parts = Vec::new();
-            let mut in_flight = futures_util::stream::FuturesOrdered::new();
-            let mut sent = 0u64;
-            while sent < size {
-                let len = (size - sent).min(PART_BYTES as u64) as usize;
-                let part = pread::read(&file, sent, len).await.map_err(io)?;
-                if part.is_empty() {
-                    break;
-                }
-                sent += part.len() as u64;
-                let index = in_flight.len() + parts.len();
-                in_flight.push_back(self.store.put_part(key, &id, index, PutPayload::from(part)));
-                if in_flight.len() >= PARTS_IN_FLIGHT {
-                    let done = in_flight.next().await.expect("a part in flight");
-                    parts.push(done.map_err(unavailable)?);
-                }
-            }
-            while let Some(done) = in_flight.next().await {
-                parts.push(done.map_err(unavailable)?);
-            }
-            check_length(sent, size)?;
-            self.store
-                .complete_multipart(key, &id, parts)
-                .await
-                .map(drop)
-                .map_err(unavailable)
-        }
-        .await;
+        let result =
+            match tokio::time::timeout(deadline, self.send_parts(key, &id, file, size)).await {
+                Ok(result) => result,
+                Err(_) => Err(PublishError::Store(unavailable(timed_out()))),
+            };
         if result.is_err() {
-            if let Err(abort) = self.store.abort_multipart(key, &id).await {
+            let abort = within(self.timeout, async {
+                self.store
+                    .abort_multipart(key, &id)
+                    .await
+                    .map_err(unavailable)
+            });
+            if let Err(abort) = abort.await {
                 tracing::warn!(%key, error = %abort, "cannot abort a failed upload");
                 // Left in the journal: the next start aborts it.
                 return result;
@@ -369,6 +436,41 @@ impl Bucket {
         }
         self.note(move |j| j.upload_ended(&id)).await;
         result
+    }
+
+    /// The parts of a multipart upload, then its completion.
+    async fn send_parts(
+        &self,
+        key: &Path,
+        id: &object_store::MultipartId,
+        file: Arc<File>,
+        size: u64,
+    ) -> Result<(), PublishError> {
+        let mut parts = Vec::new();
+        let mut in_flight = futures_util::stream::FuturesOrdered::new();
+        let mut sent = 0u64;
+        while sent < size {
+            let len = (size - sent).min(PART_BYTES as u64) as usize;
+            let part = read_part(&file, sent, len)
+                .await
+                .map_err(|e| PublishError::Local(io(e)))?;
+            sent += part.len() as u64;
+            let index = in_flight.len() + parts.len();
+            in_flight.push_back(self.store.put_part(key, id, index, PutPayload::from(part)));
+            if in_flight.len() >= PARTS_IN_FLIGHT {
+                let done = in_flight.next().await.expect("a part in flight");
+                parts.push(done.map_err(|e| PublishError::Store(unavailable(e)))?);
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            parts.push(done.map_err(|e| PublishError::Store(unavailable(e)))?);
+        }
+        check_length(sent, size).map_err(PublishError::Local)?;
+        self.store
+            .complete_multipart(key, id, parts)
+            .await
+            .map(drop)
+            .map_err(|e| PublishError::Store(unavailable(e)))
     }
 
     /// Aborts the multipart uploads an earlier run started and never
@@ -417,11 +519,6 @@ impl Bucket {
         self.note(move |j| j.settle(&item)).await;
     }
 
-    /// Whether the store failed a moment ago (misses skip it for now).
-    pub fn is_backing_off(&self) -> bool {
-        self.skipping(Instant::now())
-    }
-
     /// Writes to the journal on the blocking pool. A journal that cannot be
     /// written costs only a retry after a crash: logged, not fatal.
     async fn note(&self, change: impl FnOnce(&Journal) -> Result<()> + Send + 'static) {
@@ -452,34 +549,6 @@ impl Bucket {
     }
 }
 
-/// A blob's place among those being uploaded, given up when dropped.
-struct Publishing<'a> {
-    bucket: &'a Bucket,
-    digest: Digest,
-}
-
-impl<'a> Publishing<'a> {
-    /// `None` when the blob is being uploaded already.
-    fn claim(bucket: &'a Bucket, digest: &Digest) -> Option<Publishing<'a>> {
-        let mut set = bucket.publishing.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(digest.clone()).then(|| Publishing {
-            bucket,
-            digest: digest.clone(),
-        })
-    }
-}
-
-impl Drop for Publishing<'_> {
-    fn drop(&mut self) {
-        let mut set = self
-            .bucket
-            .publishing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        set.remove(&self.digest);
-    }
-}
-
 /// Ends a body stream with an error when it pauses longer than `idle`,
 /// and after its first error.
 fn with_idle_timeout<S>(
@@ -507,13 +576,26 @@ fn timed_out() -> object_store::Error {
     }
 }
 
-/// A store failure: like an upstream that is down, it sends the fill on to
-/// the next source.
+/// A store failure: it sends the fill on to the next source.
 fn unavailable(e: object_store::Error) -> Error {
-    Error::UpstreamUnavailable {
-        upstream: NAME.to_string(),
-        message: e.to_string(),
-    }
+    Error::BucketUnavailable(e.to_string())
+}
+
+/// `write`, failed as the store's when not done within `limit`.
+async fn within<T>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(unavailable(timed_out())))
+}
+
+/// One part of a multipart upload: exactly `len` bytes at `offset`,
+/// however much of them the page cache holds (a short part in the middle
+/// fails the whole upload on a real S3).
+async fn read_part(file: &Arc<File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    pread::read_from_disk(file, offset, bytes::BytesMut::zeroed(len)).await
 }
 
 fn io(e: std::io::Error) -> Error {
@@ -537,5 +619,37 @@ fn check_length(sent: u64, size: u64) -> Result<()> {
         false => Err(Error::Storage(format!(
             "the cache file holds {sent} bytes, not {size}: not published"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn a_part_is_whole_when_the_page_cache_holds_only_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let content: Vec<u8> = (0..2 * PART_BYTES).map(|i| (i % 251) as u8).collect();
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&content).unwrap();
+        file.sync_all().unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        // Out of the page cache, then its first page read back in (with
+        // whatever the kernel reads ahead).
+        rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        pread::read_exact_at(&file, &mut [0; 4096], 0).unwrap();
+        let cached = match pread::read_cached(&file, 0, PART_BYTES).unwrap() {
+            pread::Cached::Hit(bytes) => bytes.len(),
+            pread::Cached::Miss(_) => 0,
+        };
+        assert!(
+            cached > 0 && cached < PART_BYTES,
+            "the page cache holds the part's start only ({cached} bytes)"
+        );
+        let part = read_part(&file, 0, PART_BYTES).await.unwrap();
+        assert_eq!(part.len(), PART_BYTES, "a full part");
+        assert_eq!(&part[..], &content[..PART_BYTES]);
     }
 }

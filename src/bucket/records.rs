@@ -59,11 +59,10 @@ impl Bucket {
         }))
     }
 
-    /// Stores a verified manifest under its digest.
+    /// Stores a verified manifest under its digest, and settles it in the
+    /// journal (it was owed with [`Bucket::owe_manifest`]).
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
         let item = Pending::Manifest(manifest.digest.clone());
-        let owed = item.clone();
-        self.note(move |j| j.owe(&owed)).await;
         let key = self.manifest_key(&manifest.digest);
         let attributes =
             Attributes::from_iter([(Attribute::ContentType, manifest.media_type.clone())]);
@@ -144,6 +143,6 @@ impl Bucket {
         };
         let put = self.store.put_opts(key, payload, options);
         let put = async { put.await.map(drop).map_err(unavailable) };
-        self.store_within(op, self.timeout, put).await
+        self.store_within(op, put).await
     }
 }

@@ -244,9 +244,23 @@ pub struct FillWriter {
 }
 
 impl FillWriter {
-    /// Records what the upstream said of the blob; readers waiting in
-    /// [`Subscription::ready`] proceed.
-    pub fn start(&mut self, size: Option<u64>, media_type: Option<String>) {
+    /// Records what the first source said of the blob; readers waiting in
+    /// [`Subscription::ready`] proceed. Each later source (a resume, or the
+    /// next tier) says it again: a size other than the first is refused,
+    /// since readers and the sink hold the first.
+    pub fn start(
+        &mut self,
+        size: Option<u64>,
+        media_type: Option<String>,
+    ) -> Result<(), FillError> {
+        if self.pending.is_none() {
+            return match (self.size, size) {
+                (Some(announced), Some(now)) if announced != now => {
+                    Err(FillError::SizeChanged { announced, now })
+                }
+                _ => Ok(()),
+            };
+        }
         self.size = size;
         self.fill.progress.send_modify(|p| {
             p.size = size;
@@ -259,6 +273,7 @@ impl FillWriter {
             let direct = self.cache.inner.direct_writes;
             self.sink = Some(sink::spawn(fill, temp, hasher, size, slots, direct));
         }
+        Ok(())
     }
 
     /// The size the upstream announced, if it did.
@@ -284,7 +299,7 @@ impl FillWriter {
             return Err(FillError::TooLarge { limit });
         }
         if self.sink.is_none() {
-            self.start(None, None);
+            self.start(None, None)?;
         }
         let len = chunk.len() as u64;
         let closed = FillError::WriterStopped("fill already closed");
@@ -304,7 +319,7 @@ impl FillWriter {
     /// [`FillWriter::fail`] the fill (dropping the writer does it too).
     pub async fn finish(&mut self) -> Result<u64, FillError> {
         if self.sink.is_none() {
-            self.start(self.size, None);
+            self.start(self.size, None)?;
         }
         let output = self
             .sink
@@ -389,7 +404,7 @@ mod tests {
         let BlobLookup::Missing(mut writer, _leader) = cache.lookup(&digest).await.unwrap() else {
             panic!("nothing is stored yet");
         };
-        writer.start(Some(6), None);
+        writer.start(Some(6), None).unwrap();
         let fill = cache.inner.fills.lock().unwrap()[&digest].clone();
         // The first write to the cache file failed: the chunk went to live
         // readers only.

@@ -27,6 +27,15 @@ pub enum FillError {
         /// The announced length.
         announced: u64,
     },
+    /// A source resumed (or took over) the blob with another size than the
+    /// first announced.
+    #[error("announced {now} bytes where the first source announced {announced}")]
+    SizeChanged {
+        /// What the first source announced.
+        announced: u64,
+        /// What this one announced.
+        now: u64,
+    },
     /// The bytes do not hash to the digest asked for.
     #[error("sent bytes that hash to {actual}, not to the digest asked for")]
     DigestMismatch {

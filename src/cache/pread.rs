@@ -14,15 +14,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rustix::io::{Errno, ReadWriteFlags};
 
-/// Reads `len` bytes of `file` at `offset` (fewer only when the page cache
-/// held fewer and the disk was not asked).
-pub async fn read(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
-    match read_cached(file, offset, len)? {
-        Cached::Hit(chunk) => Ok(chunk),
-        Cached::Miss(buf) => read_from_disk(file, offset, buf).await,
-    }
-}
-
 /// What [`read_cached`] found.
 #[derive(Debug)]
 pub enum Cached {
@@ -90,6 +81,15 @@ fn cut_short() -> io::Error {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// What the page cache holds of the range from its start, else the
+    /// range from the disk: how hits read.
+    async fn read(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
+        match read_cached(file, offset, len)? {
+            Cached::Hit(chunk) => Ok(chunk),
+            Cached::Miss(buf) => read_from_disk(file, offset, buf).await,
+        }
+    }
 
     fn file_of(content: &[u8]) -> (tempfile::NamedTempFile, Arc<File>) {
         let mut tmp = tempfile::NamedTempFile::new().unwrap();

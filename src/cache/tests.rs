@@ -17,7 +17,7 @@ async fn fill(cache: &Cache, content: &[u8]) -> Digest {
     let BlobLookup::Missing(mut writer, _) = cache.lookup(&digest).await.unwrap() else {
         panic!("{digest} is already stored or filling");
     };
-    writer.start(Some(content.len() as u64), None);
+    writer.start(Some(content.len() as u64), None).unwrap();
     writer.write(Bytes::copy_from_slice(content)).await.unwrap();
     writer.finish().await.unwrap();
     digest
@@ -38,7 +38,7 @@ async fn large_fill(
     let BlobLookup::Missing(mut writer, first) = cache.lookup(&digest).await.unwrap() else {
         panic!("a fresh cache has nothing");
     };
-    writer.start(Some(size as u64), None);
+    writer.start(Some(size as u64), None).unwrap();
     (content, digest, writer, first)
 }
 
@@ -263,7 +263,7 @@ fn a_hit_never_waits_behind_fills_from_a_stalled_upstream() {
             let BlobLookup::Missing(mut writer, _) = cache.lookup(&digest).await.unwrap() else {
                 panic!("a new blob");
             };
-            writer.start(Some(content.len() as u64), None);
+            writer.start(Some(content.len() as u64), None).unwrap();
             // The upstream sends the first half, then stalls.
             writer
                 .write(Bytes::copy_from_slice(&content[..32 * 1024]))
@@ -621,4 +621,30 @@ async fn batches_small_and_large_reach_a_live_reader_in_order() {
     assert!(all == content, "the live reader got other bytes");
     let stored = cache.stored_blob(&digest).await.unwrap().unwrap();
     assert_eq!(stored.size, size as u64);
+}
+
+#[tokio::test]
+async fn a_source_that_announces_another_size_cannot_take_over_a_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 20).await;
+    let content = b"twelve bytes";
+    let digest = Digest::sha256_of(content);
+    let BlobLookup::Missing(mut writer, _) = cache.lookup(&digest).await.unwrap() else {
+        panic!("a fresh cache has nothing");
+    };
+    writer.start(Some(12), None).unwrap();
+    // The first source broke off before its first byte; the next one
+    // speaks of another blob.
+    assert_eq!(
+        writer.start(Some(13), None),
+        Err(FillError::SizeChanged {
+            announced: 12,
+            now: 13
+        })
+    );
+    // One that agrees (or does not say) goes on.
+    writer.start(Some(12), None).unwrap();
+    writer.start(None, None).unwrap();
+    writer.write(Bytes::from_static(content)).await.unwrap();
+    assert_eq!(writer.finish().await, Ok(12));
 }

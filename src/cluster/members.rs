@@ -21,6 +21,9 @@ pub struct Members {
     me: String,
     list: RwLock<Arc<[String]>>,
     down: Mutex<HashMap<String, Instant>>,
+    /// Other names the list gives this replica (found when it reached
+    /// itself under one): digests they own are this replica's.
+    aliases: RwLock<Vec<String>>,
 }
 
 impl Members {
@@ -30,6 +33,7 @@ impl Members {
             me: member_name(me),
             list: RwLock::new(Arc::from(Vec::new())),
             down: Mutex::new(HashMap::new()),
+            aliases: RwLock::new(Vec::new()),
         };
         members.set(others.iter().map(String::as_str));
         members
@@ -61,10 +65,20 @@ impl Members {
         let now = Instant::now();
         let mut down = self.down.lock().expect("down lock");
         down.retain(|_, since| now.duration_since(*since) < DOWN_FOR);
+        let aliases = self.aliases.read().expect("aliases lock");
+        let mine = |m: &str| m == self.me || aliases.iter().any(|a| a == m);
         let owner = rendezvous::ranked(&list, digest)
             .into_iter()
-            .find(|m| *m == self.me || !down.contains_key(*m))?;
-        (owner != self.me).then(|| owner.to_string())
+            .find(|m| mine(m) || !down.contains_key(*m))?;
+        (!mine(owner)).then(|| owner.to_string())
+    }
+
+    /// Takes `member` as another name of this replica from now on.
+    pub fn is_me(&self, member: &str) {
+        let mut aliases = self.aliases.write().expect("aliases lock");
+        if member != self.me && !aliases.iter().any(|a| a == member) {
+            aliases.push(member.to_string());
+        }
     }
 
     /// Leaves `member` out for [`DOWN_FOR`].
@@ -164,6 +178,24 @@ mod tests {
             digests().all(|d| members.owner(&d).as_deref() != Some("10.0.0.1:5001")),
             "this replica is never left out of its own view"
         );
+    }
+
+    #[test]
+    fn a_member_found_to_be_this_replica_owns_nothing_for_others() {
+        let members = Members::new(
+            "127.0.0.1:5001",
+            &["127.0.0.1:5001".to_string(), "localhost:5001".to_string()],
+        );
+        let alias = digests()
+            .find(|d| members.owner(d).as_deref() == Some("localhost:5001"))
+            .expect("the alias owns some digests");
+        members.is_me("localhost:5001");
+        assert_eq!(
+            members.owner(&alias),
+            None,
+            "its digests are this replica's"
+        );
+        assert!(digests().all(|d| members.owner(&d).is_none()));
     }
 
     #[test]

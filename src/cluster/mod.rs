@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::config::ClusterConfig;
+use crate::config::{member_name, ClusterConfig};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -29,7 +29,9 @@ use peer_client::PeerClient;
 pub struct Cluster {
     members: Arc<Members>,
     client: PeerClient,
-    secret: Option<[u8; 32]>,
+    secret: [u8; 32],
+    /// A random id of this process, which its peer requests carry.
+    instance: String,
     metrics: Arc<Metrics>,
 }
 
@@ -44,8 +46,19 @@ impl Cluster {
         if !config.enabled() {
             return Ok(None);
         }
+        let secret = config
+            .secret
+            .as_ref()
+            .ok_or("cluster: the shared secret (secret_file) was not read")?;
         let pod_ip = std::env::var("POD_IP").ok();
         let me = config.advertised(pod_ip.as_deref())?;
+        if !config.peers.is_empty() && !config.peers.iter().any(|p| member_name(p) == me) {
+            return Err(format!(
+                "cluster: peers does not list this replica as {me} (its advertise \
+                 address): list every replica, this one included, by the address \
+                 the others dial"
+            ));
+        }
         let members = Arc::new(Members::new(&me, &config.peers));
         if let Some(name) = &config.peers_dns {
             let follow =
@@ -57,10 +70,12 @@ impl Cluster {
             members = members.all().len(),
             "cluster on"
         );
+        let instance = hex::encode(rand::random::<[u8; 16]>());
         Ok(Some(Arc::new(Cluster {
             members,
-            client: PeerClient::new(config)?,
-            secret: config.secret.as_ref().map(|s| hash(s.expose().as_bytes())),
+            client: PeerClient::new(config, instance.clone())?,
+            instance,
+            secret: hash(secret.expose().as_bytes()),
             metrics,
         })))
     }
@@ -80,33 +95,47 @@ impl Cluster {
         &self.client
     }
 
-    /// Counts a blob that could not be had from `member`. A member that
-    /// failed (not one that said the blob does not exist or that it is busy)
-    /// is left out for a while.
+    /// Counts a blob that could not be had from `member`. Only a member
+    /// that could not be reached, or broke off, is left out for a while; one
+    /// that answered (the blob is unknown, it is busy, it failed) stays the
+    /// owner of its digests. A name that turned out to be this replica's
+    /// own is taken as this replica from then on.
     pub fn failed(&self, member: &str, err: &Error) {
-        self.metrics.peer_fetch("failed");
         match err {
-            Error::BlobUnknown | Error::RateLimited { .. } => {
-                tracing::debug!(member, error = %err, "the owner replica did not serve a blob")
+            Error::PeerIsSelf { .. } => {
+                self.metrics.peer_fetch("self");
+                tracing::warn!(
+                    member,
+                    "the member list names this replica twice; taking {member} as this one"
+                );
+                self.members.is_me(member);
             }
-            _ => {
+            Error::PeerDown { .. } => {
+                self.metrics.peer_fetch("failed");
                 tracing::warn!(member, error = %err, "peer fetch failed; leaving the peer out for a while");
                 self.members.failed(member);
+            }
+            _ => {
+                self.metrics.peer_fetch("refused");
+                tracing::debug!(member, error = %err, "the owner replica did not serve a blob");
             }
         }
     }
 
+    /// Whether a peer request came from this very process (its
+    /// [`peer_client::ASKER_HEADER`] is this instance's id).
+    pub fn asked_by_me(&self, asker: Option<&http::HeaderValue>) -> bool {
+        asker.is_some_and(|id| id.as_bytes() == self.instance.as_bytes())
+    }
+
     /// Whether a request on the peer listener may be answered: it carries
-    /// the shared secret as a bearer token, or no secret is configured.
+    /// the shared secret as a bearer token.
     pub fn admits(&self, authorization: Option<&http::HeaderValue>) -> bool {
-        let Some(secret) = &self.secret else {
-            return true;
-        };
         let offered = authorization
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         // Compared as hashes: equal-length, and no early exit on the secret itself.
-        offered.is_some_and(|token| hash(token.as_bytes()) == *secret)
+        offered.is_some_and(|token| hash(token.as_bytes()) == self.secret)
     }
 }
 

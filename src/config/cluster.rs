@@ -16,8 +16,8 @@ use crate::secret::Secret;
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The peer listener: where the other replicas fetch blobs this one
-    /// owns. Plain HTTP, blobs only; keep it inside the cluster (the HA
-    /// overlay's NetworkPolicy admits only lasti pods).
+    /// owns. Plain HTTP, blobs only, with the shared secret; keep it inside
+    /// the cluster (the HA overlay's NetworkPolicy admits only lasti pods).
     pub listen: Option<SocketAddr>,
     /// The replicas' peer addresses (`host:port`), this one included.
     pub peers: Vec<String>,
@@ -31,7 +31,7 @@ pub struct ClusterConfig {
     #[serde(with = "humantime_serde")]
     pub refresh: Duration,
     /// A file holding a secret the replicas share; peer requests must carry
-    /// it. Without it, the peer listener trusts its network.
+    /// it. Required with `listen`.
     pub secret_file: Option<PathBuf>,
     /// Time allowed to connect to a peer.
     #[serde(with = "humantime_serde")]
@@ -100,6 +100,14 @@ impl ClusterConfig {
         if !listed {
             return fail("name the replicas with peers or peers_dns".into());
         }
+        if self.secret_file.is_none() && self.secret.is_none() {
+            return fail(
+                "secret_file is needed with listen: the peer listener serves blobs \
+                 and fetches with lasti's upstream credentials, so only replicas \
+                 holding the shared secret may ask it"
+                    .into(),
+            );
+        }
         if !self.peers.is_empty() && self.peers_dns.is_some() {
             return fail("peers and peers_dns are exclusive".into());
         }
@@ -162,6 +170,7 @@ mod tests {
         ClusterConfig {
             listen: Some(listen.parse().unwrap()),
             peers: vec!["10.0.0.1:5001".into(), "10.0.0.2:5001".into()],
+            secret_file: Some("/run/secrets/lasti-cluster".into()),
             ..ClusterConfig::default()
         }
     }
@@ -195,6 +204,16 @@ mod tests {
         assert!(config.validate().is_err(), "neither");
         config.peers = vec!["10.0.0.1".into()];
         assert!(config.validate().is_err(), "no port");
+    }
+
+    #[test]
+    fn a_listener_needs_the_shared_secret() {
+        let mut config = on("0.0.0.0:5001");
+        config.secret_file = None;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("secret_file"), "{err}");
+        config.secret = Some(Secret::new("sh4red".into()));
+        config.validate().unwrap();
     }
 
     #[test]

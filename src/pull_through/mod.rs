@@ -6,12 +6,13 @@
 //! HTTP.
 
 mod blobs;
-mod catch_up;
 mod listing;
 mod manifests;
 mod referrers;
 mod shared;
 mod single_flight;
+mod sources;
+mod uploader;
 mod warm;
 
 use std::sync::Arc;
@@ -154,11 +155,12 @@ impl Proxy {
         self
     }
 
-    /// Starts publishing, every `every`, what the bucket missed (see
-    /// `catch_up`); ends with the proxy. Nothing without a bucket.
-    pub fn start_catching_up(self: &Arc<Proxy>, every: Duration) {
+    /// Starts the uploader, which publishes what is owed to the bucket as
+    /// soon as it is, and every `every` what failed before (see
+    /// `uploader`); ends with the proxy. Nothing without a bucket.
+    pub fn start_uploading(self: &Arc<Proxy>, every: Duration) {
         if self.bucket.is_some() {
-            tokio::spawn(catch_up::run(Arc::downgrade(self), every));
+            tokio::spawn(uploader::run(Arc::downgrade(self), every));
         }
     }
 

@@ -2,7 +2,9 @@
 //! digest and tag records. Reads are on the request path (one small `GET`
 //! before the upstream is asked, skipped while the bucket is failing);
 //! writes go in the background, after the upstream answered and the local
-//! record is written, so a slow bucket never slows a pull.
+//! record is written, so a slow bucket never slows a pull: manifests are
+//! owed and uploaded with the blobs (`uploader`), tag records written by a
+//! bounded number of tasks.
 
 use std::sync::Arc;
 
@@ -51,13 +53,23 @@ pub(super) async fn shared_tag(bucket: Option<&Arc<Bucket>>, tag: &TagRef) -> Op
     }
 }
 
-/// Writes a tag record to the bucket, in the background.
+/// Writes a tag record to the bucket, in the background, when one of a
+/// bounded number of places is free; else the record is not shared (the
+/// next upstream answer for the tag writes a fresh one).
 pub(super) fn share_tag(bucket: Option<&Arc<Bucket>>, tag: &TagRef, record: TagRecord) {
     let Some(bucket) = bucket.cloned() else {
         return;
     };
+    let Some(place) = bucket.tag_write_place() else {
+        tracing::debug!(
+            tag = tag.key(),
+            "tag records are being written at capacity; not shared"
+        );
+        return;
+    };
     let tag = tag.clone();
     tokio::spawn(async move {
+        let _place = place;
         let put = bucket.put_tag(&tag.upstream, tag.repo.as_str(), &tag.tag, &record);
         if let Err(err) = put.await {
             tracing::warn!(error = %err, "cannot write a tag record to the object store");
@@ -65,17 +77,14 @@ pub(super) fn share_tag(bucket: Option<&Arc<Bucket>>, tag: &TagRef, record: TagR
     });
 }
 
-/// Writes a verified manifest to the bucket, in the background.
+/// Owes the bucket a verified manifest: journaled in the background (a
+/// short write), uploaded by the uploader.
 pub(super) fn share_manifest(bucket: Option<&Arc<Bucket>>, manifest: &Arc<Manifest>) {
     let Some(bucket) = bucket.cloned() else {
         return;
     };
-    let manifest = Arc::clone(manifest);
-    tokio::spawn(async move {
-        if let Err(err) = bucket.put_manifest(&manifest).await {
-            tracing::warn!(digest = %manifest.digest, error = %err, "cannot write a manifest to the object store");
-        }
-    });
+    let digest = manifest.digest.clone();
+    tokio::spawn(async move { bucket.owe_manifest(&digest).await });
 }
 
 /// A manifest by digest from the bucket, as a registry answer to verify;

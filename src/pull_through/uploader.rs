@@ -1,19 +1,33 @@
-//! Publishing what the shared bucket missed: blobs and manifests whose
-//! upload failed (the bucket was down or slow) or was cut by a crash stay
-//! in the bucket's journal, and are uploaded from the cache every
-//! `catch_up` interval once the bucket answers again; at start, uploads an
-//! earlier run left half done are aborted first. What the cache evicted
-//! meanwhile is forgotten: another replica's miss will publish it.
+//! The uploader: publishes what this replica owes the shared bucket (the
+//! journal's owed set is the queue), `max_uploads` at once, oldest first.
+//! It wakes when something is owed, and every `catch_up` interval for what
+//! failed before or was cut by a crash; while the store is backing off it
+//! waits, and what waits holds nothing but its journal row: a blob's file
+//! and its lease on eviction are taken only when its upload starts. At
+//! start, uploads an earlier run left half done are aborted first.
+//!
+//! What the cache evicted meanwhile is forgotten: another replica's miss
+//! will publish it. An item that keeps failing goes behind the others, so
+//! it never holds up the round; one that failed [`GIVE_UP_AFTER`] times
+//! while others went through (or could not be read from the cache that
+//! often) is dropped with a warning.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use super::Proxy;
-use crate::bucket::{Bucket, Pending};
+use crate::bucket::{Bucket, Pending, PublishError};
 use crate::cache::Cache;
 
-/// Runs until the proxy is dropped: sweeps old uploads, then catches up
-/// every `every`.
+/// Failures of one item, each in a round where another went through (or
+/// a local one), after which it is no longer owed.
+const GIVE_UP_AFTER: u32 = 5;
+
+/// Runs until the proxy is dropped: sweeps old uploads, then publishes
+/// what is owed whenever something is, and every `every`.
 pub(crate) async fn run(proxy: Weak<Proxy>, every: Duration) {
     if let Some(bucket) = proxy.upgrade().and_then(|p| p.bucket.clone()) {
         let aborted = bucket.sweep_uploads().await;
@@ -21,6 +35,7 @@ pub(crate) async fn run(proxy: Weak<Proxy>, every: Duration) {
             tracing::info!(aborted, "aborted uploads an earlier run left unfinished");
         }
     }
+    let mut failures = Failures::default();
     loop {
         let Some(proxy) = proxy.upgrade() else {
             return;
@@ -31,48 +46,135 @@ pub(crate) async fn run(proxy: Weak<Proxy>, every: Duration) {
         let cache = proxy.cache.clone();
         // Hold no strong reference while waiting, so the proxy can go.
         drop(proxy);
-        if !bucket.is_backing_off() {
-            catch_up(&bucket, &cache).await;
-        }
+        let wait = match bucket.backing_off_for() {
+            Some(left) => left,
+            None => {
+                round(&bucket, &cache, &mut failures).await;
+                every
+            }
+        };
+        let owed = bucket.owed_signal();
         drop((bucket, cache));
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = owed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 
-/// One round: publishes what is owed, oldest first, until the bucket fails.
-async fn catch_up(bucket: &Arc<Bucket>, cache: &Cache) {
-    let owed = bucket.owed().await;
+/// What one item's upload came to.
+enum Uploaded {
+    Done,
+    /// Evicted from the cache meanwhile: no longer owed.
+    Gone,
+    /// Not tried: the store began backing off during the round.
+    Skipped,
+}
+
+/// One round: publishes what is owed, those that failed before last,
+/// `max_uploads` at once, until the store backs off.
+async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
+    let mut owed = bucket.owed().await;
     cache.metrics().bucket_owed(owed.len());
-    let mut published = 0;
-    for item in owed {
-        let done = match &item {
-            Pending::Blob(digest) => match cache.stored_blob(digest).await {
-                Ok(Some(blob)) => bucket.publish(digest, blob.file, blob.size).await,
-                Ok(None) => {
-                    bucket.forget(item).await;
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
-            Pending::Manifest(digest) => match cache.manifest(digest).await {
-                Ok(Some(manifest)) => bucket.put_manifest(&manifest).await,
-                Ok(None) => {
-                    bucket.forget(item).await;
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
-        };
+    // A stable sort: oldest first among those that failed as often.
+    owed.sort_by_key(|item| failures.tries(item));
+    let mut uploads = futures_util::stream::iter(owed)
+        .map(|item| async move {
+            let done = match bucket.backing_off_for() {
+                Some(_) => Ok(Uploaded::Skipped),
+                None => upload(bucket, cache, &item).await,
+            };
+            (item, done)
+        })
+        .buffer_unordered(bucket.max_uploads());
+    let (mut published, mut failed) = (0, Vec::new());
+    let mut store_failed = Vec::new();
+    while let Some((item, done)) = uploads.next().await {
         match done {
-            Ok(()) => published += 1,
-            Err(e) => {
-                tracing::debug!(?item, error = %e, "catching up with the object store failed; later");
-                break;
+            Ok(Uploaded::Done) => {
+                published += 1;
+                failures.clear(&item);
+            }
+            Ok(Uploaded::Gone) => bucket.forget(item).await,
+            Ok(Uploaded::Skipped) => {}
+            Err(PublishError::Local(e)) => {
+                tracing::warn!(?item, error = %e, "cannot read what is owed to the object store");
+                failures.tried(&item);
+                failures.strike(&item);
+                failed.push(item);
+            }
+            Err(PublishError::Store(e)) => {
+                tracing::debug!(?item, error = %e, "publishing to the object store failed; later");
+                failures.tried(&item);
+                store_failed.push(item.clone());
+                failed.push(item);
             }
         }
     }
+    drop(uploads);
+    // A store failure counts against the item only when others went
+    // through: a store that is down is no item's fault.
     if published > 0 {
-        tracing::info!(published, "caught up with the object store");
+        store_failed.iter().for_each(|item| failures.strike(item));
+    }
+    for item in failed {
+        if failures.strikes(&item) >= GIVE_UP_AFTER {
+            tracing::warn!(?item, "giving up publishing to the object store after repeated failures; another replica's miss will publish it");
+            failures.clear(&item);
+            bucket.forget(item).await;
+        }
+    }
+    if published > 0 {
+        tracing::debug!(published, "published to the object store");
         cache.metrics().bucket_owed(bucket.owed().await.len());
+    }
+}
+
+/// One item to the store, read from the cache.
+async fn upload(bucket: &Bucket, cache: &Cache, item: &Pending) -> Result<Uploaded, PublishError> {
+    match item {
+        Pending::Blob(digest) => match cache.stored_blob(digest).await {
+            Ok(Some(blob)) => bucket.publish(digest, blob.file, blob.size).await,
+            Ok(None) => return Ok(Uploaded::Gone),
+            Err(e) => Err(PublishError::Local(e)),
+        },
+        Pending::Manifest(digest) => match cache.manifest(digest).await {
+            Ok(Some(manifest)) => bucket
+                .put_manifest(&manifest)
+                .await
+                .map_err(PublishError::Store),
+            Ok(None) => return Ok(Uploaded::Gone),
+            Err(e) => Err(PublishError::Local(e)),
+        },
+    }
+    .map(|()| Uploaded::Done)
+}
+
+/// How often each item failed: all failures order the round, strikes
+/// (failures that were the item's own) decide when to give up.
+#[derive(Default)]
+struct Failures {
+    by_item: HashMap<Pending, (u32, u32)>,
+}
+
+impl Failures {
+    fn tries(&self, item: &Pending) -> u32 {
+        self.by_item.get(item).map_or(0, |(tries, _)| *tries)
+    }
+
+    fn strikes(&self, item: &Pending) -> u32 {
+        self.by_item.get(item).map_or(0, |(_, strikes)| *strikes)
+    }
+
+    fn tried(&mut self, item: &Pending) {
+        self.by_item.entry(item.clone()).or_default().0 += 1;
+    }
+
+    fn strike(&mut self, item: &Pending) {
+        self.by_item.entry(item.clone()).or_default().1 += 1;
+    }
+
+    fn clear(&mut self, item: &Pending) {
+        self.by_item.remove(item);
     }
 }

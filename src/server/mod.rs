@@ -34,6 +34,7 @@ use crate::access::Access;
 use crate::backfill::Backfill;
 use crate::bucket::Bucket;
 use crate::cache::Cache;
+use crate::cluster::peer_client::ASKER_HEADER;
 use crate::cluster::Cluster;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
@@ -132,6 +133,16 @@ async fn bind(
 }
 
 /// A listener's address for the log: the bound one (port 0 resolved).
+/// The name a request reached this process by, for messages.
+fn host_of<B>(request: &Request<B>) -> String {
+    request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("this replica")
+        .to_string()
+}
+
 fn shown_addr(listener: &TcpListener) -> String {
     match listener.local_addr() {
         Ok(addr) => addr.to_string(),
@@ -151,21 +162,28 @@ async fn build_services(
     config: &Config,
 ) -> Result<(Arc<Proxy>, Option<Arc<Backfill>>), StartError> {
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+    // Reads the system's certificates: on the blocking pool.
+    let (upstream_configs, upstream_metrics) = (config.upstreams.clone(), Arc::clone(&metrics));
     let upstreams =
-        Upstreams::new(&config.upstreams, Arc::clone(&metrics)).map_err(StartError::Upstream)?;
+        tokio::task::spawn_blocking(move || Upstreams::new(&upstream_configs, upstream_metrics))
+            .await
+            .map_err(|e| StartError::Upstream(e.to_string()))?
+            .map_err(StartError::Upstream)?;
     let cache = Cache::open(&config.data_dir, &config.cache, Arc::clone(&metrics)).await?;
     let (data_dir, config_copy) = (config.data_dir.clone(), config.clone());
     let backfill =
         tokio::task::spawn_blocking(move || Backfill::open(&data_dir, &config_copy, metrics))
             .await
             .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))??;
-    let bucket = Bucket::new(
-        &config.bucket,
-        &config.data_dir,
-        Arc::clone(cache.metrics()),
-    )
-    .map_err(StartError::Bucket)?
-    .map(Arc::new);
+    // Opens the journal: on the blocking pool.
+    let (bucket_config, data_dir) = (config.bucket.clone(), config.data_dir.clone());
+    let bucket_metrics = Arc::clone(cache.metrics());
+    let bucket =
+        tokio::task::spawn_blocking(move || Bucket::new(&bucket_config, &data_dir, bucket_metrics))
+            .await
+            .map_err(|e| StartError::Bucket(Error::Storage(e.to_string())))?
+            .map_err(StartError::Bucket)?
+            .map(Arc::new);
     let cluster = Cluster::start(&config.cluster, Arc::clone(cache.metrics()))
         .map_err(StartError::Cluster)?;
     let max_manifest = config.cache.max_manifest_size.as_u64();
@@ -178,7 +196,7 @@ async fn build_services(
             .with_bucket(bucket)
             .with_cluster(cluster)
     });
-    proxy.start_catching_up(config.bucket.catch_up);
+    proxy.start_uploading(config.bucket.catch_up);
     Ok((proxy, running))
 }
 
@@ -437,6 +455,12 @@ impl App {
                 Err(err) => Err(err),
             },
             Door::Peers(cluster) => match cluster.admits(authorization) {
+                // Answered at once: waiting would be waiting on itself.
+                true if cluster.asked_by_me(request.headers().get(ASKER_HEADER)) => {
+                    Err(Error::PeerIsSelf {
+                        member: host_of(&request),
+                    })
+                }
                 true => Ok(()),
                 false => Err(Error::Denied("not a replica of this cluster".into())),
             },
