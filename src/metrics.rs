@@ -190,13 +190,13 @@ impl Metrics {
             backfill_push_duration: histogram(r, "lasti_backfill_push_duration_seconds", "Duration of back-fill job attempts.", &[], PUSH_BUCKETS)
                 .with_label_values(&[] as &[&str]),
             warmed_images: counter(r, "lasti_warm_images_total", "Images of the warm list and of /admin/warm pulled into the cache, by outcome (done, failed).", &["outcome"]),
-            bucket_requests: counter(r, "lasti_bucket_requests_total", "Requests to the shared object store, by operation (get, head, put, delete of blobs; manifest_get, manifest_put, tag_get, tag_put) and result (found, missing, stored, removed, error, skipped: not asked for a while after an error).", &["op", "result"]),
+            bucket_requests: counter(r, "lasti_bucket_requests_total", "Requests to the shared object store, by operation (get, head, put, delete of blobs; manifest_get, manifest_put, tag_get, tag_put) and result (found, missing, stored, removed, error, skipped: not asked for a while after an error; local_error: the cache file could not be read).", &["op", "result"]),
             bucket_duration: histogram(r, "lasti_bucket_request_duration_seconds", "Time to the object store's response headers, by operation.", &["op"], LATENCY_BUCKETS),
             bucket_bytes: counter(r, "lasti_bucket_bytes_total", "Blob bytes read from (in) and uploaded to (out) the object store.", &["direction"]),
             fill_sources: counter(r, "lasti_fill_sources_total", "Blob fills completed, by the tier that supplied the bytes (bucket, peer, project, upstream).", &["tier"]),
             fill_bytes: counter(r, "lasti_fill_bytes_total", "Blob bytes written into the cache, by the tier they came from (bucket, peer, project, upstream).", &["tier"]),
-            bucket_owed: gauge(r, "lasti_bucket_owed", "Blobs and manifests whose upload to the object store failed or was cut, to be uploaded again (as of the last catch-up round)."),
-            peer_fetches: counter(r, "lasti_peer_fetches_total", "Blobs asked of their owner replica, by result (done, failed: the asker went on to the next source).", &["result"]),
+            bucket_owed: gauge(r, "lasti_bucket_owed", "Blobs and manifests owed to the object store: waiting for an upload place, failed, or cut by a crash (as of the uploader's last round)."),
+            peer_fetches: counter(r, "lasti_peer_fetches_total", "Blobs asked of their owner replica, by result (done; failed: unreachable or broke off, left out for a while; refused: it answered without the blob, busy or failing; self: the member was this replica under another name). All but done go on to the next source.", &["result"]),
             peer_served: counter(r, "lasti_peer_requests_total", "Blob requests answered on the peer listener, by outcome (hit, miss, coalesced, error, refused).", &["outcome"]),
             registry,
         }
@@ -233,7 +233,7 @@ impl Metrics {
             self.fill_sources.with_label_values(&[tier]);
             self.fill_bytes.with_label_values(&[tier]);
         }
-        for result in ["done", "failed"] {
+        for result in ["done", "failed", "refused", "self"] {
             self.peer_fetches.with_label_values(&[result]);
         }
         for outcome in ["hit", "miss", "coalesced", "error", "refused"] {
@@ -242,7 +242,7 @@ impl Metrics {
         for (op, results) in [
             ("get", &["found", "missing", "error", "skipped"][..]),
             ("head", &["found", "missing", "error", "skipped"]),
-            ("put", &["stored", "error"]),
+            ("put", &["stored", "error", "local_error"]),
             ("delete", &["removed", "error"]),
             ("manifest_get", &["found", "missing", "error", "skipped"]),
             ("manifest_put", &["stored", "error"]),
@@ -418,7 +418,8 @@ impl Metrics {
         self.bucket_owed.set(count as i64);
     }
 
-    /// A blob asked of its owner replica came whole (`done`) or not (`failed`).
+    /// A blob asked of its owner replica came whole (`done`) or not
+    /// (`failed`, `refused`, `self`).
     pub fn peer_fetch(&self, result: &str) {
         self.peer_fetches.with_label_values(&[result]).inc();
     }

@@ -11,7 +11,7 @@ pub mod fill;
 mod fill_error;
 pub mod index;
 pub mod mapped;
-mod open_blobs;
+pub(crate) mod open_blobs;
 pub(crate) mod pread;
 pub mod reader;
 mod sink;

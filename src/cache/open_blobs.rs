@@ -17,6 +17,24 @@ use crate::oci::Digest;
 /// Most blobs kept open.
 pub const OPEN_BLOBS: u64 = 1024;
 
+/// The share of the descriptor limit that kept-open blobs may take at most,
+/// below [`OPEN_BLOBS`] when the limit is small.
+const LIMIT_SHARE: u64 = 16;
+
+/// How many blobs are kept open under the process's current descriptor
+/// limit: [`OPEN_BLOBS`], or a sixteenth of a smaller limit. The server's
+/// open-file budget reserves this many descriptors.
+pub fn kept_open() -> u64 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    kept_under(limit)
+}
+
+fn kept_under(limit: u64) -> u64 {
+    OPEN_BLOBS.min(limit / LIMIT_SHARE).max(1)
+}
+
 /// Blobs up to this size are also kept in memory (at most
 /// `OPEN_BLOBS * IN_MEMORY_UP_TO` bytes in all).
 pub const IN_MEMORY_UP_TO: u64 = 64 * 1024;
@@ -43,7 +61,7 @@ pub struct OpenBlobs {
 impl Default for OpenBlobs {
     fn default() -> Self {
         OpenBlobs {
-            table: moka::sync::Cache::new(OPEN_BLOBS),
+            table: moka::sync::Cache::new(kept_open()),
         }
     }
 }
@@ -62,5 +80,17 @@ impl OpenBlobs {
     /// Forgets a blob (evicted, or its file vanished).
     pub fn forget(&self, digest: &Digest) {
         self.table.invalidate(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_descriptor_limit_keeps_fewer_blobs_open() {
+        assert_eq!(kept_under(1_048_576), OPEN_BLOBS);
+        assert_eq!(kept_under(700), 43);
+        assert_eq!(kept_under(8), 1);
     }
 }

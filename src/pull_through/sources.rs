@@ -235,6 +235,9 @@ pub(super) async fn fill(
             }
             match fetched {
                 Ok(Fetched::Whole) => {
+                    if let Source::Peer(_) = source {
+                        context.metrics.peer_fetch("done");
+                    }
                     done = Some(source);
                     break 'sources;
                 }

@@ -217,11 +217,12 @@ pub async fn run(
         "lasti listening"
     );
     let budget = daemon.shared.app.budget.size();
-    let (max_connections, cut) = open_files::connection_room(config.access.max_connections, budget);
-    if cut {
+    let peers = listeners.peer.is_some() && daemon.shared.app.proxy.cluster().is_some();
+    let room = open_files::connection_room(config.access.max_connections, budget, peers);
+    if room.cut {
         tracing::warn!(
             configured = config.access.max_connections,
-            serving = max_connections,
+            serving = room.clients,
             max_open_blobs = budget,
             "the open-file limit cannot hold access.max_connections beside the open-blob budget; \
              serving fewer connections at once (raise the limit, ulimit -n, or lower max_connections)"
@@ -237,10 +238,7 @@ pub async fn run(
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
             Some(tokio::spawn(accept_until(
-                listener,
-                shared,
-                max_connections,
-                shutdown,
+                listener, shared, room.peers, shutdown,
             )))
         }
         _ => None,
@@ -248,7 +246,7 @@ pub async fn run(
     let connections = accept_until(
         listeners.api,
         Arc::clone(&daemon.shared),
-        max_connections,
+        room.clients,
         shutdown,
     )
     .await;

@@ -100,24 +100,64 @@ impl BlobBudget {
     }
 }
 
-/// How many client connections one listener may serve at once:
-/// `max_connections`, or fewer when the descriptor limit cannot hold that
-/// many beside the open-blob budget and [`RESERVED`]; the flag says it was
-/// cut, for the caller to warn. Past it, new connections wait in the
-/// kernel's backlog instead of taking the descriptors a fill or the index
-/// needs and failing it with "Too many open files".
-pub fn connection_room(max_connections: usize, open_blobs: usize) -> (usize, bool) {
-    room_within(current_limit(), max_connections, open_blobs)
+/// Most connections the peer listener serves at once: replicas are few,
+/// and each asks over a small pool.
+const PEER_CONNECTIONS: u64 = 256;
+
+/// The connections the descriptor limit leaves room for, after the
+/// open-blob budget, the blobs the cache keeps open and [`RESERVED`]: one
+/// budget for both listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionRoom {
+    /// Client connections served at once: `max_connections`, or fewer.
+    pub clients: usize,
+    /// Peer connections served at once (0 without a peer listener).
+    pub peers: usize,
+    /// Whether `clients` is below `max_connections`, for the caller to warn.
+    pub cut: bool,
 }
 
-fn room_within(limit: u64, max_connections: usize, open_blobs: usize) -> (usize, bool) {
+/// How many connections each listener may serve at once. Past it, new
+/// connections wait in the kernel's backlog instead of taking the
+/// descriptors a fill or the index needs and failing it with "Too many
+/// open files". The peer listener's share (a quarter of the room at most)
+/// comes out of the same room.
+pub fn connection_room(max_connections: usize, open_blobs: usize, peers: bool) -> ConnectionRoom {
+    let kept_open = crate::cache::open_blobs::kept_open();
+    room_within(
+        current_limit(),
+        max_connections,
+        open_blobs,
+        kept_open,
+        peers,
+    )
+}
+
+fn room_within(
+    limit: u64,
+    max_connections: usize,
+    open_blobs: usize,
+    kept_open: u64,
+    peers: bool,
+) -> ConnectionRoom {
     let room = limit
         .saturating_sub(open_blobs as u64)
+        .saturating_sub(kept_open)
         .saturating_sub(RESERVED)
         .max(AUTO_MIN as u64);
-    match usize::try_from(room) {
+    let peer_room = match peers {
+        true => PEER_CONNECTIONS.min(room / 4).max(1),
+        false => 0,
+    };
+    let room = room - peer_room;
+    let (clients, cut) = match usize::try_from(room) {
         Ok(room) if room < max_connections => (room, true),
         _ => (max_connections, false),
+    };
+    ConnectionRoom {
+        clients,
+        peers: peer_room as usize,
+        cut,
     }
 }
 
@@ -151,14 +191,32 @@ mod tests {
 
     #[test]
     fn connections_fit_beside_the_blob_budget_or_are_cut_to_what_does() {
-        assert_eq!(room_within(1_048_576, 10_000, 262_144), (10_000, false));
-        assert_eq!(room_within(1024, 10_000, 256), (512, true));
-        assert_eq!(room_within(1024, 100, 256), (100, false));
-        assert_eq!(room_within(300, 10_000, 256), (AUTO_MIN, true));
+        let room = |limit, max, blobs, kept| {
+            let r = room_within(limit, max, blobs, kept, false);
+            assert_eq!(r.peers, 0);
+            (r.clients, r.cut)
+        };
+        assert_eq!(room(1_048_576, 10_000, 262_144, 1024), (10_000, false));
+        assert_eq!(room(1024, 10_000, 256, 64), (448, true));
+        assert_eq!(room(1024, 100, 256, 64), (100, false));
+        assert_eq!(room(300, 10_000, 256, 18), (AUTO_MIN, true));
         let unlimited = u64::MAX;
         assert_eq!(
-            room_within(unlimited, 10_000, auto_size(unlimited)),
+            room(unlimited, 10_000, auto_size(unlimited), 1024),
             (10_000, false)
+        );
+    }
+
+    #[test]
+    fn the_peer_listener_takes_its_share_from_the_same_room() {
+        let alone = room_within(1024, 10_000, 256, 64, false);
+        let beside = room_within(1024, 10_000, 256, 64, true);
+        assert_eq!(beside.peers, 112, "a quarter of 448");
+        assert_eq!(beside.clients + beside.peers, alone.clients);
+        let large = room_within(1_048_576, 10_000, 262_144, 1024, true);
+        assert_eq!(
+            (large.clients, large.peers, large.cut),
+            (10_000, 256, false)
         );
     }
 

@@ -1,0 +1,167 @@
+//! A replica among members that are not what they seem: a member list that
+//! names this replica twice (a host name beside its address), and an owner
+//! that is alive but busy. Real parts: lasti in-process with its peer
+//! listener on loopback, the CNCF distribution registry as the upstream;
+//! the busy owner is a small in-test server that answers 503 to everything.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::lasti::cluster::rendezvous;
+use ::lasti::config::Config;
+use ::lasti::oci::Digest;
+use ::lasti::secret::Secret;
+use common::http;
+use common::lasti::{config as lasti_config, Lasti};
+use common::oci_layout::ImageSpec;
+use common::registry::Registry;
+use common::{free_port, skopeo};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A replica of a cluster on loopback: its peer listener at `me`, the
+/// members `peers`, the registry as docker.io.
+fn replica(registry: &Registry, me: &str, peers: &[String]) -> Config {
+    let mut config = lasti_config(&[("docker.io", &registry.url())]);
+    config.cluster.listen = Some(me.parse().unwrap());
+    config.cluster.advertise = Some(me.to_string());
+    config.cluster.peers = peers.to_vec();
+    config.cluster.secret = Some(Secret::new("replicas-of-one-test".into()));
+    // Far above the test's own limit: waiting for it is the defect.
+    config.cluster.timeout = Duration::from_secs(300);
+    config
+}
+
+/// The digests (of `all`) that `member` owns among `members`.
+fn owned_by(member: &str, members: &[String], all: &[String]) -> HashSet<String> {
+    all.iter()
+        .filter(|d| rendezvous::ranked(members, &Digest::parse(d).unwrap())[0] == member)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_listed_under_two_names_never_waits_on_itself() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let sizes = [4096; 9];
+    let spec = ImageSpec::linux_amd64(25, &sizes);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "twice", &spec).await;
+    let port = free_port();
+    let me = format!("127.0.0.1:{port}");
+    let alias = format!("localhost:{port}");
+    let members = vec![me.clone(), alias.clone()];
+    let via_alias = owned_by(&alias, &members, &image.blob_digests());
+    assert!(!via_alias.is_empty(), "the alias owns some of the blobs");
+
+    let lasti = Lasti::start_with(replica(&registry, &me, &members), None).await;
+    let out = work.path().join("out");
+    let host = lasti.host();
+    let pull = skopeo::pull_and_check(&host, "twice", &image, &out, false);
+    tokio::time::timeout(Duration::from_secs(60), pull)
+        .await
+        .expect("the pull never waits for cluster.timeout");
+    let admin = lasti.admin_url();
+    assert!(
+        http::metric(&admin, "lasti_peer_fetches_total", &["result=\"self\""]).await >= 1,
+        "the request to itself was refused and counted"
+    );
+    assert_eq!(
+        http::metric(&admin, "lasti_peer_fetches_total", &["result=\"done\""]).await,
+        0,
+        "no blob came from 'another' replica"
+    );
+    // Once known, the alias is this replica: nothing more is asked of it.
+    let asked = http::metric(
+        &admin,
+        "lasti_peer_requests_total",
+        &["outcome=\"refused\""],
+    )
+    .await;
+    assert!(asked >= 1 && asked <= via_alias.len() as u64, "{asked}");
+}
+
+/// A member that answers every request with 503 `UNAVAILABLE`, as a
+/// replica past its open-file budget does; records the digests asked.
+async fn busy_member(port: u16) -> Arc<Mutex<Vec<String>>> {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let seen = Arc::clone(&asked);
+    tokio::spawn(async move {
+        // Stops by itself, whatever the test does.
+        let _ = tokio::time::timeout(Duration::from_secs(120), async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut head = vec![0; 8192];
+                    let n = socket.read(&mut head).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&head[..n]).to_string();
+                    if let Some(digest) = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|path| path.split("/blobs/").nth(1))
+                        .and_then(|rest| rest.split('?').next())
+                    {
+                        seen.lock().unwrap().push(digest.to_string());
+                    }
+                    let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"busy"}]}"#;
+                    let answer = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+                         Content-Type: application/json\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        })
+        .await;
+    });
+    asked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_owner_stays_the_owner_of_its_blobs() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let sizes = [4096; 16];
+    let spec = ImageSpec::linux_amd64(26, &sizes);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "busy", &spec).await;
+    let me = format!("127.0.0.1:{}", free_port());
+    let busy_port = free_port();
+    let busy = format!("127.0.0.1:{busy_port}");
+    let members = vec![me.clone(), busy.clone()];
+    let theirs = owned_by(&busy, &members, &image.blob_digests());
+    assert!(theirs.len() >= 2, "the busy member owns several blobs");
+    let asked = busy_member(busy_port).await;
+
+    let lasti = Lasti::start_with(replica(&registry, &me, &members), None).await;
+    // One blob after another, all within the time a member that failed is
+    // left out: each of the busy member's blobs is asked of it again.
+    for digest in image.blob_digests() {
+        let url = format!("{}/v2/library/busy/blobs/{digest}", lasti.url());
+        let reply = http::get(&url, &[]).await;
+        assert_eq!(reply.status, 200, "{digest}");
+        assert_eq!(Digest::sha256_of(&reply.body).to_string(), digest);
+    }
+    let asked: HashSet<String> = asked.lock().unwrap().iter().cloned().collect();
+    assert_eq!(asked, theirs, "every blob it owns was asked of it");
+    let admin = lasti.admin_url();
+    assert_eq!(
+        http::metric(&admin, "lasti_peer_fetches_total", &["result=\"refused\""]).await,
+        theirs.len() as u64
+    );
+    assert_eq!(
+        http::metric(&admin, "lasti_peer_fetches_total", &["result=\"failed\""]).await,
+        0,
+        "a busy member is not a failed one"
+    );
+}
