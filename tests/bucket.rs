@@ -1,7 +1,9 @@
 //! Replicas sharing a real S3 object store (Garage on loopback) in front of
 //! the real CNCF distribution registry: what one replica fetched, another
 //! with an empty disk serves from the bucket without asking the upstream;
-//! a corrupt object in the bucket is never served and is removed.
+//! a corrupt object in the bucket is never served and is removed. The
+//! sharing is run against moto's S3 server too, which refuses multipart
+//! parts below 5 MiB as AWS, Ceph and MinIO do, where Garage takes them.
 
 mod common;
 
@@ -9,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use ::lasti::config::Config;
 use ::lasti::secret::Secret;
-use common::garage::{self, Garage};
+use common::garage::Garage;
 use common::http;
 use common::lasti::{config as lasti_config, Lasti};
+use common::moto::Moto;
 use common::oci_layout::{sha256_digest, BuiltImage, ImageSpec};
 use common::registry::Registry;
+use common::s3::{blob_key, Store, BUCKET};
 use common::skopeo;
 use tempfile::TempDir;
 use url::Url;
@@ -21,16 +25,20 @@ use url::Url;
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
-/// A lasti configuration with `registry` as `docker.io` and `garage`'s
+/// A lasti configuration with `registry` as `docker.io` and `store`'s
 /// bucket as the shared store.
-fn config(registry: &Registry, garage: &Garage) -> Config {
+fn config(registry: &Registry, store: &impl Store) -> Config {
     let mut config = lasti_config(&[("docker.io", &registry.url())]);
-    garage.configure(&mut config);
+    store.configure(&mut config);
     config
 }
 
 async fn start_garage() -> Garage {
     tokio::task::spawn_blocking(Garage::start).await.unwrap()
+}
+
+async fn start_moto() -> Moto {
+    tokio::task::spawn_blocking(Moto::start).await.unwrap()
 }
 
 async fn push_image(
@@ -59,58 +67,31 @@ async fn metric_reaches(lasti: &Lasti, name: &str, labels: &[&str], at_least: u6
     http::metric_reaches(&lasti.admin_url(), name, labels, at_least).await
 }
 
-/// `curl` with S3 signatures against Garage: the status of `method` on a key.
-fn s3_curl(garage: &Garage, method: &str, key: &str, body: Option<&std::path::Path>) -> u16 {
-    s3(garage, method, key, body).0
-}
-
-/// `curl` with S3 signatures against Garage: the status and body of
-/// `method` on `target` (a key, or `?query` on the bucket).
-fn s3(
-    garage: &Garage,
-    method: &str,
-    target: &str,
-    body: Option<&std::path::Path>,
-) -> (u16, String) {
-    let url = format!("{}/{}/{target}", garage.endpoint(), garage::BUCKET);
-    let mut command = std::process::Command::new("curl");
-    command
-        .args(["-s", "-w", "\n%{http_code}"])
-        // Garage wants the payload hash header; curl signs it with the rest.
-        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-        .arg("--aws-sigv4")
-        .arg(format!("aws:amz:{}:s3", garage::REGION))
-        .arg("--user")
-        .arg(format!("{}:{}", garage.key_id, garage.secret));
-    if let Some(path) = body {
-        command
-            .arg("--data-binary")
-            .arg(format!("@{}", path.display()));
-    }
-    match method {
-        "HEAD" => command.arg("-I"),
-        _ => command.args(["-X", method]),
-    };
-    let out = command.arg(&url).output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (status.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn blob_key(digest: &str) -> String {
-    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucket() {
+    // A layer above the multipart part size, and one written around the page cache.
+    an_empty_replica_serves_from_the_bucket(start_garage().await, 20 * MIB).await;
+}
+
+/// moto completes a multipart upload only if every part but the last holds
+/// 5 MiB or more: a layer of three parts or more (whose last is short)
+/// reaches it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_takes_a_blob_of_three_parts_and_an_empty_replica_serves_it() {
+    an_empty_replica_serves_from_the_bucket(start_moto().await, 20 * MIB + 4321).await;
+}
+
+/// One replica pulls an image whose last layer is `layer_size` bytes, above
+/// the multipart part size, and publishes every blob to `store`'s bucket,
+/// whole; a second with an empty disk serves the image from the bucket
+/// without a blob GET to the upstream, and a third answers a HEAD from it.
+async fn an_empty_replica_serves_from_the_bucket(store: impl Store, layer_size: usize) {
     let registry = Registry::start();
     let work = TempDir::new().unwrap();
-    // A layer above the multipart part size, and one written around the page cache.
-    let image = push_image(&registry, &work, "app", &[KIB, 300 * KIB, 20 * MIB]).await;
-    let garage = start_garage().await;
+    let image = push_image(&registry, &work, "app", &[KIB, 300 * KIB, layer_size]).await;
     let blobs = image.blob_digests();
 
-    let first = Lasti::start_with(config(&registry, &garage), None).await;
+    let first = Lasti::start_with(config(&registry, &store), None).await;
     skopeo::pull_to_dir(
         &format!("{}/library/app:v1", first.host()),
         &work.path().join("first"),
@@ -125,12 +106,20 @@ async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucke
         blobs.len() as u64,
     )
     .await;
-    assert_eq!(stored, blobs.len() as u64, "every blob published once");
-    for digest in &blobs {
+    let failed = ["op=\"put\"", "result=\"error\""];
+    let failed = metric(&first, "lasti_bucket_requests_total", &failed).await;
+    assert_eq!(
+        (stored, failed),
+        (blobs.len() as u64, 0),
+        "every blob published once, no upload refused (see lasti's log)"
+    );
+    let sizes = std::iter::once(image.config_bytes.len() as u64).chain(image.layer_sizes.clone());
+    for (digest, size) in blobs.iter().zip(sizes) {
+        let length = store.object_header(&blob_key(digest), "content-length");
         assert_eq!(
-            s3_curl(&garage, "HEAD", &blob_key(digest), None),
-            200,
-            "{digest} in the bucket"
+            length,
+            Some(size.to_string()),
+            "{digest} in the bucket, whole"
         );
         assert_eq!(
             registry.settled_blob_gets(digest, 1),
@@ -138,8 +127,14 @@ async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucke
             "{digest} fetched from the upstream once"
         );
     }
+    let layer = image.layer_digests.last().unwrap();
+    let etag = store.object_header(&blob_key(layer), "etag").unwrap();
+    assert!(
+        parts(&etag) >= 3,
+        "{layer} uploaded in parts, one between the first and the last: ETag {etag}"
+    );
 
-    let second = Lasti::start_with(config(&registry, &garage), None).await;
+    let second = Lasti::start_with(config(&registry, &store), None).await;
     pull_and_check(&second, "app", &image, &work.path().join("second")).await;
     for digest in &blobs {
         assert_eq!(
@@ -157,8 +152,7 @@ async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucke
         0
     );
     // A third replica, still empty, answers HEADs from the bucket.
-    let third = Lasti::start_with(config(&registry, &garage), None).await;
-    let layer = image.layer_digests.last().unwrap();
+    let third = Lasti::start_with(config(&registry, &store), None).await;
     let heads = registry.count_requests("HEAD", &format!("/blobs/{layer}"));
     let head = http::head(
         &format!("{}/v2/library/app/blobs/{layer}", third.url()),
@@ -166,7 +160,7 @@ async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucke
     )
     .await;
     assert!(head.status.is_success());
-    assert_eq!(head.header("content-length"), (20 * MIB).to_string());
+    assert_eq!(head.header("content-length"), layer_size.to_string());
     assert_eq!(
         registry.count_requests("HEAD", &format!("/blobs/{layer}")),
         heads
@@ -176,6 +170,15 @@ async fn a_replica_with_an_empty_disk_serves_what_another_fetched_from_the_bucke
         metric(&second, "lasti_bucket_requests_total", &["op=\"put\""]).await,
         0
     );
+}
+
+/// The parts an object was uploaded in, from its ETag (`"<md5>-<parts>"`
+/// after a multipart upload); 1 for a single `PUT`.
+fn parts(etag: &str) -> usize {
+    etag.trim_matches('"')
+        .rsplit_once('-')
+        .and_then(|(_, parts)| parts.parse().ok())
+        .unwrap_or(1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +192,7 @@ async fn a_corrupt_object_in_the_bucket_is_never_served_and_is_removed() {
     // Same length, other bytes, under the layer's key.
     let garbage = work.path().join("garbage");
     std::fs::write(&garbage, vec![0x5a; 64 * KIB]).unwrap();
-    assert_eq!(s3_curl(&garage, "PUT", &key, Some(&garbage)), 200);
+    assert_eq!(garage.status("PUT", &key, Some(&garbage)), 200);
 
     let lasti = Lasti::start_with(config(&registry, &garage), None).await;
     let url = format!("{}/v2/library/bad/blobs/{layer}", lasti.url());
@@ -201,7 +204,7 @@ async fn a_corrupt_object_in_the_bucket_is_never_served_and_is_removed() {
     );
     assert_ne!(sha256_digest(&first.body), layer);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s3_curl(&garage, "HEAD", &key, None) != 404 {
+    while garage.status("HEAD", &key, None) != 404 {
         assert!(
             Instant::now() < deadline,
             "the corrupt object stays in the bucket"
@@ -354,7 +357,7 @@ async fn uploads_the_bucket_missed_are_caught_up_when_it_answers_even_after_a_re
     let port = common::free_port();
     let mut cfg = lasti_config(&[("docker.io", &registry.url())]);
     cfg.bucket.endpoint = Some(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
-    cfg.bucket.bucket = Some(garage::BUCKET.to_string());
+    cfg.bucket.bucket = Some(BUCKET.to_string());
     cfg.bucket.credentials = Some((Secret::new("id".into()), Secret::new("secret".into())));
     cfg.bucket.catch_up = Duration::from_millis(500);
 
@@ -383,7 +386,7 @@ async fn uploads_the_bucket_missed_are_caught_up_when_it_answers_even_after_a_re
         1
     );
     for digest in &blobs {
-        assert_eq!(s3_curl(&garage, "HEAD", &blob_key(digest), None), 200);
+        assert_eq!(garage.status("HEAD", &blob_key(digest), None), 200);
     }
     assert_eq!(metric(&lasti, "lasti_bucket_owed", &[]).await, 0);
     // And a replica with an empty disk gets everything from the bucket.
@@ -408,7 +411,8 @@ async fn a_multipart_upload_a_crash_left_is_aborted_at_the_next_start() {
     let garage = start_garage().await;
     // An upload started (and journaled) by a run that then died.
     let key = "blobs/sha256/left-by-a-crash";
-    let (status, answer) = s3(&garage, "POST", &format!("{key}?uploads="), None);
+    let (status, answer) = garage.request("POST", &format!("{key}?uploads="), None);
+    let answer = String::from_utf8_lossy(&answer);
     assert_eq!(status, 200, "{answer}");
     let id = answer
         .split("<UploadId>")
@@ -416,7 +420,9 @@ async fn a_multipart_upload_a_crash_left_is_aborted_at_the_next_start() {
         .and_then(|rest| rest.split("</UploadId>").next())
         .expect("an upload id")
         .to_string();
-    let listed = |garage: &Garage| s3(garage, "GET", "?uploads=", None).1;
+    let listed = |garage: &Garage| {
+        String::from_utf8_lossy(&garage.request("GET", "?uploads=", None).1).into_owned()
+    };
     assert!(listed(&garage).contains(&id), "the upload is in progress");
     let data = TempDir::new().unwrap();
     {

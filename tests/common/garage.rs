@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// The bucket every Garage here has.
-pub const BUCKET: &str = "lasti";
+use super::s3::{Store, BUCKET};
+
 /// The region Garage answers for.
 pub const REGION: &str = "garage";
 /// Garage never outlives a test by more than this.
@@ -38,10 +38,7 @@ pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("LASTI_GARAGE") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    cache.join("lasti-tools/garage-2.5.0/bin/garage")
+    super::cache_dir().join("lasti-tools/garage-2.5.0/bin/garage")
 }
 
 impl Garage {
@@ -109,23 +106,6 @@ impl Garage {
         garage
     }
 
-    /// Points `config`'s `[bucket]` at this Garage's bucket, with its key.
-    pub fn configure(&self, config: &mut lasti::config::Config) {
-        config.bucket.endpoint = Some(url::Url::parse(&self.endpoint()).unwrap());
-        config.bucket.bucket = Some(BUCKET.to_string());
-        config.bucket.region = REGION.to_string();
-        config.bucket.timeout = Duration::from_secs(10);
-        config.bucket.credentials = Some((
-            lasti::secret::Secret::new(self.key_id.clone()),
-            lasti::secret::Secret::new(self.secret.clone()),
-        ));
-    }
-
-    /// `http://127.0.0.1:port`, the S3 endpoint (path-style addressing).
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.s3)
-    }
-
     /// Runs a `garage` command against this node and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(binary())
@@ -153,6 +133,20 @@ impl Garage {
             assert!(Instant::now() < deadline, "garage did not listen on {addr}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Store for Garage {
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.s3)
+    }
+
+    fn region(&self) -> &str {
+        REGION
+    }
+
+    fn key(&self) -> (&str, &str) {
+        (&self.key_id, &self.secret)
     }
 }
 

@@ -8,7 +8,9 @@
 //! - [`fake_upstream`] is a programmable fake registry that injects faults;
 //!   [`checks`] holds the assertions the fault tests share.
 //! - [`garage`] runs Garage, a real S3-compatible object store, as one node
-//!   with a bucket and a key.
+//!   with a bucket and a key; [`moto`] runs moto's S3 server, which refuses
+//!   multipart parts below 5 MiB as AWS does; [`s3`] points lasti at either
+//!   and signs requests to it.
 //! - [`throttle`] puts nginx with `limit_rate` in front of a registry, a
 //!   slow upstream whose fills overlap.
 //! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back;
@@ -26,10 +28,12 @@ pub mod fake_upstream;
 pub mod garage;
 pub mod http;
 pub mod lasti;
+pub mod moto;
 pub mod oci_layout;
 pub mod podman;
 pub mod process;
 pub mod registry;
+pub mod s3;
 pub mod skopeo;
 pub mod throttle;
 pub mod tls;
@@ -37,7 +41,7 @@ pub mod token_shim;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -56,6 +60,14 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("local_addr of probe listener")
         .port()
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}`, where the README's test command keeps
+/// the tools it builds or installs outside the repository.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
 }
 
 /// Fails the test unless the external tool at `path` exists.
