@@ -114,6 +114,13 @@ async fn a_burst_over_three_replicas_fetches_each_blob_from_the_upstream_once() 
             "one upstream GET for {digest} in the whole cluster"
         );
     }
+    // The tag was resolved once for the cluster, by its owner: Docker Hub
+    // counts every manifest GET as a pull.
+    assert_eq!(
+        registry.wait_for_requests("GET", "/manifests/", 2),
+        1,
+        "one upstream manifest GET in the whole cluster"
+    );
     let count = blobs.len() as u64;
     let fills = "lasti_fill_sources_total";
     // A fill is counted just after its last byte is released: wait for the

@@ -165,3 +165,34 @@ async fn a_busy_owner_stays_the_owner_of_its_blobs() {
         "a busy member is not a failed one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_pulled_through_two_replicas_is_fetched_from_the_upstream_once() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let spec = ImageSpec::linux_amd64(27, &[4096, 8192]);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "once", &spec).await;
+    let members = vec![
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let mut replicas = Vec::new();
+    for me in &members {
+        replicas.push(Lasti::start_with(replica(&registry, me, &members), None).await);
+    }
+    for (i, lasti) in replicas.iter().enumerate() {
+        let out = work.path().join(format!("through-{i}"));
+        skopeo::pull_and_check(&lasti.host(), "once", &image, &out, false).await;
+    }
+    assert_eq!(
+        registry.wait_for_requests("GET", "/manifests/", 2),
+        1,
+        "the tag's owner resolved it for both"
+    );
+    for digest in image.blob_digests() {
+        assert_eq!(
+            registry.wait_for_requests("GET", &format!("/blobs/{digest}"), 2),
+            1
+        );
+    }
+}

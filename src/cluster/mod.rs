@@ -122,6 +122,12 @@ impl Cluster {
         }
     }
 
+    /// Counts something had from `member`.
+    pub fn fetched_from(&self, member: &str) {
+        tracing::debug!(member, "fetched from the owner replica");
+        self.metrics.peer_fetch("done");
+    }
+
     /// Whether a peer request came from this very process (its
     /// [`peer_client::ASKER_HEADER`] is this instance's id).
     pub fn asked_by_me(&self, asker: Option<&http::HeaderValue>) -> bool {

@@ -1,20 +1,23 @@
-//! Asking the owner of a blob for it: `GET /v2/<repo>/blobs/<digest>?ns=<upstream>`
-//! on its peer listener, from byte `offset` on, with the shared secret.
+//! Asking the owner of a blob or a manifest for it:
+//! `GET /v2/<repo>/blobs/<digest>?ns=<upstream>` (from byte `offset` on) or
+//! `GET /v2/<repo>/manifests/<reference>?ns=<upstream>` on its peer
+//! listener, with the shared secret.
 //! No retries and no redirects: the asker goes on to the next source at
 //! once. A peer that cannot be reached is left out for a while; one that
 //! answers with anything but the blob (busy, a server error, the whole blob
 //! to a resume) is not: it is alive, and owns its digests still.
 
-use http::{header, HeaderValue, Method, Request, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
 use url::Url;
 
 use crate::body;
 use crate::config::{ClusterConfig, UpstreamConfig};
 use crate::error::{Error, Result};
+use crate::oci::media_type::DEFAULT_MANIFEST_ACCEPT;
 use crate::oci::{Digest, RepoName};
 use crate::secret::Secret;
 use crate::upstream::client::{self, HttpClient, SendError};
-use crate::upstream::BlobResponse;
+use crate::upstream::{BlobResponse, FetchedManifest};
 
 /// The header a peer request names its asker in: the asking process's
 /// instance id, so that a replica that reached itself under another name
@@ -63,46 +66,119 @@ impl PeerClient {
         digest: &Digest,
         offset: u64,
     ) -> Result<BlobResponse> {
-        let down = |message: String| Error::PeerDown {
-            member: member.to_string(),
-            message,
-        };
-        let refused = |message: String| Error::PeerRefused {
-            member: member.to_string(),
-            message,
-        };
-        let ns = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("ns", upstream)
-            .finish();
-        let uri = format!("http://{member}/v2/{repo}/blobs/{digest}?{ns}");
-        let mut request = Request::builder().method(Method::GET).uri(uri);
+        let path = format!("{repo}/blobs/{digest}");
+        let mut headers = Vec::new();
         if offset > 0 {
-            request = request.header(header::RANGE, format!("bytes={offset}-"));
+            headers.push((header::RANGE, format!("bytes={offset}-")));
         }
-        let value = HeaderValue::from_str(&format!("Bearer {}", self.secret.expose()))
-            .map_err(|_| refused("the cluster secret is not a valid header value".into()))?;
-        request = request
-            .header(header::AUTHORIZATION, value)
-            .header(ASKER_HEADER, self.instance.as_str());
-        let request = request
-            .body(body::empty())
-            .map_err(|e| refused(e.to_string()))?;
-        let response = match client::send(&self.client, request, self.timeout).await {
-            Ok(response) => response,
-            Err(SendError::Timeout) => return Err(down("no response headers in time".into())),
-            Err(SendError::Failed(message)) => return Err(down(message)),
-        };
+        let response = self.get(member, upstream, &path, headers).await?;
         match response.status() {
             // A 200 to a resume is a peer that ignored the range, not a
             // dead one.
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
-                BlobResponse::from_response(response, offset).map_err(refused)
+                BlobResponse::from_response(response, offset).map_err(|e| refused(member, e))
             }
             StatusCode::NOT_FOUND => Err(Error::BlobUnknown),
-            StatusCode::LOOP_DETECTED => Err(Error::PeerIsSelf {
-                member: member.to_string(),
-            }),
-            status => Err(refused(format!("answered {status}"))),
+            status => Err(answered(member, status)),
         }
     }
+
+    /// `member`'s answer for a manifest by tag or digest, read whole (at
+    /// most `limit` bytes), still to be verified by the asker.
+    pub async fn get_manifest(
+        &self,
+        member: &str,
+        upstream: &str,
+        repo: &RepoName,
+        reference: &str,
+        limit: u64,
+    ) -> Result<FetchedManifest> {
+        let path = format!("{repo}/manifests/{reference}");
+        let accept = vec![(header::ACCEPT, DEFAULT_MANIFEST_ACCEPT.to_string())];
+        let response = self.get(member, upstream, &path, accept).await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Err(Error::ManifestUnknown),
+            status => return Err(answered(member, status)),
+        }
+        let text = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let media_type = text(header::CONTENT_TYPE);
+        let digest = text(HeaderName::from_static("docker-content-digest"))
+            .and_then(|d| Digest::parse(&d).ok());
+        let bytes = client::read_small(response.into_body(), limit as usize, self.timeout)
+            .await
+            .map_err(|e| down(member, format!("manifest body: {e}")))?;
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// One `GET` of `/v2/<path>?ns=<upstream>` on `member`'s peer listener,
+    /// with the secret and this process's id; the response's head.
+    async fn get(
+        &self,
+        member: &str,
+        upstream: &str,
+        path: &str,
+        headers: Vec<(HeaderName, String)>,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let ns = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("ns", upstream)
+            .finish();
+        let uri = format!("http://{member}/v2/{path}?{ns}");
+        let mut request = Request::builder().method(Method::GET).uri(uri);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let value =
+            HeaderValue::from_str(&format!("Bearer {}", self.secret.expose())).map_err(|_| {
+                refused(
+                    member,
+                    "the cluster secret is not a valid header value".into(),
+                )
+            })?;
+        let request = request
+            .header(header::AUTHORIZATION, value)
+            .header(ASKER_HEADER, self.instance.as_str())
+            .body(body::empty())
+            .map_err(|e| refused(member, e.to_string()))?;
+        match client::send(&self.client, request, self.timeout).await {
+            Ok(response) if response.status() == StatusCode::LOOP_DETECTED => {
+                Err(Error::PeerIsSelf {
+                    member: member.to_string(),
+                })
+            }
+            Ok(response) => Ok(response),
+            Err(SendError::Timeout) => Err(down(member, "no response headers in time".into())),
+            Err(SendError::Failed(message)) => Err(down(member, message)),
+        }
+    }
+}
+
+/// A member that could not be reached, timed out, or broke off.
+fn down(member: &str, message: String) -> Error {
+    Error::PeerDown {
+        member: member.to_string(),
+        message,
+    }
+}
+
+/// A member that answered, but not with what was asked.
+fn refused(member: &str, message: String) -> Error {
+    Error::PeerRefused {
+        member: member.to_string(),
+        message,
+    }
+}
+
+fn answered(member: &str, status: StatusCode) -> Error {
+    refused(member, format!("answered {status}"))
 }

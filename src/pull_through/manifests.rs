@@ -11,6 +11,13 @@
 //! `Accept` is matched locally, on hits, misses and `HEAD`s alike: a client
 //! that can take none of the stored type gets 404 `MANIFEST_UNKNOWN`.
 //! Schema 1 is refused whenever an upstream sends it, and never recorded.
+//!
+//! With `[cluster]`, a manifest this replica must fetch (a tag it has no
+//! fresh record of, a digest it does not hold) is asked of the replica
+//! that owns the reference (rendezvous over `upstream/repo:reference`),
+//! which resolves it once for the cluster: Docker Hub counts each manifest
+//! `GET` as a pull. The asker verifies what it gets like a registry's
+//! answer; an owner that fails it is left for the registries.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -22,6 +29,7 @@ use super::single_flight::SingleFlight;
 use super::{Outcome, Proxy};
 use crate::cache::index::{unix_now, TagRecord};
 use crate::cache::{Cache, Manifest};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::oci::media_type::{self, DEFAULT_MANIFEST_ACCEPT};
 use crate::oci::{AcceptList, Digest, Hasher, Reference, RepoName, Tag};
@@ -135,6 +143,44 @@ impl Proxy {
             self.offer(upstream, repo, tag.as_str(), answer.digest());
         }
         Ok(answer)
+    }
+
+    /// Answers another replica's manifest `GET` on the peer listener: like
+    /// a client's, except that it never asks a peer in turn and offers
+    /// nothing to back-fill (the asker's own answer does).
+    pub async fn peer_manifest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &AcceptList,
+    ) -> Result<ManifestAnswer> {
+        let answer = PEER_REQUEST.scope((), async {
+            match reference {
+                Reference::Digest(digest) => {
+                    self.manifest_answer_by_digest(upstream, repo, digest).await
+                }
+                Reference::Tag(tag) => self.manifest_by_tag(upstream, repo, tag, false).await,
+            }
+        });
+        let answer = answer.await?;
+        acceptable(accept, answer.media_type())?;
+        Ok(answer)
+    }
+
+    /// The replica that resolves `reference` for the whole cluster, when
+    /// it is another one and this request is not a peer's.
+    fn manifest_owner(&self, upstream: &str, repo: &RepoName, reference: &str) -> Option<Owner> {
+        if PEER_REQUEST.try_with(|_| ()).is_ok() {
+            return None;
+        }
+        let cluster = self.cluster.as_ref()?;
+        let key = Digest::sha256_of(format!("{upstream}/{repo}:{reference}").as_bytes());
+        let member = cluster.owner(&key)?;
+        Some(Owner {
+            cluster: Arc::clone(cluster),
+            member,
+        })
     }
 
     /// A manifest by digest through the cache, for back-fill: any media type.
@@ -386,6 +432,8 @@ impl Proxy {
         tag: Option<TagRef>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
         let (first, first_repo) = sources.first().expect("at least one source");
+        let (upstream, repo) = sources.last().expect("at least one source");
+        let owner = self.manifest_owner(upstream.name(), repo, reference);
         let key = FlightKey {
             upstream: first.name().to_string(),
             repo: first_repo.clone(),
@@ -411,6 +459,27 @@ impl Proxy {
                     None => {}
                 }
             }
+            if let Some(owner) = owner {
+                let (upstream, repo) = sources.last().expect("at least one source");
+                let fetched = owner
+                    .cluster
+                    .client()
+                    .get_manifest(&owner.member, upstream.name(), repo, &reference, limit)
+                    .await;
+                match fetched.and_then(|f| verify(upstream, f, expected.as_ref())) {
+                    Ok(manifest) => {
+                        owner.cluster.fetched_from(&owner.member);
+                        // The owner shared it (and the tag) with the bucket.
+                        let manifest = keep(&cache, manifest).await;
+                        if let Some(tag) = &tag {
+                            record_locally(&cache, tag, &manifest).await;
+                        }
+                        return Ok(manifest);
+                    }
+                    // Availability before deduplication: ask by itself.
+                    Err(err) => owner.cluster.failed(&owner.member, &err),
+                }
+            }
             let mut last = Error::ManifestUnknown;
             for (source, repo) in &sources {
                 let fetched = source
@@ -421,17 +490,8 @@ impl Proxy {
                         let manifest = keep(&cache, manifest).await;
                         shared::share_manifest(bucket.as_ref(), &manifest);
                         if let Some(tag) = &tag {
-                            let record = TagRecord {
-                                digest: manifest.digest.clone(),
-                                media_type: manifest.media_type.clone(),
-                                size: manifest.bytes.len() as u64,
-                                checked_at: unix_now(),
-                            };
-                            shared::share_tag(bucket.as_ref(), tag, record.clone());
-                            let key = tag.key();
-                            if let Err(err) = cache.put_tag(&key, record).await {
-                                tracing::error!(tag = key, error = %err, "cannot record a tag");
-                            }
+                            let record = record_locally(&cache, tag, &manifest).await;
+                            shared::share_tag(bucket.as_ref(), tag, record);
                         }
                         return Ok(manifest);
                     }
@@ -466,6 +526,34 @@ impl Proxy {
             .ok()?;
         Some(manifest)
     }
+}
+
+tokio::task_local! {
+    /// Set while answering another replica on the peer listener: such a
+    /// request never asks a peer in turn, so replicas whose member lists
+    /// differ for a moment cannot send a manifest round in circles.
+    static PEER_REQUEST: ();
+}
+
+/// The replica that resolves a manifest for the cluster.
+struct Owner {
+    cluster: Arc<Cluster>,
+    member: String,
+}
+
+/// Records, in the local index, that `tag` names `manifest` as of now.
+async fn record_locally(cache: &Cache, tag: &TagRef, manifest: &Manifest) -> TagRecord {
+    let record = TagRecord {
+        digest: manifest.digest.clone(),
+        media_type: manifest.media_type.clone(),
+        size: manifest.bytes.len() as u64,
+        checked_at: unix_now(),
+    };
+    let key = tag.key();
+    if let Err(err) = cache.put_tag(&key, record.clone()).await {
+        tracing::error!(tag = key, error = %err, "cannot record a tag");
+    }
+    record
 }
 
 /// Stores a verified manifest in the cache. A manifest that cannot be

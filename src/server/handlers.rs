@@ -82,25 +82,38 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
     }
 }
 
-/// Answers one request on the peer listener: a blob `GET`, by another
-/// replica that sees this one as the blob's owner. Everything else is
-/// refused; the API proper is on the client listener.
+/// Answers one request on the peer listener: a blob or manifest `GET` by
+/// another replica that sees this one as its owner (a manifest by tag or
+/// digest is resolved here once for the whole cluster). Everything else
+/// is refused; the API proper is on the client listener.
 pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Body> {
     let answer = async {
-        let Route::Blob { name, digest } = router::route(request.uri().path()) else {
-            return Err(Error::NameUnknown);
-        };
         if request.method() != Method::GET {
             return Err(Error::Unsupported(
-                "the peer listener serves blob GETs only",
+                "the peer listener serves blob and manifest GETs only",
             ));
         }
-        let (upstream, repo) = resolve(proxy, name, request.uri().query())?;
-        let digest = parse_digest(digest)?;
-        let range = parse_range(request.headers())?;
-        let answer = proxy.peer_blob(upstream, &repo, &digest, range).await?;
-        let delivery = request.extensions().get().cloned().unwrap_or_default();
-        Ok(response::blob(answer, digest.as_str(), delivery))
+        let query = request.uri().query();
+        match router::route(request.uri().path()) {
+            Route::Blob { name, digest } => {
+                let (upstream, repo) = resolve(proxy, name, query)?;
+                let digest = parse_digest(digest)?;
+                let range = parse_range(request.headers())?;
+                let answer = proxy.peer_blob(upstream, &repo, &digest, range).await?;
+                let delivery = request.extensions().get().cloned().unwrap_or_default();
+                Ok(response::blob(answer, digest.as_str(), delivery))
+            }
+            Route::Manifest { name, reference } => {
+                let (upstream, repo) = resolve(proxy, name, query)?;
+                let reference = parse_reference(reference)?;
+                let accept = AcceptList::parse(header_values(request.headers(), header::ACCEPT));
+                let answer = proxy
+                    .peer_manifest(upstream, &repo, &reference, &accept)
+                    .await?;
+                Ok(response::manifest(&answer, false))
+            }
+            _ => Err(Error::NameUnknown),
+        }
     };
     match answer.await {
         Ok(response) => response,
