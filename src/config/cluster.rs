@@ -16,7 +16,7 @@ use crate::secret::Secret;
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The peer listener: where the other replicas fetch blobs this one
-    /// owns. Plain HTTP, blobs only, with the shared secret; keep it inside
+    /// owns. Plain HTTP, blob and manifest GETs only, with the shared secret; keep it inside
     /// the cluster (the HA overlay's NetworkPolicy admits only lasti pods).
     pub listen: Option<SocketAddr>,
     /// The replicas' peer addresses (`host:port`), this one included.

@@ -420,7 +420,8 @@ pub struct App {
 enum Door {
     /// The registry API: clients, by the access settings.
     Clients(Box<Access>),
-    /// The peer listener: other replicas, with the cluster's secret; blobs only.
+    /// The peer listener: other replicas, with the cluster's secret; blob
+    /// and manifest GETs only.
     Peers(Arc<Cluster>),
 }
 
