@@ -76,8 +76,7 @@ enum Uploaded {
 async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
     let mut owed = bucket.owed().await;
     cache.metrics().bucket_owed(owed.len());
-    // A stable sort: oldest first among those that failed as often.
-    owed.sort_by_key(|item| failures.tries(item));
+    failures.order(&mut owed);
     let mut uploads = futures_util::stream::iter(owed)
         .map(|item| async move {
             let done = match bucket.backing_off_for() {
@@ -118,7 +117,7 @@ async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
         store_failed.iter().for_each(|item| failures.strike(item));
     }
     for item in failed {
-        if failures.strikes(&item) >= GIVE_UP_AFTER {
+        if failures.given_up(&item) {
             tracing::warn!(?item, "giving up publishing to the object store after repeated failures; another replica's miss will publish it");
             failures.clear(&item);
             bucket.forget(item).await;
@@ -158,6 +157,17 @@ struct Failures {
 }
 
 impl Failures {
+    /// Puts what failed behind the rest: a stable sort, so the oldest
+    /// come first among those that failed as often.
+    fn order(&self, owed: &mut [Pending]) {
+        owed.sort_by_key(|item| self.tries(item));
+    }
+
+    /// Whether an item has failed often enough of its own to be dropped.
+    fn given_up(&self, item: &Pending) -> bool {
+        self.strikes(item) >= GIVE_UP_AFTER
+    }
+
     fn tries(&self, item: &Pending) -> u32 {
         self.by_item.get(item).map_or(0, |(tries, _)| *tries)
     }
@@ -176,5 +186,44 @@ impl Failures {
 
     fn clear(&mut self, item: &Pending) {
         self.by_item.remove(item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Digest;
+
+    fn blob(i: u8) -> Pending {
+        Pending::Blob(Digest::sha256_of(&[i]))
+    }
+
+    #[test]
+    fn an_item_that_failed_goes_behind_the_rest_which_keep_their_age() {
+        let mut failures = Failures::default();
+        failures.tried(&blob(1));
+        let mut owed = vec![blob(1), blob(2), blob(3)];
+        failures.order(&mut owed);
+        assert_eq!(owed, [blob(2), blob(3), blob(1)]);
+        failures.tried(&blob(2));
+        failures.tried(&blob(1));
+        failures.order(&mut owed);
+        assert_eq!(owed, [blob(3), blob(2), blob(1)]);
+    }
+
+    #[test]
+    fn only_failures_of_its_own_give_an_item_up() {
+        let mut failures = Failures::default();
+        for _ in 0..GIVE_UP_AFTER * 3 {
+            // The store was down: tried, never struck.
+            failures.tried(&blob(1));
+        }
+        assert!(!failures.given_up(&blob(1)));
+        for _ in 0..GIVE_UP_AFTER {
+            failures.strike(&blob(1));
+        }
+        assert!(failures.given_up(&blob(1)));
+        failures.clear(&blob(1));
+        assert_eq!(failures.tries(&blob(1)), 0);
     }
 }
