@@ -13,7 +13,8 @@ use redb::{Database, ReadableTable, TableDefinition};
 use crate::error::{Error, Result};
 use crate::oci::Digest;
 
-/// `<kind> <digest>` -> when it was added (Unix seconds).
+/// `<kind> <digest>` -> when it was last owed (Unix nanoseconds; rows of
+/// earlier versions hold seconds, and sort first).
 const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
 /// Multipart upload id -> the object key it writes.
 const UPLOADS: TableDefinition<&str, &str> = TableDefinition::new("uploads");
@@ -67,10 +68,28 @@ impl Journal {
         Ok(Journal { db })
     }
 
-    /// Notes that `item` is to be published.
+    /// Notes that `item` is to be published (again: owing it anew gives
+    /// it a new stamp, so a [`Journal::forget`] of the old one misses).
     pub fn owe(&self, item: &Pending) -> Result<()> {
-        let now = crate::cache::index::unix_now();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         self.write(PENDING, |t| t.insert(item.key().as_str(), now).map(drop))
+    }
+
+    /// Drops `item` if it is still owed as of `stamp` (what
+    /// [`Journal::owed`] said): one owed again since, by a fill that
+    /// stored it anew, stays.
+    pub fn forget(&self, item: &Pending, stamp: u64) -> Result<()> {
+        self.write(PENDING, |t| {
+            let key = item.key();
+            let current = t.get(key.as_str())?.map(|v| v.value());
+            if current == Some(stamp) {
+                t.remove(key.as_str())?;
+            }
+            Ok(())
+        })
     }
 
     /// Notes that `item` is published, or needs publishing no more.
@@ -78,8 +97,8 @@ impl Journal {
         self.write(PENDING, |t| t.remove(item.key().as_str()).map(drop))
     }
 
-    /// Everything still owed, oldest first.
-    pub fn owed(&self) -> Result<Vec<Pending>> {
+    /// Everything still owed, oldest first, with the stamp it is owed as of.
+    pub fn owed(&self) -> Result<Vec<(Pending, u64)>> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(PENDING).map_err(err)?;
         let mut items = Vec::new();
@@ -90,7 +109,10 @@ impl Journal {
             }
         }
         items.sort_by_key(|(added, _)| *added);
-        Ok(items.into_iter().map(|(_, item)| item).collect())
+        Ok(items
+            .into_iter()
+            .map(|(added, item)| (item, added))
+            .collect())
     }
 
     /// Notes a multipart upload that has started.
@@ -160,7 +182,12 @@ mod tests {
             journal.upload_ended("upload-2").unwrap();
         }
         let journal = Journal::open(&path).unwrap();
-        let mut owed = journal.owed().unwrap();
+        let mut owed: Vec<Pending> = journal
+            .owed()
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         owed.sort_by_key(|p| format!("{p:?}"));
         assert_eq!(
             owed,
@@ -170,6 +197,24 @@ mod tests {
             journal.uploads().unwrap(),
             [("upload-1".to_string(), "blobs/sha256/aa".to_string())]
         );
+    }
+
+    #[test]
+    fn forgetting_misses_an_item_owed_again_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("bucket.redb")).unwrap();
+        journal.owe(&Pending::Blob(digest(1))).unwrap();
+        let (_, stamp) = journal.owed().unwrap()[0].clone();
+        // Stored again (after an eviction) by a new fill.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        journal.owe(&Pending::Blob(digest(1))).unwrap();
+        journal.forget(&Pending::Blob(digest(1)), stamp).unwrap();
+        let owed = journal.owed().unwrap();
+        assert_eq!(owed.len(), 1, "still owed");
+        journal
+            .forget(&Pending::Blob(digest(1)), owed[0].1)
+            .unwrap();
+        assert!(journal.owed().unwrap().is_empty());
     }
 
     #[test]

@@ -501,8 +501,9 @@ impl Bucket {
         aborted
     }
 
-    /// What is still to be published, oldest first.
-    pub async fn owed(&self) -> Vec<Pending> {
+    /// What is still to be published, oldest first, with the stamp each is
+    /// owed as of (for [`Bucket::forget`]).
+    pub async fn owed(&self) -> Vec<(Pending, u64)> {
         let journal = Arc::clone(&self.journal);
         match tokio::task::spawn_blocking(move || journal.owed()).await {
             Ok(Ok(owed)) => owed,
@@ -514,8 +515,14 @@ impl Bucket {
         }
     }
 
-    /// Drops an item that cannot be published any more (evicted).
-    pub async fn forget(&self, item: Pending) {
+    /// Drops an item that cannot be published any more (evicted, or
+    /// given up), unless it was owed again since `stamp`.
+    pub async fn forget(&self, item: Pending, stamp: u64) {
+        self.note(move |j| j.forget(&item, stamp)).await;
+    }
+
+    /// Drops an item owed for a fill that failed: nothing was stored.
+    pub async fn unowe(&self, item: Pending) {
         self.note(move |j| j.settle(&item)).await;
     }
 

@@ -298,7 +298,7 @@ async fn finish(
         }
         Err(reason) => {
             if let Some(bucket) = owes {
-                bucket.forget(Pending::Blob(digest.clone())).await;
+                bucket.unowe(Pending::Blob(digest.clone())).await;
             }
             tracing::warn!(source = name, %digest, %reason, "blob rejected");
             if reason.is_upstream_fault() {

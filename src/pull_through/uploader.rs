@@ -67,7 +67,8 @@ enum Uploaded {
     Done,
     /// Evicted from the cache meanwhile: no longer owed.
     Gone,
-    /// Not tried: the store began backing off during the round.
+    /// Not tried: the store began backing off during the round, or the
+    /// blob's fill has not stored it yet.
     Skipped,
 }
 
@@ -78,35 +79,35 @@ async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
     cache.metrics().bucket_owed(owed.len());
     failures.order(&mut owed);
     let mut uploads = futures_util::stream::iter(owed)
-        .map(|item| async move {
+        .map(|(item, stamp)| async move {
             let done = match bucket.backing_off_for() {
                 Some(_) => Ok(Uploaded::Skipped),
                 None => upload(bucket, cache, &item).await,
             };
-            (item, done)
+            (item, stamp, done)
         })
         .buffer_unordered(bucket.max_uploads());
     let (mut published, mut failed) = (0, Vec::new());
     let mut store_failed = Vec::new();
-    while let Some((item, done)) = uploads.next().await {
+    while let Some((item, stamp, done)) = uploads.next().await {
         match done {
             Ok(Uploaded::Done) => {
                 published += 1;
                 failures.clear(&item);
             }
-            Ok(Uploaded::Gone) => bucket.forget(item).await,
+            Ok(Uploaded::Gone) => bucket.forget(item, stamp).await,
             Ok(Uploaded::Skipped) => {}
             Err(PublishError::Local(e)) => {
                 tracing::warn!(?item, error = %e, "cannot read what is owed to the object store");
                 failures.tried(&item);
                 failures.strike(&item);
-                failed.push(item);
+                failed.push((item, stamp));
             }
             Err(PublishError::Store(e)) => {
                 tracing::debug!(?item, error = %e, "publishing to the object store failed; later");
                 failures.tried(&item);
                 store_failed.push(item.clone());
-                failed.push(item);
+                failed.push((item, stamp));
             }
         }
     }
@@ -116,11 +117,11 @@ async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
     if published > 0 {
         store_failed.iter().for_each(|item| failures.strike(item));
     }
-    for item in failed {
+    for (item, stamp) in failed {
         if failures.given_up(&item) {
             tracing::warn!(?item, "giving up publishing to the object store after repeated failures; another replica's miss will publish it");
             failures.clear(&item);
-            bucket.forget(item).await;
+            bucket.forget(item, stamp).await;
         }
     }
     if published > 0 {
@@ -132,6 +133,9 @@ async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
 /// One item to the store, read from the cache.
 async fn upload(bucket: &Bucket, cache: &Cache, item: &Pending) -> Result<Uploaded, PublishError> {
     match item {
+        // Owed before its fill commits it: its fill wakes the uploader
+        // again once it is stored (a fill leaves the table after that).
+        Pending::Blob(digest) if cache.filling(digest).is_some() => return Ok(Uploaded::Skipped),
         Pending::Blob(digest) => match cache.stored_blob(digest).await {
             Ok(Some(blob)) => bucket.publish(digest, blob.file, blob.size).await,
             Ok(None) => return Ok(Uploaded::Gone),
@@ -159,8 +163,8 @@ struct Failures {
 impl Failures {
     /// Puts what failed behind the rest: a stable sort, so the oldest
     /// come first among those that failed as often.
-    fn order(&self, owed: &mut [Pending]) {
-        owed.sort_by_key(|item| self.tries(item));
+    fn order(&self, owed: &mut [(Pending, u64)]) {
+        owed.sort_by_key(|(item, _)| self.tries(item));
     }
 
     /// Whether an item has failed often enough of its own to be dropped.
@@ -202,13 +206,15 @@ mod tests {
     fn an_item_that_failed_goes_behind_the_rest_which_keep_their_age() {
         let mut failures = Failures::default();
         failures.tried(&blob(1));
-        let mut owed = vec![blob(1), blob(2), blob(3)];
+        let mut owed: Vec<(Pending, u64)> = (1..=3).map(|i| (blob(i), u64::from(i))).collect();
+        let items =
+            |owed: &[(Pending, u64)]| owed.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
         failures.order(&mut owed);
-        assert_eq!(owed, [blob(2), blob(3), blob(1)]);
+        assert_eq!(items(&owed), [blob(2), blob(3), blob(1)]);
         failures.tried(&blob(2));
         failures.tried(&blob(1));
         failures.order(&mut owed);
-        assert_eq!(owed, [blob(3), blob(2), blob(1)]);
+        assert_eq!(items(&owed), [blob(3), blob(2), blob(1)]);
     }
 
     #[test]

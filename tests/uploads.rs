@@ -1,0 +1,206 @@
+//! Uploads to a store that is slower than the upstream, or hangs: what is
+//! owed waits in the journal, not on the disk, so the cache keeps its quota
+//! and hits are served; once the store answers, what is still cached is
+//! uploaded. Real parts: Garage behind a relay (the fault injection: bytes
+//! towards the store trickle, or go nowhere), the CNCF distribution
+//! registry, skopeo.
+
+mod common;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::lasti::config::Config;
+use ::lasti::oci::Digest;
+use common::garage::Garage;
+use common::http;
+use common::lasti::{config as lasti_config, Lasti};
+use common::oci_layout::{BuiltImage, ImageSpec};
+use common::registry::Registry;
+use common::s3::{blob_key, Store};
+use common::skopeo;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MIB: usize = 1024 * 1024;
+/// The layers of the test image: ten of 2 MiB.
+const LAYERS: usize = 10;
+const LAYER: usize = 2 * MIB;
+/// The cache's quota: room for four layers, not ten.
+const QUOTA: u64 = 8 * MIB as u64;
+
+/// What the relay does with the bytes a client sends towards the store.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Mode {
+    /// Accepts, then forwards nothing either way: a store that hangs.
+    Hung = 0,
+    /// Forwards requests at 512 KiB/s: a store slower than the upstream.
+    Slow = 1,
+    /// Forwards as they come.
+    Open = 2,
+}
+
+/// A TCP relay on loopback in front of `backend`, in the mode `mode`
+/// holds (read when a connection opens); stops by itself.
+async fn relay(listener: TcpListener, backend: u16, mode: Arc<AtomicU8>) {
+    let serve = async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let mode = mode.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                if mode == Mode::Hung as u8 {
+                    // Held open, never answered, until the test ends.
+                    let _held = client;
+                    tokio::time::sleep(Duration::from_secs(300)).await;
+                    return;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", backend)).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = async move {
+                    let mut buf = vec![0; 64 * 1024];
+                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                        if mode == Mode::Slow as u8 {
+                            // 64 KiB per 125 ms: 512 KiB/s.
+                            tokio::time::sleep(Duration::from_millis(125 * n as u64 / 65536)).await;
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut server_read, &mut client_write);
+                let _ = tokio::join!(up, down);
+            });
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(300), serve).await;
+}
+
+/// Garage behind a relay in `mode`: the store, the relay's port, and the
+/// switch.
+async fn store_behind_relay(mode: Mode) -> (Garage, u16, Arc<AtomicU8>) {
+    let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let switch = Arc::new(AtomicU8::new(mode as u8));
+    tokio::spawn(relay(listener, garage.s3.port(), Arc::clone(&switch)));
+    (garage, port, switch)
+}
+
+/// lasti with a small quota, the registry as docker.io, the bucket behind
+/// the relay at `port`.
+fn config(registry: &Registry, garage: &Garage, port: u16) -> Config {
+    let mut config = lasti_config(&[("docker.io", &registry.url())]);
+    garage.configure(&mut config);
+    config.bucket.endpoint = Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+    config.bucket.timeout = Duration::from_secs(5);
+    config.bucket.catch_up = Duration::from_millis(500);
+    config.cache.max_size = bytesize::ByteSize::b(QUOTA);
+    config
+}
+
+async fn push(registry: &Registry, work: &TempDir, name: &str, seed: u64) -> BuiltImage {
+    let spec = ImageSpec::linux_amd64(seed, &[LAYER; LAYERS]);
+    skopeo::push_image(&registry.host(), work.path(), name, &spec)
+        .await
+        .1
+}
+
+/// Waits (up to `within`) until lasti's cache holds no more than the quota
+/// and the blobs `max_uploads` uploads may hold; fails with the last size.
+async fn quota_held(lasti: &Lasti, within: Duration) {
+    let bound = QUOTA + 2 * LAYER as u64 + MIB as u64;
+    let deadline = Instant::now() + within;
+    loop {
+        let size = http::metric(&lasti.admin_url(), "lasti_cache_size_bytes", &[]).await;
+        if size <= bound {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache holds {size} bytes, over {bound}: blobs waiting to be uploaded pin the disk"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (up to a minute) until every blob still on lasti's disk is in the
+/// store, whole, and nothing is owed any more.
+async fn everything_cached_is_uploaded(lasti: &Lasti, garage: &Garage, image: &BuiltImage) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing = not_in_the_store(lasti, garage, image);
+        let owed = http::metric(&lasti.admin_url(), "lasti_bucket_owed", &[]).await;
+        if missing.is_empty() && owed == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cached but not in the store: {missing:?}; owed: {owed}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The blobs of `image` on lasti's disk that the store does not hold
+/// whole; fails when none is on the disk.
+fn not_in_the_store(lasti: &Lasti, garage: &Garage, image: &BuiltImage) -> Vec<String> {
+    let mut cached = 0;
+    let mut missing = Vec::new();
+    for digest in image.blob_digests() {
+        let parsed = Digest::parse(&digest).unwrap();
+        let hex = parsed.hex();
+        let file = lasti.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        cached += 1;
+        let size = garage.object_header(&blob_key(&digest), "content-length");
+        if size != Some(meta.len().to_string()) {
+            missing.push(digest);
+        }
+    }
+    assert!(cached > 0, "some blobs are cached");
+    missing
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_hangs_pins_nothing_and_gets_everything_once_it_answers() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let image = push(&registry, &work, "hung", 31).await;
+    let (garage, port, mode) = store_behind_relay(Mode::Hung).await;
+    let lasti = Lasti::start_with(config(&registry, &garage, port), None).await;
+
+    skopeo::pull_and_check(&lasti.host(), "hung", &image, &work.path().join("a"), false).await;
+    quota_held(&lasti, Duration::from_secs(10)).await;
+    // Hits (and the misses of what was evicted) are served meanwhile.
+    skopeo::pull_and_check(&lasti.host(), "hung", &image, &work.path().join("b"), false).await;
+    quota_held(&lasti, Duration::from_secs(10)).await;
+
+    mode.store(Mode::Open as u8, Ordering::SeqCst);
+    everything_cached_is_uploaded(&lasti, &garage, &image).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_slower_than_the_upstream_keeps_the_quota_and_catches_up() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let image = push(&registry, &work, "slow", 32).await;
+    let (garage, port, _mode) = store_behind_relay(Mode::Slow).await;
+    let lasti = Lasti::start_with(config(&registry, &garage, port), None).await;
+
+    skopeo::pull_and_check(&lasti.host(), "slow", &image, &work.path().join("a"), false).await;
+    quota_held(&lasti, Duration::from_secs(5)).await;
+    everything_cached_is_uploaded(&lasti, &garage, &image).await;
+    let stored = ["op=\"put\"", "result=\"stored\""];
+    assert!(http::metric(&lasti.admin_url(), "lasti_bucket_requests_total", &stored).await >= 1);
+}
