@@ -158,7 +158,11 @@ fn not_in_the_store(lasti: &Lasti, garage: &Garage, image: &BuiltImage) -> Vec<S
     for digest in image.blob_digests() {
         let parsed = Digest::parse(&digest).unwrap();
         let hex = parsed.hex();
-        let file = lasti.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
+        let file = lasti
+            .data_dir()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex);
         let Ok(meta) = std::fs::metadata(&file) else {
             continue;
         };
