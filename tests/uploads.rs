@@ -25,11 +25,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MIB: usize = 1024 * 1024;
-/// The layers of the test image: ten of 2 MiB.
-const LAYERS: usize = 10;
+/// The layers of the test image: twenty of 2 MiB.
+const LAYERS: usize = 20;
 const LAYER: usize = 2 * MIB;
-/// The cache's quota: room for four layers, not ten.
-const QUOTA: u64 = 8 * MIB as u64;
+/// The cache's quota: room for eight layers, not twenty (and each stays
+/// long enough for its upload to want it).
+const QUOTA: u64 = 16 * MIB as u64;
 
 /// What the relay does with the bytes a client sends towards the store.
 #[derive(Clone, Copy)]
@@ -114,22 +115,44 @@ async fn push(registry: &Registry, work: &TempDir, name: &str, seed: u64) -> Bui
         .1
 }
 
-/// Waits (up to `within`) until lasti's cache holds no more than the quota
-/// and the blobs `max_uploads` uploads may hold; fails with the last size.
+/// Waits (up to `within`) until lasti's disk holds no more than the quota
+/// and the blobs `max_uploads` uploads may hold: what the index counts,
+/// plus files evicted but still held open (lasti runs in this process, so
+/// its open files are this process's), whose space the disk cannot free.
 async fn quota_held(lasti: &Lasti, within: Duration) {
     let bound = QUOTA + 2 * LAYER as u64 + MIB as u64;
     let deadline = Instant::now() + within;
     loop {
-        let size = http::metric(&lasti.admin_url(), "lasti_cache_size_bytes", &[]).await;
-        if size <= bound {
+        let indexed = http::metric(&lasti.admin_url(), "lasti_cache_size_bytes", &[]).await;
+        let held = evicted_but_open(lasti.data_dir());
+        if indexed + held <= bound {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the cache holds {size} bytes, over {bound}: blobs waiting to be uploaded pin the disk"
+            "the disk holds {indexed} bytes of cache and {held} of evicted files still open, \
+             over {bound}: blobs waiting to be uploaded pin the disk"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The bytes of files under `dir` that were deleted but are still open in
+/// this process.
+fn evicted_but_open(dir: &std::path::Path) -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let dir = dir.to_string_lossy().to_string();
+    fds.flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_string_lossy();
+            (target.starts_with(&dir) && target.ends_with(" (deleted)"))
+                .then(|| std::fs::metadata(fd.path()).ok().map(|m| m.len()))
+                .flatten()
+        })
+        .sum()
 }
 
 /// Waits (up to a minute) until every blob still on lasti's disk is in the
