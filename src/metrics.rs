@@ -197,7 +197,7 @@ impl Metrics {
             fill_bytes: counter(r, "lasti_fill_bytes_total", "Blob bytes written into the cache, by the tier they came from (bucket, peer, project, upstream).", &["tier"]),
             bucket_owed: gauge(r, "lasti_bucket_owed", "Blobs and manifests owed to the object store: waiting for an upload place, failed, or cut by a crash (as of the uploader's last round)."),
             peer_fetches: counter(r, "lasti_peer_fetches_total", "Blobs and manifests asked of their owner replica, by result (done; failed: unreachable or broke off, left out for a while; refused: it answered without the blob, busy or failing; self: the member was this replica under another name). All but done go on to the next source.", &["result"]),
-            peer_served: counter(r, "lasti_peer_requests_total", "Blob requests answered on the peer listener, by outcome (hit, miss, coalesced, error, refused).", &["outcome"]),
+            peer_served: counter(r, "lasti_peer_requests_total", "Requests answered on the peer listener, by outcome (hit, miss, coalesced: blobs and manifests; offer: a back-fill offer taken; error; refused: no secret, or the asker itself).", &["outcome"]),
             registry,
         }
         .with_outcomes()
@@ -236,7 +236,7 @@ impl Metrics {
         for result in ["done", "failed", "refused", "self"] {
             self.peer_fetches.with_label_values(&[result]);
         }
-        for outcome in ["hit", "miss", "coalesced", "error", "refused"] {
+        for outcome in ["hit", "miss", "coalesced", "error", "refused", "offer"] {
             self.peer_served.with_label_values(&[outcome]);
         }
         for (op, results) in [

@@ -196,3 +196,61 @@ async fn a_tag_pulled_through_two_replicas_is_fetched_from_the_upstream_once() {
         );
     }
 }
+
+/// How many back-fill jobs a replica has, whatever their state.
+fn jobs(status: &serde_json::Value) -> usize {
+    ["pending", "recent", "failed"]
+        .iter()
+        .map(|list| status[list].as_array().map(Vec::len).unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_served_by_two_replicas_is_back_filled_by_its_owner_alone() {
+    let registry = Registry::start();
+    let token = "sa-token-of-the-project";
+    let target = Registry::start_with(common::registry::RegistryOptions {
+        htpasswd: Some(("unused".into(), token.into())),
+    });
+    let work = TempDir::new().unwrap();
+    let spec = ImageSpec::linux_amd64(28, &[4096, 8192]);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "filled", &spec).await;
+    let members = vec![
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let owner = rendezvous::ranked(&members, &Digest::parse(&image.manifest_digest).unwrap())[0]
+        .to_string();
+    let mut replicas = Vec::new();
+    for me in &members {
+        let mut config = replica(&registry, me, &members);
+        config.target.url = Some(url::Url::parse(&target.url()).unwrap());
+        config.target.project = Some("proj".into());
+        config.target.token = Some(Secret::new(token.into()));
+        replicas.push(Lasti::start_with(config, None).await);
+    }
+    for (i, lasti) in replicas.iter().enumerate() {
+        let out = work.path().join(format!("through-{i}"));
+        skopeo::pull_and_check(&lasti.host(), "filled", &image, &out, false).await;
+    }
+    let at_owner = members.iter().position(|m| *m == owner).unwrap();
+    let status = replicas[at_owner]
+        .backfill_status_when(Duration::from_secs(30), |s| {
+            s["recent"].as_array().is_some_and(|r| r.len() == 1)
+        })
+        .await;
+    assert_eq!(status["recent"][0]["target_repo"], "proj/filled");
+    let other = replicas[1 - at_owner]
+        .backfill_status_when(Duration::from_secs(5), |_| true)
+        .await;
+    assert_eq!(
+        jobs(&other),
+        0,
+        "the other replica forwarded its offer: {other:#}"
+    );
+    let admin = replicas[at_owner].admin_url();
+    assert!(
+        http::metric(&admin, "lasti_peer_requests_total", &["outcome=\"offer\""]).await >= 1,
+        "the owner took the other's offer"
+    );
+}

@@ -32,6 +32,8 @@ pub struct Cluster {
     secret: [u8; 32],
     /// A random id of this process, which its peer requests carry.
     instance: String,
+    /// Places for back-fill offers being forwarded to their owners.
+    forwards: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -75,6 +77,7 @@ impl Cluster {
             members,
             client: PeerClient::new(config, instance.clone())?,
             instance,
+            forwards: Arc::new(tokio::sync::Semaphore::new(FORWARDS)),
             secret: hash(secret.expose().as_bytes()),
             metrics,
         })))
@@ -122,6 +125,12 @@ impl Cluster {
         }
     }
 
+    /// A place to forward one back-fill offer, or `None` when [`FORWARDS`]
+    /// are in flight.
+    pub fn forward_place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.forwards).try_acquire_owned().ok()
+    }
+
     /// Counts something had from `member`.
     pub fn fetched_from(&self, member: &str) {
         tracing::debug!(member, "fetched from the owner replica");
@@ -144,6 +153,10 @@ impl Cluster {
         offered.is_some_and(|token| hash(token.as_bytes()) == self.secret)
     }
 }
+
+/// Back-fill offers forwarded at once; past it an offer stays with the
+/// replica that served the image.
+const FORWARDS: usize = 64;
 
 fn hash(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()

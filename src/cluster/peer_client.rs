@@ -15,9 +15,13 @@ use crate::config::{ClusterConfig, UpstreamConfig};
 use crate::error::{Error, Result};
 use crate::oci::media_type::DEFAULT_MANIFEST_ACCEPT;
 use crate::oci::{Digest, RepoName};
+use crate::pull_through::Offer;
 use crate::secret::Secret;
 use crate::upstream::client::{self, HttpClient, SendError};
 use crate::upstream::{BlobResponse, FetchedManifest};
+
+/// Where the peer listener takes back-fill offers (`POST`, JSON).
+pub const OFFER_PATH: &str = "/lasti/backfill/offer";
 
 /// The header a peer request names its asker in: the asking process's
 /// instance id, so that a replica that reached itself under another name
@@ -121,8 +125,23 @@ impl PeerClient {
         })
     }
 
-    /// One `GET` of `/v2/<path>?ns=<upstream>` on `member`'s peer listener,
-    /// with the secret and this process's id; the response's head.
+    /// Hands a back-fill offer to `member`, the owner of its digest, whose
+    /// queue takes it (`202 Accepted`).
+    pub async fn offer(&self, member: &str, offer: &Offer) -> Result<()> {
+        let json = serde_json::to_vec(offer).expect("an offer serializes");
+        let uri = format!("http://{member}{OFFER_PATH}");
+        let headers = vec![(header::CONTENT_TYPE, "application/json".to_string())];
+        let response = self
+            .send(member, Method::POST, uri, headers, body::full(json))
+            .await?;
+        match response.status() {
+            StatusCode::ACCEPTED => Ok(()),
+            status => Err(answered(member, status)),
+        }
+    }
+
+    /// One `GET` of `/v2/<path>?ns=<upstream>` on `member`'s peer listener;
+    /// the response's head.
     async fn get(
         &self,
         member: &str,
@@ -134,7 +153,21 @@ impl PeerClient {
             .append_pair("ns", upstream)
             .finish();
         let uri = format!("http://{member}/v2/{path}?{ns}");
-        let mut request = Request::builder().method(Method::GET).uri(uri);
+        self.send(member, Method::GET, uri, headers, body::empty())
+            .await
+    }
+
+    /// One request to `member`'s peer listener, with the secret and this
+    /// process's id; the response's head.
+    async fn send(
+        &self,
+        member: &str,
+        method: Method,
+        uri: String,
+        headers: Vec<(HeaderName, String)>,
+        body: crate::body::Body,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let mut request = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -148,7 +181,7 @@ impl PeerClient {
         let request = request
             .header(header::AUTHORIZATION, value)
             .header(ASKER_HEADER, self.instance.as_str())
-            .body(body::empty())
+            .body(body)
             .map_err(|e| refused(member, e.to_string()))?;
         match client::send(&self.client, request, self.timeout).await {
             Ok(response) if response.status() == StatusCode::LOOP_DETECTED => {

@@ -33,8 +33,9 @@ pub use manifests::ManifestAnswer;
 pub use referrers::ReferrersAnswer;
 pub use warm::Warmed;
 
-/// An image served to a client, offered for back-fill.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// An image served to a client, offered for back-fill; with `[cluster]`,
+/// sent to the replica that owns its digest as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Offer {
     /// The upstream's configured name.
     pub upstream: String,
@@ -193,15 +194,51 @@ impl Proxy {
         self.backfill.as_ref()
     }
 
-    /// Offers a tag just served for back-fill (cheap, never blocks).
+    /// Offers a tag just served for back-fill (cheap, never blocks). With
+    /// `[cluster]`, the offer goes to the replica that owns the digest, so
+    /// an image is back-filled by one replica, not by every one that served
+    /// it; this replica's own queue takes it when the owner cannot.
     fn offer(&self, upstream: &Upstream, repo: &RepoName, tag: &str, digest: &Digest) {
-        if let Some(backfill) = &self.backfill {
-            backfill.offer(Offer {
-                upstream: upstream.name().to_string(),
-                repo: repo.clone(),
-                tag: tag.to_string(),
-                digest: digest.clone(),
-            });
+        let Some(backfill) = &self.backfill else {
+            return;
+        };
+        let offer = Offer {
+            upstream: upstream.name().to_string(),
+            repo: repo.clone(),
+            tag: tag.to_string(),
+            digest: digest.clone(),
+        };
+        let owner = self
+            .cluster
+            .as_ref()
+            .and_then(|c| Some((c, c.owner(digest)?)));
+        let Some((cluster, member)) = owner else {
+            backfill.offer(offer);
+            return;
+        };
+        let Some(place) = cluster.forward_place() else {
+            backfill.offer(offer);
+            return;
+        };
+        let (cluster, backfill) = (Arc::clone(cluster), Arc::clone(backfill));
+        tokio::spawn(async move {
+            let _place = place;
+            if let Err(err) = cluster.client().offer(&member, &offer).await {
+                cluster.failed(&member, &err);
+                backfill.offer(offer);
+            }
+        });
+    }
+
+    /// Takes an offer another replica forwarded, as the owner of its
+    /// digest; `false` when back-fill is off here.
+    pub fn take_offer(&self, offer: Offer) -> bool {
+        match &self.backfill {
+            Some(backfill) => {
+                backfill.offer(offer);
+                true
+            }
+            None => false,
         }
     }
 

@@ -121,6 +121,41 @@ pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Bod
     }
 }
 
+/// Largest back-fill offer read on the peer listener.
+const OFFER_LIMIT: usize = 4096;
+
+/// Takes a back-fill offer another replica forwarded to this one, the
+/// owner of its digest: `202 Accepted` once queued here.
+pub async fn peer_offer(proxy: &Proxy, request: Request<hyper::body::Incoming>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, OFFER_LIMIT));
+    let answer = match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(bytes)) => serde_json::from_slice::<crate::pull_through::Offer>(&bytes.to_bytes())
+            .map_err(|_| Error::Unsupported("the body is not a back-fill offer")),
+        _ => Err(Error::Unsupported("the offer could not be read")),
+    };
+    let answer = answer.and_then(|offer| {
+        let ns = format!("ns={}", offer.upstream);
+        let (upstream, repo) = resolve(proxy, offer.repo.as_str(), Some(&ns))?;
+        let offer = crate::pull_through::Offer {
+            upstream: upstream.name().to_string(),
+            repo,
+            ..offer
+        };
+        match proxy.take_offer(offer) {
+            true => Ok(response::accepted()),
+            false => Err(Error::Unsupported("back-fill is off on this replica")),
+        }
+    });
+    match answer {
+        Ok(response) => response,
+        Err(err) => {
+            response::log_failure(&err, &parts.method, parts.uri.path());
+            response::error(&err)
+        }
+    }
+}
+
 /// Chooses the upstream (by `ns=` or the name) and validates the name.
 fn resolve<'p>(
     proxy: &'p Proxy,

@@ -34,7 +34,7 @@ use crate::access::Access;
 use crate::backfill::Backfill;
 use crate::bucket::Bucket;
 use crate::cache::Cache;
-use crate::cluster::peer_client::ASKER_HEADER;
+use crate::cluster::peer_client::{ASKER_HEADER, OFFER_PATH};
 use crate::cluster::Cluster;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
@@ -468,6 +468,9 @@ impl App {
         let refused = admitted.is_err();
         let response = match (admitted, &self.door) {
             (Ok(()), Door::Clients(_)) => handlers::handle(&self.proxy, &request).await,
+            (Ok(()), Door::Peers(_)) if method == Method::POST && path == OFFER_PATH => {
+                handlers::peer_offer(&self.proxy, request).await
+            }
             (Ok(()), Door::Peers(_)) => handlers::handle_peer(&self.proxy, &request).await,
             (Err(err), _) => {
                 response::log_failure(&err, &method, &path);
@@ -485,6 +488,9 @@ impl App {
                 }
             }
             (Door::Peers(_), _) if refused => metrics.peer_served("refused"),
+            (Door::Peers(_), _) if response.status() == http::StatusCode::ACCEPTED => {
+                metrics.peer_served("offer")
+            }
             (Door::Peers(_), Some(outcome)) => metrics.peer_served(outcome.as_str()),
             (Door::Peers(_), None) => metrics.peer_served("error"),
         }

@@ -40,6 +40,14 @@ pub fn base() -> Response<Body> {
     )
 }
 
+/// `202 Accepted` with an empty JSON object: taken, to be done later.
+pub fn accepted() -> Response<Body> {
+    finish(
+        builder(StatusCode::ACCEPTED).header(header::CONTENT_TYPE, JSON),
+        body::full(Bytes::from_static(b"{}")),
+    )
+}
+
 /// Logs why a request failed, at the level its origin deserves, naming the
 /// request (there is no span per request: a hit pays for none). The message
 /// is the error body's: clients (skopeo, docker) often show only the
