@@ -8,10 +8,9 @@
 //! to a resume) is not: it is alive, and owns its digests still.
 
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
-use url::Url;
 
 use crate::body;
-use crate::config::{ClusterConfig, UpstreamConfig};
+use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::oci::media_type::DEFAULT_MANIFEST_ACCEPT;
 use crate::oci::{Digest, RepoName};
@@ -44,14 +43,9 @@ impl PeerClient {
         config: &ClusterConfig,
         instance: String,
     ) -> std::result::Result<PeerClient, String> {
-        let mut settings = UpstreamConfig::new(
-            "peers",
-            Url::parse("http://127.0.0.1/").expect("a valid URL"),
-        );
-        settings.connect_timeout = config.connect_timeout;
         Ok(PeerClient {
             instance,
-            client: client::build(&settings)?,
+            client: client::build_plain(config.connect_timeout)?,
             secret: config
                 .secret
                 .clone()

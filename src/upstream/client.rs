@@ -25,7 +25,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The pooled client type shared by an upstream and its token realm.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Builds the client for one upstream.
+/// Builds the client for one upstream: the platform's roots (read from
+/// disk: call it on the blocking pool) and its `ca_file`.
 pub fn build(config: &UpstreamConfig) -> Result<HttpClient, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -47,6 +48,16 @@ pub fn build(config: &UpstreamConfig) -> Result<HttpClient, String> {
             return Err(format!("ca_file {} holds no certificate", path.display()));
         }
     }
+    pooled(roots, config.connect_timeout)
+}
+
+/// A client for plain HTTP inside the cluster (the replicas' peer
+/// listeners): no roots to read, and none trusted.
+pub fn build_plain(connect_timeout: Duration) -> Result<HttpClient, String> {
+    pooled(rustls::RootCertStore::empty(), connect_timeout)
+}
+
+fn pooled(roots: rustls::RootCertStore, connect_timeout: Duration) -> Result<HttpClient, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -56,7 +67,7 @@ pub fn build(config: &UpstreamConfig) -> Result<HttpClient, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_connect_timeout(Some(connect_timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
