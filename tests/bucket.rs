@@ -447,3 +447,57 @@ async fn a_multipart_upload_a_crash_left_is_aborted_at_the_next_start() {
         "and leaves the journal"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_object_is_kept_when_bytes_resumed_from_another_source_fail() {
+    use common::fake_upstream::{blob_path, random_blob, FakeUpstream, Fault};
+    use common::relay::{relay, Mode, CUT_AFTER};
+    use std::sync::atomic::AtomicU8;
+    use std::sync::Arc;
+
+    // The upstream sends wrong bytes; the bucket holds the right ones.
+    let fake = FakeUpstream::start().await;
+    let blob = random_blob(3 * MIB);
+    let digest = fake.put_blob(blob.clone());
+    fake.fault(&digest, Fault::Corrupt);
+    let garage = start_garage().await;
+    let work = TempDir::new().unwrap();
+    let file = work.path().join("blob");
+    std::fs::write(&file, &blob).unwrap();
+    assert_eq!(garage.status("PUT", &blob_key(&digest), Some(&file)), 200);
+    // Every answer of the bucket breaks off after its first MiB.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicU8::new(Mode::Cut as u8));
+    tokio::spawn(relay(listener, garage.s3.port(), cut));
+    let mut cfg = lasti_config(&[("docker.io", &fake.url())]);
+    garage.configure(&mut cfg);
+    cfg.bucket.endpoint = Some(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+    let lasti = Lasti::start_with(cfg, None).await;
+
+    let reply = http::get(
+        &format!("{}{}", lasti.url(), blob_path("library/x", &digest)),
+        &[],
+    )
+    .await;
+    assert!(
+        reply.body.len() < blob.len(),
+        "the bad blob is not delivered"
+    );
+    let from_bucket = metric(&lasti, "lasti_fill_bytes_total", &["tier=\"bucket\""]).await;
+    assert!(
+        from_bucket >= CUT_AFTER as u64 / 2 && from_bucket < blob.len() as u64,
+        "the bucket sent part of it (its client resumes once): {from_bucket}"
+    );
+    assert!(metric_reaches(&lasti, "lasti_digest_failures_total", &[], 1).await >= 1);
+    assert!(
+        fake.gets(&blob_path("library/x", &digest)) >= 1,
+        "the upstream went on"
+    );
+    // Bytes mixed with the upstream's prove nothing about the object.
+    assert_eq!(
+        garage.object_header(&blob_key(&digest), "content-length"),
+        Some(blob.len().to_string()),
+        "the bucket's good object is kept"
+    );
+}

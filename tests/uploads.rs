@@ -18,11 +18,11 @@ use common::http;
 use common::lasti::{config as lasti_config, Lasti};
 use common::oci_layout::{BuiltImage, ImageSpec};
 use common::registry::Registry;
+use common::relay::{relay, Mode};
 use common::s3::{blob_key, Store};
 use common::skopeo;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const MIB: usize = 1024 * 1024;
 /// The layers of the test image: twenty of 2 MiB.
@@ -31,59 +31,6 @@ const LAYER: usize = 2 * MIB;
 /// The cache's quota: room for eight layers, not twenty (and each stays
 /// long enough for its upload to want it).
 const QUOTA: u64 = 16 * MIB as u64;
-
-/// What the relay does with the bytes a client sends towards the store.
-#[derive(Clone, Copy)]
-#[repr(u8)]
-enum Mode {
-    /// Accepts, then forwards nothing either way: a store that hangs.
-    Hung = 0,
-    /// Forwards requests at 512 KiB/s: a store slower than the upstream.
-    Slow = 1,
-    /// Forwards as they come.
-    Open = 2,
-}
-
-/// A TCP relay on loopback in front of `backend`, in the mode `mode`
-/// holds (read when a connection opens); stops by itself.
-async fn relay(listener: TcpListener, backend: u16, mode: Arc<AtomicU8>) {
-    let serve = async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let mode = mode.load(Ordering::SeqCst);
-            tokio::spawn(async move {
-                if mode == Mode::Hung as u8 {
-                    // Held open, never answered, until the test ends.
-                    let _held = client;
-                    tokio::time::sleep(Duration::from_secs(300)).await;
-                    return;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", backend)).await else {
-                    return;
-                };
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let up = async move {
-                    let mut buf = vec![0; 64 * 1024];
-                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
-                        if mode == Mode::Slow as u8 {
-                            // 64 KiB per 125 ms: 512 KiB/s.
-                            tokio::time::sleep(Duration::from_millis(125 * n as u64 / 65536)).await;
-                        }
-                        if server_write.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let down = tokio::io::copy(&mut server_read, &mut client_write);
-                let _ = tokio::join!(up, down);
-            });
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(300), serve).await;
-}
 
 /// Garage behind a relay in `mode`: the store, the relay's port, and the
 /// switch.

@@ -33,6 +33,7 @@ pub mod oci_layout;
 pub mod podman;
 pub mod process;
 pub mod registry;
+pub mod relay;
 pub mod s3;
 pub mod skopeo;
 pub mod throttle;
