@@ -432,8 +432,12 @@ impl Proxy {
         tag: Option<TagRef>,
     ) -> Result<(Arc<Manifest>, Outcome)> {
         let (first, first_repo) = sources.first().expect("at least one source");
+        // The project's copy of a tag (its upstream unreachable) is not the
+        // cluster's to resolve: only what names an upstream is routed.
         let (upstream, repo) = sources.last().expect("at least one source");
-        let owner = self.manifest_owner(upstream.name(), repo, reference);
+        let owner = (expected.is_some() || tag.is_some())
+            .then(|| self.manifest_owner(upstream.name(), repo, reference))
+            .flatten();
         let key = FlightKey {
             upstream: first.name().to_string(),
             repo: first_repo.clone(),

@@ -95,7 +95,10 @@ async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
                 published += 1;
                 failures.clear(&item);
             }
-            Ok(Uploaded::Gone) => bucket.forget(item, stamp).await,
+            Ok(Uploaded::Gone) => {
+                failures.clear(&item);
+                bucket.forget(item, stamp).await;
+            }
             Ok(Uploaded::Skipped) => {}
             Err(PublishError::Local(e)) => {
                 tracing::warn!(?item, error = %e, "cannot read what is owed to the object store");
