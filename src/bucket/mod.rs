@@ -243,7 +243,7 @@ impl Bucket {
         request: impl std::future::Future<Output = object_store::Result<T>>,
     ) -> Result<Option<T>> {
         let started = Instant::now();
-        if self.skipping(started) {
+        if self.backing_off_for().is_some() {
             self.metrics.bucket_result(op, "skipped");
             return Ok(None);
         }
@@ -279,19 +279,6 @@ impl Bucket {
         let now = Instant::now();
         let until = *self.skip_until.lock().unwrap_or_else(|p| p.into_inner());
         until.filter(|t| now < *t).map(|t| t - now)
-    }
-
-    /// Whether look-ups skip the store for now, after a failure.
-    fn skipping(&self, now: Instant) -> bool {
-        let mut until = self.skip_until.lock().unwrap_or_else(|p| p.into_inner());
-        match *until {
-            Some(t) if now < t => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
-        }
     }
 
     /// Owes the store a blob about to be stored: journaled before the
@@ -388,13 +375,10 @@ impl Bucket {
         write: impl std::future::Future<Output = Result<()>>,
     ) -> Result<()> {
         let started = Instant::now();
-        let outcome = within(self.timeout, write)
-            .await
-            .map_err(PublishError::Store);
-        self.count_write(op, started, outcome.as_ref().err());
-        outcome.map_err(|e| match e {
-            PublishError::Local(e) | PublishError::Store(e) => e,
-        })
+        let outcome = within(self.timeout, write).await;
+        let failure = outcome.as_ref().err().cloned().map(PublishError::Store);
+        self.count_write(op, started, failure.as_ref());
+        outcome
     }
 
     /// A multipart upload of the file, [`PARTS_IN_FLIGHT`] parts at once,

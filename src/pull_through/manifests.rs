@@ -394,10 +394,7 @@ impl Proxy {
     /// other replicas.
     async fn record_tag(&self, tag: &TagRef, record: TagRecord) {
         shared::share_tag(self.bucket.as_ref(), tag, record.clone());
-        let key = tag.key();
-        if let Err(err) = self.cache.put_tag(&key, record).await {
-            tracing::error!(tag = key, error = %err, "cannot record a tag");
-        }
+        put_tag_record(&self.cache, tag, record).await;
     }
 
     /// Fetches a manifest once for all concurrent askers, verifies and
@@ -476,7 +473,7 @@ impl Proxy {
                         // The owner shared it (and the tag) with the bucket.
                         let manifest = keep(&cache, manifest).await;
                         if let Some(tag) = &tag {
-                            record_locally(&cache, tag, &manifest).await;
+                            put_tag_record(&cache, tag, confirmed_now(&manifest)).await;
                         }
                         return Ok(manifest);
                     }
@@ -494,8 +491,9 @@ impl Proxy {
                         let manifest = keep(&cache, manifest).await;
                         shared::share_manifest(bucket.as_ref(), &manifest);
                         if let Some(tag) = &tag {
-                            let record = record_locally(&cache, tag, &manifest).await;
-                            shared::share_tag(bucket.as_ref(), tag, record);
+                            let record = confirmed_now(&manifest);
+                            shared::share_tag(bucket.as_ref(), tag, record.clone());
+                            put_tag_record(&cache, tag, record).await;
                         }
                         return Ok(manifest);
                     }
@@ -545,19 +543,23 @@ struct Owner {
     member: String,
 }
 
-/// Records, in the local index, that `tag` names `manifest` as of now.
-async fn record_locally(cache: &Cache, tag: &TagRef, manifest: &Manifest) -> TagRecord {
-    let record = TagRecord {
+/// The record of a tag that names `manifest`, confirmed now.
+fn confirmed_now(manifest: &Manifest) -> TagRecord {
+    TagRecord {
         digest: manifest.digest.clone(),
         media_type: manifest.media_type.clone(),
         size: manifest.bytes.len() as u64,
         checked_at: unix_now(),
-    };
+    }
+}
+
+/// Writes a tag record to the local index; a failure is logged, not fatal
+/// (the tag is asked again next time).
+async fn put_tag_record(cache: &Cache, tag: &TagRef, record: TagRecord) {
     let key = tag.key();
-    if let Err(err) = cache.put_tag(&key, record.clone()).await {
+    if let Err(err) = cache.put_tag(&key, record).await {
         tracing::error!(tag = key, error = %err, "cannot record a tag");
     }
-    record
 }
 
 /// Stores a verified manifest in the cache. A manifest that cannot be
