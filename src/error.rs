@@ -162,6 +162,11 @@ pub enum Error {
         /// The name under which this replica reached itself.
         member: String,
     },
+    /// This replica is shutting down and was asked, on its peer listener,
+    /// for a blob it neither holds nor is fetching: the asker takes the
+    /// next member in rank instead (sent as `421 Misdirected Request`).
+    #[error("this replica is shutting down; ask the next in rank")]
+    Leaving,
     /// The local disk or metadata store failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -210,7 +215,8 @@ impl Error {
             | BucketUnavailable(_)
             | PeerDown { .. }
             | PeerRefused { .. }
-            | PeerIsSelf { .. } => Origin::Upstream,
+            | PeerIsSelf { .. }
+            | Leaving => Origin::Upstream,
             Storage(_) | DataDirInUse { .. } => Origin::Internal,
         }
     }
@@ -262,6 +268,7 @@ impl Error {
             | PeerDown { .. }
             | PeerRefused { .. } => ErrorCode::Unavailable,
             PeerIsSelf { .. } => ErrorCode::Denied,
+            Leaving => ErrorCode::Unavailable,
             Storage(_) | DataDirInUse { .. } => ErrorCode::Unknown,
         }
     }
@@ -279,6 +286,7 @@ impl Error {
             | PeerDown { .. }
             | PeerRefused { .. } => StatusCode::BAD_GATEWAY,
             PeerIsSelf { .. } => StatusCode::LOOP_DETECTED,
+            Leaving => StatusCode::MISDIRECTED_REQUEST,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             other => other.code().status(),
         }
@@ -312,6 +320,7 @@ impl Error {
             PeerDown { .. } => "peer_down",
             PeerRefused { .. } => "peer_refused",
             PeerIsSelf { .. } => "peer_is_self",
+            Leaving => "leaving",
             Storage(_) => "storage",
             DataDirInUse { .. } => "data_dir_in_use",
         }

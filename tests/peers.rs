@@ -1,6 +1,7 @@
 //! A replica among members that are not what they seem: a member list that
-//! names this replica twice (a host name beside its address), and an owner
-//! that is alive but busy. Real parts: lasti in-process with its peer
+//! names this replica twice (a host name beside its address), an owner
+//! that is alive but busy, and one that joins after the others fetched
+//! what it owns. Real parts: lasti in-process with its peer
 //! listener on loopback, the CNCF distribution registry as the upstream;
 //! the busy owner is a small in-test server that answers 503 to everything.
 
@@ -85,8 +86,9 @@ async fn a_replica_listed_under_two_names_never_waits_on_itself() {
 }
 
 /// A member that answers every request with 503 `UNAVAILABLE`, as a
-/// replica past its open-file budget does; records the digests asked.
-async fn busy_member(port: u16) -> Arc<Mutex<Vec<String>>> {
+/// replica past its open-file budget does; records the digests asked, and
+/// whether each was asked only if held (`Cache-Control: only-if-cached`).
+async fn busy_member(port: u16) -> Arc<Mutex<Vec<(String, bool)>>> {
     let asked = Arc::new(Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -103,14 +105,15 @@ async fn busy_member(port: u16) -> Arc<Mutex<Vec<String>>> {
                 tokio::spawn(async move {
                     let mut head = vec![0; 8192];
                     let n = socket.read(&mut head).await.unwrap_or(0);
-                    let head = String::from_utf8_lossy(&head[..n]).to_string();
+                    let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+                    let only_stored = head.contains("\r\ncache-control: only-if-cached\r\n");
                     if let Some(digest) = head
                         .split_whitespace()
                         .nth(1)
                         .and_then(|path| path.split("/blobs/").nth(1))
                         .and_then(|rest| rest.split('?').next())
                     {
-                        seen.lock().unwrap().push(digest.to_string());
+                        seen.lock().unwrap().push((digest.to_string(), only_stored));
                     }
                     let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"busy"}]}"#;
                     let answer = format!(
@@ -152,12 +155,22 @@ async fn a_busy_owner_stays_the_owner_of_its_blobs() {
         assert_eq!(reply.status, 200, "{digest}");
         assert_eq!(Digest::sha256_of(&reply.body).to_string(), digest);
     }
-    let asked: HashSet<String> = asked.lock().unwrap().iter().cloned().collect();
-    assert_eq!(asked, theirs, "every blob it owns was asked of it");
+    let asked = asked.lock().unwrap().clone();
+    let to_fetch: HashSet<String> = asked.iter().filter(|a| !a.1).map(|a| a.0.clone()).collect();
+    assert_eq!(to_fetch, theirs, "every blob it owns was asked of it");
+    // It is also this replica's successor: asked for a copy of each blob
+    // this replica owns, never to fetch one.
+    let if_held: HashSet<String> = asked.iter().filter(|a| a.1).map(|a| a.0.clone()).collect();
+    let mine: HashSet<String> = image.blob_digests().into_iter().collect();
+    assert_eq!(
+        if_held,
+        &mine - &theirs,
+        "each of this replica's own blobs asked if held"
+    );
     let admin = lasti.admin_url();
     assert_eq!(
         http::metric(&admin, "lasti_peer_fetches_total", &["result=\"refused\""]).await,
-        theirs.len() as u64
+        mine.len() as u64
     );
     assert_eq!(
         http::metric(&admin, "lasti_peer_fetches_total", &["result=\"failed\""]).await,
@@ -195,6 +208,58 @@ async fn a_tag_pulled_through_two_replicas_is_fetched_from_the_upstream_once() {
             1
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_joins_takes_its_blobs_from_its_successor_not_the_upstream() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let spec = ImageSpec::linux_amd64(29, &[4096; 8]);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "joined", &spec).await;
+    let (late, early) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let members = vec![late.clone(), early.clone()];
+    let blobs = image.blob_digests();
+    assert!(
+        !owned_by(&late, &members, &blobs).is_empty(),
+        "the replica that joins late owns some of the blobs"
+    );
+
+    // While `late` is away (a restart, or before it is scheduled), `early`
+    // fetches its blobs itself.
+    let first = Lasti::start_with(replica(&registry, &early, &members), None).await;
+    let out = work.path().join("through-early");
+    skopeo::pull_and_check(&first.host(), "joined", &image, &out, false).await;
+    for digest in &blobs {
+        assert_eq!(registry.settled_blob_gets(digest, 1), 1, "{digest}");
+    }
+
+    // `late` comes, with an empty disk: what it owns it asks its successor
+    // for, a copy held, not a fetch.
+    let second = Lasti::start_with(replica(&registry, &late, &members), None).await;
+    let out = work.path().join("through-late");
+    skopeo::pull_and_check(&second.host(), "joined", &image, &out, false).await;
+    std::thread::sleep(Duration::from_millis(300));
+    for digest in &blobs {
+        assert_eq!(registry.blob_gets(digest), 1, "{digest} fetched once");
+    }
+
+    // Asked only for what it holds, a replica never fetches.
+    let unknown = Digest::sha256_of(b"held by no one").to_string();
+    let url = format!("http://{early}/v2/library/joined/blobs/{unknown}?ns=docker.io");
+    let reply = http::get(
+        &url,
+        &[
+            ("authorization", "Bearer replicas-of-one-test"),
+            ("cache-control", "only-if-cached"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(registry.blob_gets(&unknown), 0, "nothing asked upstream");
 }
 
 /// How many back-fill jobs a replica has, whatever their state.

@@ -61,16 +61,47 @@ impl Members {
     /// The member to fetch `digest` from, or `None` when this replica owns
     /// it: the highest-ranked member that has not just failed.
     pub fn owner(&self, digest: &Digest) -> Option<String> {
+        self.owners(digest, 1).pop()
+    }
+
+    /// The owner of `digest` and up to `n - 1` members after it in rank,
+    /// those that have not just failed, up to this replica (empty when it
+    /// owns the digest). Every replica ranks alike, so askers whose owner
+    /// went away all turn to the same next one.
+    pub fn owners(&self, digest: &Digest, n: usize) -> Vec<String> {
         let list = self.all();
         let now = Instant::now();
         let mut down = self.down.lock().expect("down lock");
         down.retain(|_, since| now.duration_since(*since) < DOWN_FOR);
         let aliases = self.aliases.read().expect("aliases lock");
         let mine = |m: &str| m == self.me || aliases.iter().any(|a| a == m);
-        let owner = rendezvous::ranked(&list, digest)
+        rendezvous::ranked(&list, digest)
             .into_iter()
-            .find(|m| mine(m) || !down.contains_key(*m))?;
-        (!mine(owner)).then(|| owner.to_string())
+            .filter(|m| mine(m) || !down.contains_key(*m))
+            .take_while(|m| !mine(m))
+            .take(n)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The member after this replica in rank for `digest` that has not
+    /// just failed, when this replica owns it: the one that owned the
+    /// digest while this replica was away (or before it joined), and may
+    /// hold the blob already.
+    pub fn successor(&self, digest: &Digest) -> Option<String> {
+        let list = self.all();
+        let now = Instant::now();
+        let mut down = self.down.lock().expect("down lock");
+        down.retain(|_, since| now.duration_since(*since) < DOWN_FOR);
+        let aliases = self.aliases.read().expect("aliases lock");
+        let mine = |m: &str| m == self.me || aliases.iter().any(|a| a == m);
+        let mut ranked = rendezvous::ranked(&list, digest)
+            .into_iter()
+            .filter(|m| mine(m) || !down.contains_key(*m));
+        match ranked.next() {
+            Some(first) if mine(first) => ranked.find(|m| !mine(m)).map(str::to_string),
+            _ => None,
+        }
     }
 
     /// Takes `member` as another name of this replica from now on.
@@ -178,6 +209,46 @@ mod tests {
             digests().all(|d| members.owner(&d).as_deref() != Some("10.0.0.1:5001")),
             "this replica is never left out of its own view"
         );
+    }
+
+    #[test]
+    fn the_owners_of_a_digest_run_in_rank_up_to_this_replica() {
+        let members = three("b:1");
+        for digest in digests() {
+            let all = members.all();
+            let ranked = rendezvous::ranked(&all, &digest);
+            let before_me: Vec<String> = ranked
+                .iter()
+                .take_while(|m| **m != members.me())
+                .map(|m| m.to_string())
+                .collect();
+            assert_eq!(members.owners(&digest, 4), before_me);
+            assert_eq!(members.owners(&digest, 1).first(), before_me.first());
+            if before_me.len() >= 2 {
+                members.failed(&before_me[0]);
+                assert_eq!(members.owners(&digest, 4), before_me[1..]);
+                members.down.lock().unwrap().clear();
+            }
+        }
+    }
+
+    #[test]
+    fn an_owner_s_successor_is_the_next_in_rank_that_is_up() {
+        let members = three("b:1");
+        for digest in digests() {
+            let all = members.all();
+            let ranked = rendezvous::ranked(&all, &digest);
+            let owns = ranked[0] == members.me();
+            match owns {
+                false => assert_eq!(members.successor(&digest), None),
+                true => {
+                    assert_eq!(members.successor(&digest).as_deref(), Some(ranked[1]));
+                    members.failed(ranked[1]);
+                    assert_eq!(members.successor(&digest).as_deref(), Some(ranked[2]));
+                    members.down.lock().unwrap().clear();
+                }
+            }
+        }
     }
 
     #[test]

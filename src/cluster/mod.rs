@@ -7,12 +7,16 @@
 //! project or the upstream) and streams it, and the asker tees it into its
 //! own disk. Requests on the peer listener never ask a peer in turn, so two
 //! replicas whose member lists differ for a moment cannot send a blob
-//! round in circles.
+//! round in circles. When the owner cannot serve (it went away, or it is
+//! shutting down and turns away what it would have to fetch), the asker
+//! tries the next member in rank, which every asker agrees on, and only
+//! then fetches by itself.
 
 pub mod members;
 pub mod peer_client;
 pub mod rendezvous;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
@@ -34,6 +38,9 @@ pub struct Cluster {
     instance: String,
     /// Places for back-fill offers being forwarded to their owners.
     forwards: Arc<tokio::sync::Semaphore>,
+    /// Set on shutdown: peer requests for what this replica neither holds
+    /// nor is fetching are turned away, so askers go to the next in rank.
+    leaving: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -78,6 +85,7 @@ impl Cluster {
             client: PeerClient::new(config, instance.clone())?,
             instance,
             forwards: Arc::new(tokio::sync::Semaphore::new(FORWARDS)),
+            leaving: AtomicBool::new(false),
             secret: hash(secret.expose().as_bytes()),
             metrics,
         })))
@@ -86,6 +94,35 @@ impl Cluster {
     /// The member to ask for `digest`, or `None` when this replica owns it.
     pub fn owner(&self, digest: &Digest) -> Option<String> {
         self.members.owner(digest)
+    }
+
+    /// The owner of `digest` and the member after it in rank, those of
+    /// them that are not this replica: a fill asks the second when the
+    /// first cannot serve (it went away, it is shutting down), so askers
+    /// still fetch once for the cluster while a replica restarts.
+    pub fn owners(&self, digest: &Digest) -> Vec<String> {
+        self.members.owners(digest, PEERS_ASKED)
+    }
+
+    /// The member to ask, when this replica owns `digest`, for a copy it
+    /// already holds (and nothing more): the next in rank, which owned the
+    /// digest while this replica was away or before it joined. A rolling
+    /// restart or a new replica then costs no second upstream fetch of what
+    /// the cluster has.
+    pub fn successor(&self, digest: &Digest) -> Option<String> {
+        self.members.successor(digest)
+    }
+
+    /// From now on, turns away peer requests for blobs this replica would
+    /// have to fetch: it is shutting down, and a fill it started now would
+    /// be cut, or fetched again by the next owner.
+    pub fn leave(&self) {
+        self.leaving.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Cluster::leave`] was called.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
     }
 
     /// The replicas as this one sees them.
@@ -153,6 +190,11 @@ impl Cluster {
         offered.is_some_and(|token| hash(token.as_bytes()) == self.secret)
     }
 }
+
+/// Members a fill asks for a blob before fetching it itself: the owner
+/// and the next in rank. More would make a sick network cost a fill one
+/// timeout per member.
+const PEERS_ASKED: usize = 2;
 
 /// Back-fill offers forwarded at once; past it an offer stays with the
 /// replica that served the image.

@@ -27,6 +27,10 @@ pub const OFFER_PATH: &str = "/lasti/backfill/offer";
 /// knows at once.
 pub const ASKER_HEADER: &str = "lasti-asker";
 
+/// The `Cache-Control` directive of a peer request for a blob only if the
+/// peer holds it (RFC 9111, 5.2.1.7).
+pub const ONLY_IF_CACHED: &str = "only-if-cached";
+
 /// The client for every peer (one pool; peers are plain HTTP).
 #[derive(Debug)]
 pub struct PeerClient {
@@ -55,7 +59,9 @@ impl PeerClient {
     }
 
     /// `member`'s answer for the blob, from byte `offset` on; the body is
-    /// still to be read.
+    /// still to be read. `only_stored`: the member serves the blob only if
+    /// it holds it whole (`Cache-Control: only-if-cached`), and answers
+    /// `404` rather than fetch it.
     pub async fn get_blob(
         &self,
         member: &str,
@@ -63,11 +69,15 @@ impl PeerClient {
         repo: &RepoName,
         digest: &Digest,
         offset: u64,
+        only_stored: bool,
     ) -> Result<BlobResponse> {
         let path = format!("{repo}/blobs/{digest}");
         let mut headers = Vec::new();
         if offset > 0 {
             headers.push((header::RANGE, format!("bytes={offset}-")));
+        }
+        if only_stored {
+            headers.push((header::CACHE_CONTROL, ONLY_IF_CACHED.to_string()));
         }
         let response = self.get(member, upstream, &path, headers).await?;
         match response.status() {
@@ -182,6 +192,10 @@ impl PeerClient {
                 Err(Error::PeerIsSelf {
                     member: member.to_string(),
                 })
+            }
+            // Left out like an unreachable member: it is going away.
+            Ok(response) if response.status() == StatusCode::MISDIRECTED_REQUEST => {
+                Err(down(member, "shutting down".into()))
             }
             Ok(response) => Ok(response),
             Err(SendError::Timeout) => Err(down(member, "no response headers in time".into())),

@@ -55,14 +55,34 @@ impl Proxy {
     }
 
     /// Answers another replica's `GET` on the peer listener: like a
-    /// client's, except that a miss never asks a peer in turn.
+    /// client's, except that a miss never asks a peer in turn. With
+    /// `only_stored` (the asker owns the digest and asks its successor) the
+    /// blob is served only if it is held whole: never a fill, which the
+    /// asker may be feeding itself. While this replica leaves the cluster,
+    /// what it would have to fetch is turned away.
     pub async fn peer_blob(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
         range: Option<RangeSpec>,
+        only_stored: bool,
     ) -> Result<BlobAnswer> {
+        if only_stored {
+            return match self.cache.stored_blob(digest).await? {
+                Some(blob) => stored_answer(blob, range),
+                None => Err(Error::BlobUnknown),
+            };
+        }
+        if self.cluster.as_ref().is_some_and(|c| c.is_leaving()) {
+            if let Some(blob) = self.cache.stored_blob(digest).await? {
+                return stored_answer(blob, range);
+            }
+            return match self.cache.filling(digest) {
+                Some(sub) => filling_answer(sub, range, Outcome::Coalesced).await,
+                None => Err(Error::Leaving),
+            };
+        }
         self.get_blob(upstream, repo, digest, range, Asker::Peer)
             .await
     }
@@ -93,15 +113,19 @@ impl Proxy {
                 let mut sources = Vec::with_capacity(4);
                 sources.extend(self.bucket.clone().map(Source::Bucket));
                 if let (Some(cluster), Asker::Client) = (&self.cluster, asker) {
-                    sources.extend(cluster.owner(digest).map(|member| {
+                    let owners = cluster.owners(digest).into_iter().map(|m| (m, false));
+                    let successor = cluster.successor(digest).map(|m| (m, true));
+                    let peers = owners.chain(successor).map(|(member, only_stored)| {
                         Source::Peer(Peer {
                             cluster: Arc::clone(cluster),
                             member,
+                            only_stored,
                             upstream: upstream.name().to_string(),
                             repo: repo.clone(),
                             idle: upstream.body_idle_timeout(),
                         })
-                    }));
+                    });
+                    sources.extend(peers);
                 }
                 let context = FillContext {
                     bucket: self.bucket.clone(),

@@ -118,6 +118,7 @@ pub struct Proxy {
     backfill: Option<Arc<dyn Backfiller>>,
     fetch_permits: Option<Arc<tokio::sync::Semaphore>>,
     bucket: Option<Arc<Bucket>>,
+    uploads: Arc<uploader::Rounds>,
     cluster: Option<Arc<Cluster>>,
 }
 
@@ -138,6 +139,7 @@ impl Proxy {
             backfill,
             fetch_permits: None,
             bucket: None,
+            uploads: Default::default(),
             cluster: None,
         }
     }
@@ -161,7 +163,18 @@ impl Proxy {
     /// `uploader`); ends with the proxy. Nothing without a bucket.
     pub fn start_uploading(self: &Arc<Proxy>, every: Duration) {
         if self.bucket.is_some() {
-            tokio::spawn(uploader::run(Arc::downgrade(self), every));
+            let rounds = Arc::clone(&self.uploads);
+            tokio::spawn(uploader::run(Arc::downgrade(self), rounds, every));
+        }
+    }
+
+    /// Publishes what this replica still owes the bucket, for at most
+    /// `within` (on shutdown, once the connections are closed); how many
+    /// items are left owed. Nothing without a bucket.
+    pub async fn flush_uploads(&self, within: Duration) -> usize {
+        match &self.bucket {
+            Some(bucket) => uploader::flush(bucket, &self.cache, &self.uploads, within).await,
+            None => 0,
         }
     }
 

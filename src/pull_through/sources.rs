@@ -54,6 +54,9 @@ impl Tier {
 pub(super) struct Peer {
     pub(super) cluster: Arc<Cluster>,
     pub(super) member: String,
+    /// Asked for a copy it holds, not to fetch one: this replica owns the
+    /// digest, `member` is its successor.
+    pub(super) only_stored: bool,
     /// The upstream's name, which the owner routes by.
     pub(super) upstream: String,
     pub(super) repo: RepoName,
@@ -148,11 +151,19 @@ impl Source {
                 );
             }
             Source::Peer(peer) => {
-                let response = peer
-                    .cluster
-                    .client()
-                    .get_blob(&peer.member, &peer.upstream, &peer.repo, digest, offset)
-                    .await?;
+                let client = peer.cluster.client();
+                let asked = client.get_blob(
+                    &peer.member,
+                    &peer.upstream,
+                    &peer.repo,
+                    digest,
+                    offset,
+                    peer.only_stored,
+                );
+                let response = match asked.await {
+                    Err(Error::BlobUnknown) if peer.only_stored => return Ok(Fetched::Absent),
+                    response => response?,
+                };
                 (response.size, response.media_type, response.body, peer.idle)
             }
             Source::Registry { registry, repo, .. } => {

@@ -11,12 +11,19 @@
 //! it never holds up the round; one that failed [`GIVE_UP_AFTER`] times
 //! while others went through (or could not be read from the cache that
 //! often) is dropped with a warning.
+//!
+//! On shutdown, [`flush`] runs rounds until nothing is owed or the grace
+//! period is over: a replica's disk may not outlive it (an `emptyDir`),
+//! and what it fetched but never published would cost the cluster another
+//! upstream fetch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::Proxy;
 use crate::bucket::{Bucket, Pending, PublishError};
@@ -26,16 +33,23 @@ use crate::cache::Cache;
 /// a local one), after which it is no longer owed.
 const GIVE_UP_AFTER: u32 = 5;
 
+/// What the rounds remember between them: one round at a time (the
+/// background uploader's or a flush's), so no item is uploaded twice at
+/// once.
+#[derive(Debug, Default)]
+pub(crate) struct Rounds {
+    failures: Mutex<Failures>,
+}
+
 /// Runs until the proxy is dropped: sweeps old uploads, then publishes
 /// what is owed whenever something is, and every `every`.
-pub(crate) async fn run(proxy: Weak<Proxy>, every: Duration) {
+pub(crate) async fn run(proxy: Weak<Proxy>, rounds: Arc<Rounds>, every: Duration) {
     if let Some(bucket) = proxy.upgrade().and_then(|p| p.bucket.clone()) {
         let aborted = bucket.sweep_uploads().await;
         if aborted > 0 {
             tracing::info!(aborted, "aborted uploads an earlier run left unfinished");
         }
     }
-    let mut failures = Failures::default();
     loop {
         let Some(proxy) = proxy.upgrade() else {
             return;
@@ -49,7 +63,7 @@ pub(crate) async fn run(proxy: Weak<Proxy>, every: Duration) {
         let wait = match bucket.backing_off_for() {
             Some(left) => left,
             None => {
-                round(&bucket, &cache, &mut failures).await;
+                round(&bucket, &cache, &mut *rounds.failures.lock().await).await;
                 every
             }
         };
@@ -61,6 +75,35 @@ pub(crate) async fn run(proxy: Weak<Proxy>, every: Duration) {
         }
     }
 }
+
+/// Publishes what is owed until nothing is, or `within` is over (waiting
+/// out the store's back-off meanwhile); how many items are still owed.
+pub(crate) async fn flush(
+    bucket: &Arc<Bucket>,
+    cache: &Cache,
+    rounds: &Rounds,
+    within: Duration,
+) -> usize {
+    let deadline = Instant::now() + within;
+    let rounds = async {
+        loop {
+            if let Some(left) = bucket.backing_off_for() {
+                tokio::time::sleep(left).await;
+            }
+            round(bucket, cache, &mut *rounds.failures.lock().await).await;
+            if bucket.owed().await.is_empty() {
+                return;
+            }
+            // What is left is still being stored by its fill, or failed.
+            tokio::time::sleep(FLUSH_PAUSE).await;
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, rounds).await;
+    bucket.owed().await.len()
+}
+
+/// Between the rounds of a flush.
+const FLUSH_PAUSE: Duration = Duration::from_millis(100);
 
 /// What one item's upload came to.
 enum Uploaded {
@@ -158,7 +201,7 @@ async fn upload(bucket: &Bucket, cache: &Cache, item: &Pending) -> Result<Upload
 
 /// How often each item failed: all failures order the round, strikes
 /// (failures that were the item's own) decide when to give up.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Failures {
     by_item: HashMap<Pending, (u32, u32)>,
 }

@@ -8,6 +8,7 @@ use http::{header, HeaderMap, Method, Request, Response};
 use super::response;
 use super::router::{self, Route};
 use crate::body::Body;
+use crate::cluster::peer_client::ONLY_IF_CACHED;
 use crate::error::{Error, Result};
 use crate::oci::{AcceptList, Digest, DigestError, RangeSpec, Reference, RepoName};
 use crate::pull_through::Proxy;
@@ -99,7 +100,11 @@ pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Bod
                 let (upstream, repo) = resolve(proxy, name, query)?;
                 let digest = parse_digest(digest)?;
                 let range = parse_range(request.headers())?;
-                let answer = proxy.peer_blob(upstream, &repo, &digest, range).await?;
+                let only_stored = header_values(request.headers(), header::CACHE_CONTROL)
+                    .any(|v| v.split(',').any(|d| d.trim() == ONLY_IF_CACHED));
+                let answer = proxy
+                    .peer_blob(upstream, &repo, &digest, range, only_stored)
+                    .await?;
                 let delivery = request.extensions().get().cloned().unwrap_or_default();
                 Ok(response::blob(answer, digest.as_str(), delivery))
             }

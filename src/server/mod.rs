@@ -250,12 +250,8 @@ pub async fn run(
         shutdown,
     )
     .await;
-    stop_peers.send_replace(true);
-    let peer_connections = match peer_task {
-        Some(task) => task.await.ok(),
-        None => None,
-    };
-    drain(daemon, connections, peer_connections, config.shutdown_grace).await;
+    let peers = peer_task.map(|task| (stop_peers, task));
+    drain(daemon, connections, peers, config.shutdown_grace).await;
     Ok(())
 }
 
@@ -382,14 +378,29 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Stops the warmer and the admin listener, asks every connection (the
-/// peer listener's too) to finish, and waits for them up to `grace`.
+/// The peer listener while the clients' connections drain: the switch
+/// that stops it, and its accept loop.
+type PeerListener = (watch::Sender<bool>, JoinHandle<watch::Sender<bool>>);
+
+/// Stops the warmer and the admin listener, asks the clients' connections
+/// to finish and waits for them; then does the same with the peer
+/// listener, and publishes what is owed to the bucket; all within `grace`.
+///
+/// Meanwhile the replica leaves its cluster: the peer listener still
+/// serves what this replica holds or is fetching (its askers' fills run to
+/// their end, fetched once), and turns away the rest, which its askers
+/// take to the next member in rank.
 async fn drain(
     daemon: Daemon,
     connections: watch::Sender<bool>,
-    peer_connections: Option<watch::Sender<bool>>,
+    peers: Option<PeerListener>,
     grace: Duration,
 ) {
+    let deadline = tokio::time::Instant::now() + grace;
+    let proxy = Arc::clone(&daemon.shared.app.proxy);
+    if let Some(cluster) = proxy.cluster() {
+        cluster.leave();
+    }
     daemon.warmer.stop().await;
     if let Some(task) = daemon.admin_task {
         task.abort();
@@ -397,15 +408,29 @@ async fn drain(
         let _ = task.await;
     }
     connections.send_replace(true);
-    let peers_closed = async {
-        if let Some(peers) = &peer_connections {
-            peers.send_replace(true);
-            peers.closed().await;
+    let closed = async {
+        connections.closed().await;
+        if let Some((stop, listener)) = peers {
+            stop.send_replace(true);
+            if let Ok(peer_connections) = listener.await {
+                peer_connections.send_replace(true);
+                peer_connections.closed().await;
+            }
         }
     };
-    let closed = async { tokio::join!(connections.closed(), peers_closed) };
-    if tokio::time::timeout(grace, closed).await.is_err() {
+    if tokio::time::timeout_at(deadline, closed).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
+    }
+    // What was fetched but not yet published goes to the bucket now: the
+    // disk may not outlive this process (a pod's emptyDir).
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let owed = proxy.flush_uploads(left).await;
+    if owed > 0 {
+        tracing::warn!(
+            owed,
+            "grace period over; exiting with uploads to the object store still owed \
+             (published at the next start on this disk, or by another replica's miss)"
+        );
     }
 }
 
