@@ -182,19 +182,7 @@ async fn an_owner_killed_mid_fill_leaves_every_copy_whole() {
     // 40 MiB at 8 MiB/s: the owner is well inside the fill when it dies.
     let front = Throttle::start(&registry.host(), "8m");
     let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
-    let credentials = work.path().join("s3");
-    std::fs::create_dir_all(&credentials).unwrap();
-    std::fs::write(credentials.join("id"), &garage.key_id).unwrap();
-    std::fs::write(credentials.join("secret"), &garage.secret).unwrap();
-    let bucket = format!(
-        "[bucket]\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\n\
-         access_key_id_file = {:?}\nsecret_access_key_file = {:?}\n",
-        garage.endpoint(),
-        common::s3::BUCKET,
-        common::garage::REGION,
-        credentials.join("id"),
-        credentials.join("secret"),
-    );
+    let bucket = garage.config_section(work.path(), &garage.endpoint(), "");
     let names = members(2);
     let big = image.layer_digests[1].clone();
     let owner_name = ::lasti::cluster::rendezvous::owner(&names, &Digest::parse(&big).unwrap())

@@ -12,7 +12,9 @@
 //!   multipart parts below 5 MiB as AWS does; [`s3`] points lasti at either
 //!   and signs requests to it.
 //! - [`throttle`] puts nginx with `limit_rate` in front of a registry, a
-//!   slow upstream whose fills overlap.
+//!   slow upstream whose fills overlap; [`relay`] stalls, slows or cuts
+//!   what goes to a server; [`front`] spreads connections over replicas as
+//!   a Kubernetes Service does.
 //! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back;
 //!   [`podman`], [`containerd`] and [`docker`] pull through lasti configured
 //!   as a mirror.
@@ -25,6 +27,7 @@ pub mod checks;
 pub mod containerd;
 pub mod docker;
 pub mod fake_upstream;
+pub mod front;
 pub mod garage;
 pub mod http;
 pub mod lasti;

@@ -80,7 +80,7 @@ impl Process {
             .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file(setup))
             .spawn()
             .expect("start lasti");
         let process = Process {
@@ -131,6 +131,24 @@ impl Process {
             assert!(Instant::now() < deadline, "lasti did not exit in {limit:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Where lasti's log goes: nowhere, or, when `LASTI_TEST_LOG_DIR` is set
+/// (to look into a failing test, with `RUST_LOG` for the level), appended
+/// to `<dir>/lasti-<api port>.log`.
+fn log_file(setup: &Setup) -> Stdio {
+    let Some(dir) = std::env::var_os("LASTI_TEST_LOG_DIR") else {
+        return Stdio::null();
+    };
+    let path = Path::new(&dir).join(format!("lasti-{}.log", setup.api_port));
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(file) => file.into(),
+        Err(e) => panic!("cannot open {}: {e}", path.display()),
     }
 }
 

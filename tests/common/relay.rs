@@ -1,7 +1,9 @@
 //! A TCP relay on loopback in front of a real server, for fault injection:
 //! bytes towards the server trickle or go nowhere, or the answer is cut off
 //! after so many bytes. The mode is read when a connection opens, so a test
-//! switches it for the connections that follow. Stops by itself.
+//! switches it for the connections that follow; switching to [`Mode::Hung`]
+//! also stalls the connections already open (a server that went
+//! unreachable). Stops by itself.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -39,14 +41,23 @@ pub async fn relay(listener: TcpListener, backend: u16, mode: Arc<AtomicU8>) {
             let Ok((client, _)) = listener.accept().await else {
                 return;
             };
-            let mode = mode.load(Ordering::SeqCst);
-            tokio::spawn(connection(client, backend, mode));
+            tokio::spawn(connection(client, backend, Arc::clone(&mode)));
         }
     };
     let _ = tokio::time::timeout(HARD_LIFETIME, serve).await;
 }
 
-async fn connection(client: TcpStream, backend: u16, mode: u8) {
+async fn connection(client: TcpStream, backend: u16, switch: Arc<AtomicU8>) {
+    let mode = switch.load(Ordering::SeqCst);
+    // Waits for ever once the relay is switched to `Hung`.
+    let unless_hung = |switch: &AtomicU8| {
+        let hung = switch.load(Ordering::SeqCst) == Mode::Hung as u8;
+        async move {
+            if hung {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     if mode == Mode::Hung as u8 {
         // Held open, never answered, until the relay's lifetime ends.
         let _held = client;
@@ -58,9 +69,11 @@ async fn connection(client: TcpStream, backend: u16, mode: u8) {
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
+    let up_switch = Arc::clone(&switch);
     let up = async move {
         let mut buf = vec![0; 64 * 1024];
         while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+            unless_hung(&up_switch).await;
             if mode == Mode::Slow as u8 {
                 // 64 KiB per 125 ms: 512 KiB/s.
                 tokio::time::sleep(Duration::from_millis(125 * n as u64 / 65536)).await;
@@ -77,6 +90,7 @@ async fn connection(client: TcpStream, backend: u16, mode: u8) {
         };
         let mut buf = vec![0; 64 * 1024];
         while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+            unless_hung(&switch).await;
             let n = n.min(left);
             if client_write.write_all(&buf[..n]).await.is_err() {
                 return;

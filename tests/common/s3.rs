@@ -33,6 +33,22 @@ pub trait Store {
         ));
     }
 
+    /// The `[bucket]` table of a config file for a lasti child process:
+    /// this store's bucket at `endpoint` (the store's own, or a relay's in
+    /// front of it), its key in two files written into `dir`, and `extra`
+    /// lines of the table.
+    fn config_section(&self, dir: &Path, endpoint: &str, extra: &str) -> String {
+        let (id, secret) = self.key();
+        let (id_file, secret_file) = (dir.join("s3-key-id"), dir.join("s3-secret"));
+        std::fs::write(&id_file, id).expect("write the key id");
+        std::fs::write(&secret_file, secret).expect("write the secret");
+        format!(
+            "[bucket]\nendpoint = {endpoint:?}\nbucket = {BUCKET:?}\nregion = {:?}\n\
+             access_key_id_file = {id_file:?}\nsecret_access_key_file = {secret_file:?}\n{extra}\n",
+            self.region(),
+        )
+    }
+
     /// A signed `method` on `target` (a key, or `?query` on the bucket) with
     /// the file `body` as its payload: the status and body of the answer
     /// (its head, for `HEAD`).
