@@ -165,18 +165,19 @@ async fn get_json(url: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_the_proxy_stops_back_fill_and_frees_its_stores() {
+async fn dropping_the_services_stops_back_fill_and_frees_its_stores() {
     let upstream = FakeUpstream::start().await;
     let data = tempfile::TempDir::new().unwrap();
     let mut cfg = with_down_target(&upstream, 100);
     cfg.data_dir = data.path().to_path_buf();
-    let proxy = lasti::server::build_proxy(&cfg).await.expect("first start");
-    assert!(proxy.backfill().is_some());
+    let services = lasti::server::build_proxy(&cfg).await.expect("first start");
+    assert!(services.proxy.backfill().is_some());
     // Let the back-fill tasks get going first.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(proxy);
-    // Back-fill holds the proxy only while a step is under way, so the
-    // stores are soon free for the next start in the same process.
+    drop(services);
+    // The dispatcher lets go of the proxy once stopped (a step under way
+    // ends first), so the stores are soon free for the next start in the
+    // same process.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match lasti::server::build_proxy(&cfg).await {

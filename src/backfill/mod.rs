@@ -12,7 +12,10 @@
 //!   client).
 //! - The dispatcher runs due jobs on at most `workers` tasks ([`job`]),
 //!   retrying transient failures with exponential backoff and jitter, and
-//!   stops on permanent ones (DENIED, NAME_INVALID, quota).
+//!   stops on permanent ones (DENIED, NAME_INVALID, quota). It holds the
+//!   proxy (to read what it pushes through the cache) until its
+//!   [`Dispatching`] handle is dropped; the proxy holds only [`Backfill`],
+//!   the queue's front, so nothing owns itself.
 //! - At start every pending job is taken up again.
 
 pub mod job;
@@ -21,7 +24,7 @@ pub mod store;
 mod worker;
 
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -50,8 +53,10 @@ pub const DEFAULT_LISTED: usize = 100;
 /// The most jobs per list `/admin/backfill` returns.
 pub const MAX_LISTED: usize = 1000;
 
-/// Back-fill as the proxy and the admin listener hold it. Its tasks run
-/// while it lives; dropping it (with the proxy) stops them.
+/// Back-fill as the proxy and the admin listener hold it: the queue's
+/// front (offers, read-through names, the target). It holds nothing of the
+/// proxy; the jobs run in [`Backfill::start`]'s tasks, which hold the proxy
+/// for as long as their [`Dispatching`] handle lives.
 #[derive(Debug)]
 pub struct Backfill {
     offers: mpsc::Sender<Offer>,
@@ -59,9 +64,16 @@ pub struct Backfill {
     shared: Arc<Shared>,
     wake: Arc<Notify>,
     /// The intake's end of `offers`, until [`Backfill::start`].
-    intake: Option<mpsc::Receiver<Offer>>,
-    /// Closed when this handle drops, which ends the tasks.
-    stop: watch::Sender<()>,
+    intake: Mutex<Option<mpsc::Receiver<Offer>>>,
+}
+
+/// The running dispatcher. Dropping it stops the dispatcher, which then
+/// lets go of the proxy; a job under way finishes its step first (a job
+/// cut short stays pending and runs again at the next start).
+#[derive(Debug)]
+pub struct Dispatching {
+    /// Closed on drop, which ends the dispatcher.
+    _stop: watch::Sender<()>,
 }
 
 /// What the handle owns and lends its tasks: they hold it weakly while
@@ -118,22 +130,25 @@ impl Backfill {
                 .build(),
             shared,
             wake: Arc::new(Notify::new()),
-            intake: Some(rx),
-            stop: watch::channel(()).0,
+            intake: Mutex::new(Some(rx)),
         }))
     }
 
-    /// Starts the intake and the dispatcher, which run jobs through `proxy`
-    /// (the proxy being built around this handle, hence weak). A job cut
-    /// short stays pending and runs again at the next start.
-    pub fn start(mut self, proxy: Weak<Proxy>) -> Arc<Backfill> {
-        if let Some(offers) = self.intake.take() {
-            let (shared, wake) = (Arc::downgrade(&self.shared), Arc::clone(&self.wake));
-            tokio::spawn(worker::intake(offers, shared.clone(), Arc::clone(&wake)));
-            let dispatcher = worker::Dispatcher::new(shared, wake, proxy, self.stop.subscribe());
-            tokio::spawn(dispatcher.run());
-        }
-        Arc::new(self)
+    /// Starts the intake (which ends when this handle drops) and the
+    /// dispatcher, which runs jobs through `proxy` until the handle it
+    /// returns is dropped. `None` if started before.
+    pub fn start(&self, proxy: Arc<Proxy>) -> Option<Dispatching> {
+        let offers = self
+            .intake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        let (shared, wake) = (Arc::downgrade(&self.shared), Arc::clone(&self.wake));
+        tokio::spawn(worker::intake(offers, shared.clone(), Arc::clone(&wake)));
+        let (stop, stopped) = watch::channel(());
+        let dispatcher = worker::Dispatcher::new(shared, wake, proxy, stopped);
+        tokio::spawn(dispatcher.run());
+        Some(Dispatching { _stop: stop })
     }
 
     /// The project repository that back-fill gives `repo` of `upstream`.

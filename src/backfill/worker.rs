@@ -19,8 +19,6 @@ use crate::pull_through::Proxy;
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 /// Longest the dispatcher sleeps without looking at the queue.
 const IDLE_RESCAN: Duration = Duration::from_secs(30);
-/// How often the dispatcher looks for the proxy still being built around it.
-const PROXY_WAIT: Duration = Duration::from_millis(10);
 
 /// Persists offered images as jobs, until the handle (and its sender) drops.
 pub(super) async fn intake(
@@ -78,11 +76,14 @@ async fn accept(offer: Offer, shared: &Shared) {
     }
 }
 
-/// Runs due jobs, at most `workers` at once, until the back-fill handle drops.
+/// Runs due jobs, at most `workers` at once, until its [`Dispatching`]
+/// handle drops (or back-fill's own).
+///
+/// [`Dispatching`]: super::Dispatching
 pub(super) struct Dispatcher {
     shared: Weak<Shared>,
     wake: Arc<Notify>,
-    proxy: Weak<Proxy>,
+    proxy: Arc<Proxy>,
     stop: watch::Receiver<()>,
     permits: Arc<Semaphore>,
     running: Arc<Mutex<HashSet<u64>>>,
@@ -92,7 +93,7 @@ impl Dispatcher {
     pub(super) fn new(
         shared: Weak<Shared>,
         wake: Arc<Notify>,
-        proxy: Weak<Proxy>,
+        proxy: Arc<Proxy>,
         stop: watch::Receiver<()>,
     ) -> Self {
         let workers = shared.upgrade().map_or(1, |s| s.config.workers);
@@ -108,10 +109,10 @@ impl Dispatcher {
 
     pub(super) async fn run(mut self) {
         loop {
-            let (Some(proxy), Some(shared)) = (self.proxy().await, self.shared.upgrade()) else {
+            let Some(shared) = self.shared.upgrade() else {
                 return;
             };
-            let next_due = self.start_due(&shared, proxy).await;
+            let next_due = self.start_due(&shared).await;
             drop(shared);
             let now = unix_now();
             let sleep = next_due
@@ -126,22 +127,9 @@ impl Dispatcher {
         }
     }
 
-    /// The proxy, once built around the handle; `None` once the handle is gone.
-    async fn proxy(&self) -> Option<Arc<Proxy>> {
-        loop {
-            if let Some(proxy) = self.proxy.upgrade() {
-                return Some(proxy);
-            }
-            if self.stop.has_changed().is_err() {
-                return None;
-            }
-            tokio::time::sleep(PROXY_WAIT).await;
-        }
-    }
-
     /// Starts the jobs due now, as many as there are free workers; returns
     /// when the next one not started is due.
-    async fn start_due(&self, shared: &Arc<Shared>, proxy: Arc<Proxy>) -> Option<u64> {
+    async fn start_due(&self, shared: &Arc<Shared>) -> Option<u64> {
         let free = self.permits.available_permits();
         if free == 0 {
             // A finishing job wakes the dispatcher.
@@ -170,7 +158,7 @@ impl Dispatcher {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(job.id);
             let ctx = Context {
-                proxy: Arc::clone(&proxy),
+                proxy: Arc::clone(&self.proxy),
                 target: Arc::clone(&shared.target),
                 store: Arc::clone(&shared.store),
                 config: Arc::clone(&shared.config),

@@ -31,7 +31,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::access::Access;
-use crate::backfill::Backfill;
+use crate::backfill::{Backfill, Dispatching};
 use crate::bucket::Bucket;
 use crate::cache::Cache;
 use crate::cluster::peer_client::{ASKER_HEADER, OFFER_PATH};
@@ -150,17 +150,22 @@ fn shown_addr(listener: &TcpListener) -> String {
     }
 }
 
-/// Builds the proxy from the configuration, with back-fill running inside
-/// it if configured (its tasks end when the proxy is dropped).
-pub async fn build_proxy(config: &Config) -> Result<Arc<Proxy>, StartError> {
-    Ok(build_services(config).await?.0)
+/// The proxy and what runs beside it.
+pub struct Services {
+    /// The proxy (its uploader ends when it is dropped).
+    pub proxy: Arc<Proxy>,
+    /// Back-fill's queue, when a target is configured (for the admin
+    /// listener's view of it).
+    backfill: Option<Arc<Backfill>>,
+    /// Back-fill's dispatcher, which runs jobs through the proxy until
+    /// this is dropped.
+    dispatching: Option<Dispatching>,
 }
 
-/// The proxy and, if configured, its running back-fill (for the admin
-/// listener's view of the queue).
-async fn build_services(
-    config: &Config,
-) -> Result<(Arc<Proxy>, Option<Arc<Backfill>>), StartError> {
+/// Builds the proxy from the configuration, with back-fill running beside
+/// it if configured; dropping what it returns stops back-fill and, once
+/// no other holder is left, the proxy.
+pub async fn build_proxy(config: &Config) -> Result<Services, StartError> {
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
     // Reads the system's certificates: on the blocking pool.
     let (upstream_configs, upstream_metrics) = (config.upstreams.clone(), Arc::clone(&metrics));
@@ -187,17 +192,21 @@ async fn build_services(
     let cluster = Cluster::start(&config.cluster, Arc::clone(cache.metrics()))
         .map_err(StartError::Cluster)?;
     let max_manifest = config.cache.max_manifest_size.as_u64();
-    let mut running = None;
-    let proxy = Arc::new_cyclic(|proxy| {
-        running = backfill.map(|b| b.start(proxy.clone()));
-        let backfiller = running.clone().map(|b| b as Arc<dyn Backfiller>);
-        Proxy::new(upstreams, cache, max_manifest, backfiller)
-            .with_fetch_cap(config.access.max_upstream_fetches)
-            .with_bucket(bucket)
-            .with_cluster(cluster)
-    });
+    let backfill = backfill.map(Arc::new);
+    let backfiller = backfill.clone().map(|b| b as Arc<dyn Backfiller>);
+    let proxy = Proxy::new(upstreams, cache, max_manifest, backfiller)
+        .with_fetch_cap(config.access.max_upstream_fetches)
+        .with_bucket(bucket)
+        .with_cluster(cluster);
+    let proxy = Arc::new(proxy);
     proxy.start_uploading(config.bucket.catch_up);
-    Ok((proxy, running))
+    // The dispatcher holds the proxy; the proxy holds only the queue's front.
+    let dispatching = backfill.as_ref().and_then(|b| b.start(Arc::clone(&proxy)));
+    Ok(Services {
+        proxy,
+        backfill,
+        dispatching,
+    })
 }
 
 /// Serves the registry API (and the admin endpoints) until `shutdown`
@@ -260,12 +269,18 @@ struct Daemon {
     shared: Arc<Shared>,
     warmer: Arc<Warmer>,
     admin_task: Option<JoinHandle<()>>,
+    /// Stops back-fill's dispatcher when dropped.
+    dispatching: Option<Dispatching>,
 }
 
 /// Builds the proxy and the connection settings, schedules the warm list
 /// and starts the admin listener.
 async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, StartError> {
-    let (proxy, backfill) = build_services(config).await?;
+    let Services {
+        proxy,
+        backfill,
+        dispatching,
+    } = build_proxy(config).await?;
     let metrics = Arc::clone(proxy.cache().metrics());
     let sent_from_files = metrics.sendfile_bytes();
     let windows = Arc::clone(proxy.cache().windows());
@@ -303,6 +318,7 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
         shared: Arc::new(shared),
         warmer,
         admin_task,
+        dispatching,
     })
 }
 
@@ -401,6 +417,8 @@ async fn drain(
     if let Some(cluster) = proxy.cluster() {
         cluster.leave();
     }
+    // No new back-fill job from here; one under way ends its step.
+    drop(daemon.dispatching);
     daemon.warmer.stop().await;
     if let Some(task) = daemon.admin_task {
         task.abort();
