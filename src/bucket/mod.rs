@@ -30,7 +30,6 @@ mod records;
 pub use journal::Pending;
 pub use records::StoredManifest;
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +45,7 @@ use object_store::{
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::cache::pread;
+use crate::cache::StoredBlob;
 use crate::config::BucketConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -320,21 +319,16 @@ impl Bucket {
         Arc::clone(&self.tag_writes).try_acquire_owned().ok()
     }
 
-    /// Uploads a stored, verified blob of `size` bytes from `file`, and
-    /// settles it in the journal. The object appears whole or not at all;
-    /// an upload not done within its time limit (at least 1 MB/s) is
-    /// aborted.
-    pub async fn publish(
-        &self,
-        digest: &Digest,
-        file: Arc<File>,
-        size: u64,
-    ) -> Result<(), PublishError> {
+    /// Uploads a stored, verified blob, and settles it in the journal. The
+    /// object appears whole or not at all; an upload not done within its
+    /// time limit (at least 1 MB/s) is aborted.
+    pub async fn publish(&self, digest: &Digest, blob: &StoredBlob) -> Result<(), PublishError> {
         let key = self.key(digest);
+        let size = blob.size;
         let deadline = self.timeout + Duration::from_secs(size / 1_000_000);
         let started = Instant::now();
         let outcome = match size <= PART_BYTES as u64 {
-            true => match read_whole(file, size).await {
+            true => match blob.read_exact(0, size as usize).await.map_err(io) {
                 Ok(bytes) => {
                     let put = self.store.put(&key, PutPayload::from(bytes));
                     within(deadline, async { put.await.map(drop).map_err(unavailable) })
@@ -343,7 +337,7 @@ impl Bucket {
                 }
                 Err(e) => Err(PublishError::Local(e)),
             },
-            false => self.put_in_parts(&key, file, size, deadline).await,
+            false => self.put_in_parts(&key, blob, deadline).await,
         };
         self.count_write("put", started, outcome.as_ref().err());
         outcome?;
@@ -389,8 +383,7 @@ impl Bucket {
     async fn put_in_parts(
         &self,
         key: &Path,
-        file: Arc<File>,
-        size: u64,
+        blob: &StoredBlob,
         deadline: Duration,
     ) -> Result<(), PublishError> {
         let create = async { self.store.create_multipart(key).await.map_err(unavailable) };
@@ -400,11 +393,10 @@ impl Bucket {
         let (journaled_id, journaled_key) = (id.clone(), key.to_string());
         self.note(move |j| j.upload_started(&journaled_id, &journaled_key))
             .await;
-        let result =
-            match tokio::time::timeout(deadline, self.send_parts(key, &id, file, size)).await {
-                Ok(result) => result,
-                Err(_) => Err(PublishError::Store(unavailable(timed_out()))),
-            };
+        let result = match tokio::time::timeout(deadline, self.send_parts(key, &id, blob)).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::Store(unavailable(timed_out()))),
+        };
         if result.is_err() {
             let abort = within(self.timeout, async {
                 self.store
@@ -427,15 +419,18 @@ impl Bucket {
         &self,
         key: &Path,
         id: &object_store::MultipartId,
-        file: Arc<File>,
-        size: u64,
+        blob: &StoredBlob,
     ) -> Result<(), PublishError> {
+        let size = blob.size;
         let mut parts = Vec::new();
         let mut in_flight = futures_util::stream::FuturesOrdered::new();
         let mut sent = 0u64;
         while sent < size {
             let len = (size - sent).min(PART_BYTES as u64) as usize;
-            let part = read_part(&file, sent, len)
+            // Whole, whatever the page cache holds: a short part in the
+            // middle fails the whole upload on a real S3.
+            let part = blob
+                .read_exact(sent, len)
                 .await
                 .map_err(|e| PublishError::Local(io(e)))?;
             sent += part.len() as u64;
@@ -582,26 +577,8 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(unavailable(timed_out())))
 }
 
-/// One part of a multipart upload: exactly `len` bytes at `offset`,
-/// however much of them the page cache holds (a short part in the middle
-/// fails the whole upload on a real S3).
-async fn read_part(file: &Arc<File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
-    pread::read_from_disk(file, offset, bytes::BytesMut::zeroed(len)).await
-}
-
 fn io(e: std::io::Error) -> Error {
     Error::storage("read a blob to publish", e)
-}
-
-/// A small blob's whole file, read on the blocking pool.
-async fn read_whole(file: Arc<File>, size: u64) -> Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; size as usize];
-        pread::read_exact_at(&file, &mut buf, 0).map(|()| Bytes::from(buf))
-    })
-    .await
-    .map_err(|e| Error::storage("read a blob to publish", e))?
-    .map_err(io)
 }
 
 fn check_length(sent: u64, size: u64) -> Result<()> {
@@ -610,37 +587,5 @@ fn check_length(sent: u64, size: u64) -> Result<()> {
         false => Err(Error::Storage(format!(
             "the cache file holds {sent} bytes, not {size}: not published"
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[tokio::test]
-    async fn a_part_is_whole_when_the_page_cache_holds_only_its_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("blob");
-        let content: Vec<u8> = (0..2 * PART_BYTES).map(|i| (i % 251) as u8).collect();
-        let mut file = File::create(&path).unwrap();
-        file.write_all(&content).unwrap();
-        file.sync_all().unwrap();
-        let file = Arc::new(File::open(&path).unwrap());
-        // Out of the page cache, then its first page read back in (with
-        // whatever the kernel reads ahead).
-        rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
-        pread::read_exact_at(&file, &mut [0; 4096], 0).unwrap();
-        let cached = match pread::read_cached(&file, 0, PART_BYTES).unwrap() {
-            pread::Cached::Hit(bytes) => bytes.len(),
-            pread::Cached::Miss(_) => 0,
-        };
-        assert!(
-            cached > 0 && cached < PART_BYTES,
-            "the page cache holds the part's start only ({cached} bytes)"
-        );
-        let part = read_part(&file, 0, PART_BYTES).await.unwrap();
-        assert_eq!(part.len(), PART_BYTES, "a full part");
-        assert_eq!(&part[..], &content[..PART_BYTES]);
     }
 }

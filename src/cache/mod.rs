@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
@@ -74,6 +74,29 @@ pub struct StoredBlob {
     pub direct_reads: bool,
     /// Keeps it from eviction while read.
     pub lease: Lease,
+}
+
+impl StoredBlob {
+    /// Exactly `len` bytes from `offset` (from memory when the blob is
+    /// kept there, else through the page cache on the blocking pool,
+    /// waiting on the disk as it must): for whoever sends the blob on in
+    /// pieces that may not come short, such as the parts of a multipart
+    /// upload.
+    pub async fn read_exact(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|end| *end <= self.size);
+        let Some(end) = end else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{len} bytes at {offset} of a blob of {}", self.size),
+            ));
+        };
+        match &self.content {
+            Some(content) => Ok(content.slice(offset as usize..end as usize)),
+            None => pread::read_from_disk(&self.file, offset, BytesMut::zeroed(len)).await,
+        }
+    }
 }
 
 /// What the cache holds for a digest.

@@ -99,6 +99,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_from_disk_is_whole_when_the_page_cache_holds_only_its_start() {
+        const LEN: usize = 8 * 1024 * 1024;
+        let content: Vec<u8> = (0..2 * LEN).map(|i| (i % 251) as u8).collect();
+        let (tmp, _) = file_of(&content);
+        tmp.as_file().sync_all().unwrap();
+        let file = Arc::new(File::open(tmp.path()).unwrap());
+        // Out of the page cache, then its first page read back in (with
+        // whatever the kernel reads ahead).
+        rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        read_exact_at(&file, &mut [0; 4096], 0).unwrap();
+        let cached = match read_cached(&file, 0, LEN).unwrap() {
+            Cached::Hit(bytes) => bytes.len(),
+            Cached::Miss(_) => 0,
+        };
+        assert!(
+            cached > 0 && cached < LEN,
+            "the page cache holds the range's start only ({cached} bytes)"
+        );
+        let whole = read_from_disk(&file, 0, BytesMut::zeroed(LEN))
+            .await
+            .unwrap();
+        assert_eq!(whole.len(), LEN, "every byte asked for");
+        assert_eq!(&whole[..], &content[..LEN]);
+    }
+
+    #[tokio::test]
     async fn reads_the_range_asked_for() {
         let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let (_tmp, file) = file_of(&content);

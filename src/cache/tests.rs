@@ -196,6 +196,28 @@ async fn a_hot_blob_is_served_without_opening_its_file_again() {
 }
 
 #[tokio::test]
+async fn a_stored_blob_reads_exactly_the_range_asked_for_or_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30).await;
+    let small_content: Vec<u8> = (0..100u8).collect();
+    let large_content: Vec<u8> = (0..3 * IN_MEMORY_UP_TO as u32).map(|i| i as u8).collect();
+    for content in [small_content, large_content] {
+        let digest = fill(&cache, &content).await;
+        let blob = cache.stored_blob(&digest).await.unwrap().unwrap();
+        let (at, len) = (content.len() / 3, content.len() / 2);
+        let part = blob.read_exact(at as u64, len).await.unwrap();
+        assert_eq!(&part[..], &content[at..at + len]);
+        let whole = blob.read_exact(0, content.len()).await.unwrap();
+        assert!(whole == content);
+        let past = blob.read_exact(at as u64, content.len()).await;
+        assert!(
+            past.is_err(),
+            "a range past the end is an error, not a short read"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_blob_chosen_for_eviction_while_it_is_opened_is_not_kept_open() {
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), 1 << 30).await;

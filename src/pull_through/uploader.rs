@@ -183,7 +183,7 @@ async fn upload(bucket: &Bucket, cache: &Cache, item: &Pending) -> Result<Upload
         // again once it is stored (a fill leaves the table after that).
         Pending::Blob(digest) if cache.filling(digest).is_some() => return Ok(Uploaded::Skipped),
         Pending::Blob(digest) => match cache.stored_blob(digest).await {
-            Ok(Some(blob)) => bucket.publish(digest, blob.file, blob.size).await,
+            Ok(Some(blob)) => bucket.publish(digest, &blob).await,
             Ok(None) => return Ok(Uploaded::Gone),
             Err(e) => Err(PublishError::Local(e)),
         },
