@@ -221,6 +221,16 @@ fn overlays_agree_with_lastis_configuration() {
         config.validate().expect("valid");
         let deployment = find(&objects, "Deployment");
         let pod = &deployment["spec"]["template"];
+        // The drain (connections, then what is owed to the bucket) ends
+        // before the kubelet's SIGKILL.
+        let kill_after = pod["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(30);
+        assert!(
+            config.shutdown_grace < Duration::from_secs(kill_after),
+            "{overlay}: shutdown_grace {:?} within terminationGracePeriodSeconds {kill_after}",
+            config.shutdown_grace
+        );
         let container = &pod["spec"]["containers"][0];
         assert_eq!(
             container_port(container, "registry"),
@@ -427,6 +437,88 @@ fn the_ha_overlay_runs_three_replicas_on_one_bucket() {
     }
     config.bucket.resolve_secrets().expect("the credentials");
     config.validate().expect("valid");
+}
+
+/// The README's steps for several replicas on Allas, as the user types
+/// them, name what the rendered `ha` overlay uses: the Secrets and their
+/// keys, the bucket's placeholder, the endpoint, the overlay's path.
+#[test]
+fn the_readme_s_allas_steps_match_the_ha_overlay() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let steps = readme
+        .split("## Several replicas on Allas")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README's Allas section");
+    // `oc create secret generic NAME --from-literal=KEY=... ...`: each
+    // Secret the steps create, with its keys.
+    let mut secrets = std::collections::HashMap::new();
+    for command in steps.split("oc create secret generic ").skip(1) {
+        let command = command.split('`').next().unwrap();
+        let name = command.split_whitespace().next().unwrap().to_string();
+        let keys: Vec<String> = command
+            .split("--from-literal=")
+            .skip(1)
+            .map(|kv| kv.split('=').next().unwrap().to_string())
+            .collect();
+        secrets.insert(name, keys);
+    }
+    let objects = objects(&render("overlays/ha"));
+    let lasti = container(&objects);
+    let env_secret = str_of(&lasti["envFrom"][0]["secretRef"]["name"], "secretRef");
+    assert_eq!(
+        secrets.get(env_secret).map(Vec::as_slice),
+        Some(
+            &[
+                "AWS_ACCESS_KEY_ID".to_string(),
+                "AWS_SECRET_ACCESS_KEY".to_string()
+            ][..]
+        ),
+        "the S3 keys' Secret, with the variables lasti reads"
+    );
+    let (_, config) = config_of(&objects);
+    let secret_file = config.cluster.secret_file.expect("a shared secret");
+    let pod = &find(&objects, "Deployment")["spec"]["template"]["spec"];
+    let mount = lasti["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| secret_file.starts_with(str_of(&m["mountPath"], "mountPath")))
+        .expect("the secret file is mounted");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    let cluster_secret = str_of(&volume["secret"]["secretName"], "secretName");
+    let key = secret_file
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        secrets.get(cluster_secret),
+        Some(&vec![key]),
+        "the replicas' Secret, its key the file lasti reads"
+    );
+    let bucket = config.bucket.bucket.expect("a bucket name");
+    assert!(
+        steps.contains(&format!("bucket = \"{bucket}\"")),
+        "the steps say where the bucket's name goes ({bucket})"
+    );
+    let endpoint = config.bucket.endpoint.expect("an endpoint");
+    assert!(steps.contains(endpoint.as_str().trim_end_matches('/')));
+    assert!(
+        config.bucket.path_style,
+        "path-style addressing, as the steps say"
+    );
+    assert!(steps.contains("oc apply -k deploy/overlays/ha"));
+    // The cache's quota as the steps give it, below the pod's volume.
+    assert_eq!(config.cache.max_size.as_u64(), 8 << 30);
+    assert!(steps.contains("max_size = \"8 GiB\""));
 }
 
 /// The NetworkPolicy of overlays/ha: it selects the lasti pods, admits the
