@@ -166,6 +166,22 @@ fn container_port(container: &Value, name: &str) -> u16 {
 }
 
 /// A Kubernetes quantity (`500m`, `2`, `128Mi`, `20Gi`) as a number.
+/// The pod's volume mounted where `path` is, in lasti's container.
+fn volume_holding<'a>(objects: &'a [Value], path: &Path) -> &'a Value {
+    let mount = container(objects)["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| path.starts_with(str_of(&m["mountPath"], "mountPath")))
+        .unwrap_or_else(|| panic!("{} is mounted", path.display()));
+    find(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume")
+}
+
 fn quantity(v: &Value) -> f64 {
     let text = v
         .as_str()
@@ -406,18 +422,7 @@ fn the_ha_overlay_runs_three_replicas_on_one_bucket() {
     );
     peer_port_admits_only_lasti_pods(&objects, labels);
     let secret_file = config.cluster.secret_file.clone().expect("a shared secret");
-    let mount = lasti["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| secret_file.starts_with(str_of(&m["mountPath"], "mountPath")))
-        .expect("the secret file is mounted");
-    let volume = pod["spec"]["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .expect("the mounted volume");
+    let volume = volume_holding(&objects, &secret_file);
     assert_eq!(
         volume["secret"]["secretName"].as_str(),
         Some("lasti-cluster")
@@ -479,19 +484,7 @@ fn the_readme_s_allas_steps_match_the_ha_overlay() {
     );
     let (_, config) = config_of(&objects);
     let secret_file = config.cluster.secret_file.expect("a shared secret");
-    let pod = &find(&objects, "Deployment")["spec"]["template"]["spec"];
-    let mount = lasti["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| secret_file.starts_with(str_of(&m["mountPath"], "mountPath")))
-        .expect("the secret file is mounted");
-    let volume = pod["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .expect("the mounted volume");
+    let volume = volume_holding(&objects, &secret_file);
     let cluster_secret = str_of(&volume["secret"]["secretName"], "secretName");
     let key = secret_file
         .file_name()

@@ -69,18 +69,11 @@ impl Members {
     /// owns the digest). Every replica ranks alike, so askers whose owner
     /// went away all turn to the same next one.
     pub fn owners(&self, digest: &Digest, n: usize) -> Vec<String> {
-        let list = self.all();
-        let now = Instant::now();
-        let mut down = self.down.lock().expect("down lock");
-        down.retain(|_, since| now.duration_since(*since) < DOWN_FOR);
-        let aliases = self.aliases.read().expect("aliases lock");
-        let mine = |m: &str| m == self.me || aliases.iter().any(|a| a == m);
-        rendezvous::ranked(&list, digest)
+        self.ranked_up(digest)
             .into_iter()
-            .filter(|m| mine(m) || !down.contains_key(*m))
-            .take_while(|m| !mine(m))
+            .take_while(|(_, mine)| !mine)
             .take(n)
-            .map(str::to_string)
+            .map(|(member, _)| member)
             .collect()
     }
 
@@ -89,19 +82,27 @@ impl Members {
     /// digest while this replica was away (or before it joined), and may
     /// hold the blob already.
     pub fn successor(&self, digest: &Digest) -> Option<String> {
+        let mut ranked = self.ranked_up(digest).into_iter();
+        match ranked.next() {
+            Some((_, true)) => ranked.find(|(_, mine)| !mine).map(|(member, _)| member),
+            _ => None,
+        }
+    }
+
+    /// The members in rank for `digest`, less those that just failed, each
+    /// with whether it is this replica (by its name or an alias).
+    fn ranked_up(&self, digest: &Digest) -> Vec<(String, bool)> {
         let list = self.all();
         let now = Instant::now();
         let mut down = self.down.lock().expect("down lock");
         down.retain(|_, since| now.duration_since(*since) < DOWN_FOR);
         let aliases = self.aliases.read().expect("aliases lock");
         let mine = |m: &str| m == self.me || aliases.iter().any(|a| a == m);
-        let mut ranked = rendezvous::ranked(&list, digest)
+        rendezvous::ranked(&list, digest)
             .into_iter()
-            .filter(|m| mine(m) || !down.contains_key(*m));
-        match ranked.next() {
-            Some(first) if mine(first) => ranked.find(|m| !mine(m)).map(str::to_string),
-            _ => None,
-        }
+            .map(|m| (m.to_string(), mine(m)))
+            .filter(|(m, mine)| *mine || !down.contains_key(m))
+            .collect()
     }
 
     /// Takes `member` as another name of this replica from now on.
