@@ -178,3 +178,37 @@ async fn a_store_slower_than_the_upstream_keeps_the_quota_and_catches_up() {
     let stored = ["op=\"put\"", "result=\"stored\""];
     assert!(http::metric(&lasti.admin_url(), "lasti_bucket_requests_total", &stored).await >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_owed_during_a_long_upload_takes_the_free_place_at_once() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    // A layer whose upload takes about eight seconds at 512 KiB/s, and a
+    // small one.
+    let spec = ImageSpec::linux_amd64(33, &[4 * MIB, 4096]);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "long", &spec).await;
+    let (garage, port, _mode) = store_behind_relay(Mode::Slow).await;
+    let lasti = Lasti::start_with(config(&registry, &garage, port), None).await;
+    let blob = |digest: &str| format!("{}/v2/library/long/blobs/{digest}", lasti.url());
+    let (long, short) = (&image.layer_digests[0], &image.layer_digests[1]);
+
+    assert_eq!(http::get(&blob(long), &[]).await.status, 200);
+    // Its upload is under way (one of `max_uploads`, 2) when the next
+    // blob is owed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(http::get(&blob(short), &[]).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while garage.status("HEAD", &blob_key(short), None) != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the small blob waits behind the long upload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(
+        garage.status("HEAD", &blob_key(long), None),
+        200,
+        "the long upload is still under way"
+    );
+    everything_cached_is_uploaded(&lasti, &garage, &image).await;
+}

@@ -17,10 +17,11 @@
 //! and what it fetched but never published would cost the cluster another
 //! upstream fetch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -116,23 +117,48 @@ enum Uploaded {
 }
 
 /// One round: publishes what is owed, those that failed before last,
-/// `max_uploads` at once, until the store backs off.
+/// `max_uploads` at once, until the store backs off. What becomes owed
+/// while the round runs joins it as soon as an upload place is free, so a
+/// burst of fills keeps every place busy, and a large upload under way
+/// holds up nothing but its own place.
 async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
     let mut owed = bucket.owed().await;
     cache.metrics().bucket_owed(owed.len());
     failures.order(&mut owed);
-    let mut uploads = futures_util::stream::iter(owed)
-        .map(|(item, stamp)| async move {
-            let done = match bucket.backing_off_for() {
-                Some(_) => Ok(Uploaded::Skipped),
-                None => upload(bucket, cache, &item).await,
-            };
-            (item, stamp, done)
-        })
-        .buffer_unordered(bucket.max_uploads());
+    let signal = bucket.owed_signal();
+    let mut queue: VecDeque<(Pending, u64)> = owed.into();
+    // Items taken this round (never twice: a failure waits for the next),
+    // but for those skipped while their fill was still storing them.
+    let mut taken: HashSet<Pending> = queue.iter().map(|(item, _)| item.clone()).collect();
+    let mut uploads = FuturesUnordered::new();
     let (mut published, mut failed) = (0, Vec::new());
     let mut store_failed = Vec::new();
-    while let Some((item, stamp, done)) = uploads.next().await {
+    loop {
+        while uploads.len() < bucket.max_uploads() {
+            let Some((item, stamp)) = queue.pop_front() else {
+                break;
+            };
+            uploads.push(async move {
+                let done = match bucket.backing_off_for() {
+                    Some(_) => Ok(Uploaded::Skipped),
+                    None => upload(bucket, cache, &item).await,
+                };
+                (item, stamp, done)
+            });
+        }
+        let Some((item, stamp, done)) = (tokio::select! {
+            done = uploads.next() => done,
+            () = signal.notified(), if !uploads.is_empty() => {
+                for (item, stamp) in bucket.owed().await {
+                    if taken.insert(item.clone()) {
+                        queue.push_back((item, stamp));
+                    }
+                }
+                continue;
+            }
+        }) else {
+            break;
+        };
         match done {
             Ok(Uploaded::Done) => {
                 published += 1;
@@ -142,7 +168,10 @@ async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
                 failures.clear(&item);
                 bucket.forget(item, stamp).await;
             }
-            Ok(Uploaded::Skipped) => {}
+            // Its fill wakes the uploader once it is stored.
+            Ok(Uploaded::Skipped) => {
+                taken.remove(&item);
+            }
             Err(PublishError::Local(e)) => {
                 tracing::warn!(?item, error = %e, "cannot read what is owed to the object store");
                 failures.tried(&item);
@@ -157,7 +186,6 @@ async fn round(bucket: &Arc<Bucket>, cache: &Cache, failures: &mut Failures) {
             }
         }
     }
-    drop(uploads);
     // A store failure counts against the item only when others went
     // through: a store that is down is no item's fault.
     if published > 0 {
