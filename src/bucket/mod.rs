@@ -147,6 +147,13 @@ impl Bucket {
             .with_access_key_id(id.expose())
             .with_secret_access_key(secret.expose())
             .with_virtual_hosted_style_request(!config.path_style)
+            // Requests are signed, their bodies not hashed for it
+            // (`UNSIGNED-PAYLOAD`): nothing read from the store is trusted
+            // (every read is checked against its digest, and answers are
+            // never signed anyway), so a payload hash would protect nothing
+            // lasti relies on, at the cost of one more SHA-256 pass over
+            // every byte uploaded.
+            .with_unsigned_payload(true)
             // One quick retry: a miss waiting on the store waits for a
             // client too, and the registries have the blob anyway.
             .with_retry(RetryConfig {
