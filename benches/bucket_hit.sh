@@ -21,30 +21,7 @@ cargo build --release --bin lasti >&2
 bench_workdir lasti-bench-bucket
 
 # The store: one Garage node, a bucket and a key.
-cat >"$W/garage.toml" <<EOF
-metadata_dir = "$W/garage/meta"
-data_dir = "$W/garage/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$((BASE + 1))"
-rpc_public_addr = "127.0.0.1:$((BASE + 1))"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$BASE"
-root_domain = ".s3.garage.localhost"
-EOF
-g() { "$GARAGE" -c "$W/garage.toml" "$@"; }
-timeout 1800 "$GARAGE" -c "$W/garage.toml" server >"$W/garage.log" 2>&1 &
-PIDS+=($!)
-wait_port $((BASE + 1)); wait_port "$BASE"
-g layout assign -z dc1 -c 10G "$(g node id -q | cut -d@ -f1)" >/dev/null
-g layout apply --version 1 >/dev/null
-g bucket create lasti >/dev/null
-key=$(g key create bench)
-KEY_ID=$(awk -F': +' '/Key ID/ {print $2}' <<<"$key")
-SECRET=$(awk -F': +' '/Secret key/ {print $2}' <<<"$key")
-g bucket allow --read --write --owner lasti --key bench >/dev/null
+start_garage "$BASE" 1800 10G
 
 # The upstream, holding one blob of SIZE_MIB.
 start_registry $((BASE + 2)) 1800 quiet

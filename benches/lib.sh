@@ -63,3 +63,35 @@ push_blob() {
   rm "$W/blob"
   echo "$digest"
 }
+
+# Starts one Garage node (GARAGE, from scripts/garage) with its S3 API on
+# port $1 and RPC on $1 + 1, for at most $2 seconds, holding $3 (a Garage
+# capacity, e.g. 10G); creates the bucket `lasti` and a key for it, and
+# sets KEY_ID and SECRET.
+start_garage() { # s3_port lifetime_s capacity
+  cat >"$W/garage.toml" <<EOF
+metadata_dir = "$W/garage/meta"
+data_dir = "$W/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$(($1 + 1))"
+rpc_public_addr = "127.0.0.1:$(($1 + 1))"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$1"
+root_domain = ".s3.garage.localhost"
+EOF
+  local g=("$GARAGE" -c "$W/garage.toml")
+  timeout "$2" "${g[@]}" server >"$W/garage.log" 2>&1 &
+  PIDS+=($!)
+  wait_port $(($1 + 1)); wait_port "$1"
+  "${g[@]}" layout assign -z dc1 -c "$3" "$("${g[@]}" node id -q | cut -d@ -f1)" >/dev/null
+  "${g[@]}" layout apply --version 1 >/dev/null
+  "${g[@]}" bucket create lasti >/dev/null
+  local key
+  key=$("${g[@]}" key create bench)
+  KEY_ID=$(awk -F': +' '/Key ID/ {print $2}' <<<"$key")
+  SECRET=$(awk -F': +' '/Secret key/ {print $2}' <<<"$key")
+  "${g[@]}" bucket allow --read --write --owner lasti --key bench >/dev/null
+}
