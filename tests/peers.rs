@@ -262,6 +262,61 @@ async fn a_replica_that_joins_takes_its_blobs_from_its_successor_not_the_upstrea
     assert_eq!(registry.blob_gets(&unknown), 0, "nothing asked upstream");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_on_its_address_is_taken_back_at_once() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let (_, before) = skopeo::push_image(
+        &registry.host(),
+        work.path(),
+        "before",
+        &ImageSpec::linux_amd64(30, &[4096; 8]),
+    )
+    .await;
+    let (_, after) = skopeo::push_image(
+        &registry.host(),
+        work.path(),
+        "after",
+        &ImageSpec::linux_amd64(31, &[4096; 8]),
+    )
+    .await;
+    let (asker, back) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let members = vec![asker.clone(), back.clone()];
+    let theirs = owned_by(&back, &members, &after.blob_digests());
+    assert!(
+        !theirs.is_empty(),
+        "the replica that comes back owns some blobs"
+    );
+
+    // While `back` is away, `asker` finds it down and fetches by itself.
+    let first = Lasti::start_with(replica(&registry, &asker, &members), None).await;
+    let out = work.path().join("pulled-before");
+    skopeo::pull_and_check(&first.host(), "before", &before, &out, false).await;
+    let admin = first.admin_url();
+    let failed = ["result=\"failed\""];
+    assert!(http::metric(&admin, "lasti_peer_fetches_total", &failed).await >= 1);
+
+    // It comes back on the same address and greets the others: its blobs
+    // are asked of it at once, not after the note that it was down ran out.
+    let second = Lasti::start_with(replica(&registry, &back, &members), None).await;
+    // It serves clients once its greeting is answered.
+    let v2 = format!("{}/v2/", second.url());
+    while http::get(&v2, &[]).await.status != 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = work.path().join("pulled-after");
+    skopeo::pull_and_check(&first.host(), "after", &after, &out, false).await;
+    let fills = "lasti_fill_sources_total";
+    assert_eq!(
+        http::metric_reaches(&admin, fills, &["tier=\"peer\""], theirs.len() as u64).await,
+        theirs.len() as u64,
+        "every blob it owns came from it"
+    );
+}
+
 /// How many back-fill jobs a replica has, whatever their state.
 fn jobs(status: &serde_json::Value) -> usize {
     ["pending", "recent", "failed"]

@@ -113,6 +113,14 @@ impl Members {
         }
     }
 
+    /// Takes `member` back at once: it was heard from (a request of its
+    /// own, or its greeting after a restart), so its digests go home
+    /// again instead of to the next in rank until [`DOWN_FOR`] is over.
+    pub fn heard_from(&self, member: &str) {
+        let member = member_name(member);
+        self.down.lock().expect("down lock").remove(&member);
+    }
+
     /// Leaves `member` out for [`DOWN_FOR`].
     pub fn failed(&self, member: &str) {
         if member != self.me {
@@ -249,6 +257,23 @@ mod tests {
                     members.down.lock().unwrap().clear();
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_member_heard_from_is_taken_back_at_once() {
+        let members = three("10.0.0.9:5001");
+        members.failed("10.0.0.1:5001");
+        let away: Vec<Digest> = digests()
+            .filter(|d| rendezvous::ranked(&members.all(), d)[0] == "10.0.0.1:5001")
+            .collect();
+        assert!(!away.is_empty());
+        for digest in &away {
+            assert_ne!(members.owner(digest).as_deref(), Some("10.0.0.1:5001"));
+        }
+        members.heard_from("10.0.0.1:5001");
+        for digest in &away {
+            assert_eq!(members.owner(digest).as_deref(), Some("10.0.0.1:5001"));
         }
     }
 

@@ -80,9 +80,10 @@ impl Cluster {
             "cluster on"
         );
         let instance = hex::encode(rand::random::<[u8; 16]>());
+        let client = PeerClient::new(config, instance.clone(), members.me().to_string())?;
         Ok(Some(Arc::new(Cluster {
             members,
-            client: PeerClient::new(config, instance.clone())?,
+            client,
             instance,
             forwards: Arc::new(tokio::sync::Semaphore::new(FORWARDS)),
             leaving: AtomicBool::new(false),
@@ -160,6 +161,30 @@ impl Cluster {
                 tracing::debug!(member, error = %err, "the owner replica did not serve a blob");
             }
         }
+    }
+
+    /// Notes a request on the peer listener from `member` (its
+    /// [`peer_client::MEMBER_HEADER`]): it is up, whatever this replica
+    /// noted before.
+    pub fn heard_from(&self, member: Option<&http::HeaderValue>) {
+        if let Some(member) = member.and_then(|m| m.to_str().ok()) {
+            self.members.heard_from(member);
+        }
+    }
+
+    /// Greets every other member, so that those that noted this replica
+    /// down (it restarted, on the same address) take it back at once.
+    /// Call once the peer listener serves. Failures are only logged: a
+    /// member that is down itself has nothing to take back.
+    pub async fn greet(&self) {
+        let members = self.members.all();
+        let others = members.iter().filter(|m| *m != self.members.me());
+        let greetings = others.map(|member| async move {
+            if let Err(e) = self.client.hello(member).await {
+                tracing::debug!(member, error = %e, "cannot greet a member");
+            }
+        });
+        futures_util::future::join_all(greetings).await;
     }
 
     /// A place to forward one back-fill offer, or `None` when [`FORWARDS`]

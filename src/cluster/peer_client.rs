@@ -27,6 +27,15 @@ pub const OFFER_PATH: &str = "/lasti/backfill/offer";
 /// knows at once.
 pub const ASKER_HEADER: &str = "lasti-asker";
 
+/// The header a peer request names its asker's member name in (as it
+/// advertises itself), so the replica asked knows it is up.
+pub const MEMBER_HEADER: &str = "lasti-member";
+
+/// Where a replica greets the others when it starts (`POST`, empty,
+/// answered 204), so they take it back before their note that it was down
+/// runs out.
+pub const HELLO_PATH: &str = "/lasti/cluster/hello";
+
 /// The `Cache-Control` directive of a peer request for a blob only if the
 /// peer holds it (RFC 9111, 5.2.1.7).
 pub const ONLY_IF_CACHED: &str = "only-if-cached";
@@ -36,6 +45,8 @@ pub const ONLY_IF_CACHED: &str = "only-if-cached";
 pub struct PeerClient {
     /// This process's instance id, sent as [`ASKER_HEADER`].
     instance: String,
+    /// This replica's member name, sent as [`MEMBER_HEADER`].
+    me: String,
     client: HttpClient,
     secret: Secret,
     timeout: std::time::Duration,
@@ -46,9 +57,11 @@ impl PeerClient {
     pub fn new(
         config: &ClusterConfig,
         instance: String,
+        me: String,
     ) -> std::result::Result<PeerClient, String> {
         Ok(PeerClient {
             instance,
+            me,
             client: client::build_plain(config.connect_timeout)?,
             secret: config
                 .secret
@@ -129,6 +142,18 @@ impl PeerClient {
         })
     }
 
+    /// Tells `member` that this replica is up (after a start): `204`.
+    pub async fn hello(&self, member: &str) -> Result<()> {
+        let uri = format!("http://{member}{HELLO_PATH}");
+        let response = self
+            .send(member, Method::POST, uri, Vec::new(), body::empty())
+            .await?;
+        match response.status() {
+            StatusCode::NO_CONTENT => Ok(()),
+            status => Err(answered(member, status)),
+        }
+    }
+
     /// Hands a back-fill offer to `member`, the owner of its digest, whose
     /// queue takes it (`202 Accepted`).
     pub async fn offer(&self, member: &str, offer: &Offer) -> Result<()> {
@@ -185,6 +210,7 @@ impl PeerClient {
         let request = request
             .header(header::AUTHORIZATION, value)
             .header(ASKER_HEADER, self.instance.as_str())
+            .header(MEMBER_HEADER, self.me.as_str())
             .body(body)
             .map_err(|e| refused(member, e.to_string()))?;
         match client::send(&self.client, request, self.timeout).await {

@@ -88,6 +88,9 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
 /// digest is resolved here once for the whole cluster). Everything else
 /// is refused; the API proper is on the client listener.
 pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Body> {
+    // Asked for a copy it holds (by the owner of the digest), not a fetch.
+    let only_stored = header_values(request.headers(), header::CACHE_CONTROL)
+        .any(|v| v.split(',').any(|d| d.trim() == ONLY_IF_CACHED));
     let answer = async {
         if request.method() != Method::GET {
             return Err(Error::Unsupported(
@@ -100,8 +103,6 @@ pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Bod
                 let (upstream, repo) = resolve(proxy, name, query)?;
                 let digest = parse_digest(digest)?;
                 let range = parse_range(request.headers())?;
-                let only_stored = header_values(request.headers(), header::CACHE_CONTROL)
-                    .any(|v| v.split(',').any(|d| d.trim() == ONLY_IF_CACHED));
                 let answer = proxy
                     .peer_blob(upstream, &repo, &digest, range, only_stored)
                     .await?;
@@ -122,6 +123,8 @@ pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Bod
     };
     match answer.await {
         Ok(response) => response,
+        // The usual answer to an owner's question: not worth a log line.
+        Err(err @ Error::BlobUnknown) if only_stored => response::error(&err),
         Err(err) => failed(request, &err),
     }
 }

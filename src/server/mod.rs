@@ -34,7 +34,7 @@ use crate::access::Access;
 use crate::backfill::{Backfill, Dispatching};
 use crate::bucket::Bucket;
 use crate::cache::Cache;
-use crate::cluster::peer_client::{ASKER_HEADER, OFFER_PATH};
+use crate::cluster::peer_client::{ASKER_HEADER, HELLO_PATH, MEMBER_HEADER, OFFER_PATH};
 use crate::cluster::Cluster;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
@@ -57,6 +57,10 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest pause between `accept` attempts that keep failing.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The longest a starting replica waits for the others to answer its
+/// greeting before it serves clients (one that cannot be reached is given
+/// up on after the peer connect timeout anyway).
+const GREETING_WITHIN: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not start. Each message names the thing at fault;
 /// the cause, if any, is its `source`, not repeated in the message.
@@ -252,6 +256,11 @@ pub async fn run(
         }
         _ => None,
     };
+    if let (Some(cluster), true) = (daemon.shared.app.proxy.cluster(), peers) {
+        // The others take this replica back before it serves a client:
+        // asked from then on, it is asked for what it owns.
+        let _ = tokio::time::timeout(GREETING_WITHIN, cluster.greet()).await;
+    }
     let connections = accept_until(
         listeners.api,
         Arc::clone(&daemon.shared),
@@ -503,7 +512,10 @@ impl App {
                         member: host_of(&request),
                     })
                 }
-                true => Ok(()),
+                true => {
+                    cluster.heard_from(request.headers().get(MEMBER_HEADER));
+                    Ok(())
+                }
                 false => Err(Error::Denied("not a replica of this cluster".into())),
             },
         }
@@ -513,6 +525,10 @@ impl App {
             (Ok(()), Door::Clients(_)) => handlers::handle(&self.proxy, &request).await,
             (Ok(()), Door::Peers(_)) if method == Method::POST && path == OFFER_PATH => {
                 handlers::peer_offer(&self.proxy, request).await
+            }
+            // What it is for was done at the door.
+            (Ok(()), Door::Peers(_)) if method == Method::POST && path == HELLO_PATH => {
+                response::no_content()
             }
             (Ok(()), Door::Peers(_)) => handlers::handle_peer(&self.proxy, &request).await,
             (Err(err), _) => {

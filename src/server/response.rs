@@ -48,6 +48,11 @@ pub fn accepted() -> Response<Body> {
     )
 }
 
+/// `204 No Content`: done, nothing to say.
+pub fn no_content() -> Response<Body> {
+    finish(builder(StatusCode::NO_CONTENT), body::empty())
+}
+
 /// Logs why a request failed, at the level its origin deserves, naming the
 /// request (there is no span per request: a hit pays for none). The message
 /// is the error body's: clients (skopeo, docker) often show only the
