@@ -448,6 +448,12 @@ impl Proxy {
         let reference = reference.to_string();
         let bucket = self.bucket.clone();
         let work = move || async move {
+            // A flight for the tag that ended while this request looked
+            // elsewhere (its own record, the bucket) left its record: no
+            // second fetch.
+            if let Some(manifest) = recorded_since_asked(&cache, tag.as_ref()).await {
+                return Ok(manifest);
+            }
             if let Some(expected) = &expected {
                 let stored = shared::manifest_from_bucket(bucket.as_ref(), expected, limit).await;
                 let checked = stored.map(|f| verify(&sources[0].0, f, Some(expected)));
@@ -551,6 +557,17 @@ fn confirmed_now(manifest: &Manifest) -> TagRecord {
         size: manifest.bytes.len() as u64,
         checked_at: unix_now(),
     }
+}
+
+/// The manifest of `tag`'s local record, if it was confirmed since the
+/// request asked (by a flight that ended meanwhile) and is still held.
+async fn recorded_since_asked(cache: &Cache, tag: Option<&TagRef>) -> Option<Arc<Manifest>> {
+    let tag = tag?;
+    let record = cache.tag(&tag.key()).await.ok()??;
+    if record.checked_at < tag.asked_at || media_type::is_schema1(&record.media_type) {
+        return None;
+    }
+    cache.manifest(&record.digest).await.ok()?
 }
 
 /// Writes a tag record to the local index; a failure is logged, not fatal

@@ -20,6 +20,9 @@ pub(super) struct TagRef {
     upstream: String,
     repo: RepoName,
     tag: String,
+    /// When the request that resolves it began (seconds): a record
+    /// confirmed since is as good as a fetch of its own.
+    pub(super) asked_at: u64,
 }
 
 impl TagRef {
@@ -28,6 +31,7 @@ impl TagRef {
             upstream: upstream.name().to_string(),
             repo: repo.clone(),
             tag: tag.as_str().to_string(),
+            asked_at: crate::cache::index::unix_now(),
         }
     }
 
