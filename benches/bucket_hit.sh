@@ -28,31 +28,7 @@ start_registry $((BASE + 2)) 1800 quiet
 DIGEST=$(push_blob $((BASE + 2)) "$SIZE_MIB")
 
 # A replica: its own data directory and ports, the shared bucket.
-start_lasti() { # name port
-  mkdir -p "$W/$1"
-  printf '%s\n' "$KEY_ID" >"$W/$1/id"; printf '%s\n' "$SECRET" >"$W/$1/secret"
-  cat >"$W/$1/lasti.toml" <<EOF
-listen = "127.0.0.1:$2"
-admin_listen = "127.0.0.1:$(($2 + 1))"
-data_dir = "$W/$1/data"
-[log]
-filter = "warn"
-[[upstream]]
-name = "docker.io"
-url = "http://127.0.0.1:$((BASE + 2))"
-[bucket]
-endpoint = "http://127.0.0.1:$BASE"
-bucket = "lasti"
-region = "garage"
-access_key_id_file = "$W/$1/id"
-secret_access_key_file = "$W/$1/secret"
-EOF
-  timeout 1800 target/release/lasti --config "$W/$1/lasti.toml" >"$W/$1/log" 2>&1 &
-  PIDS+=($!)
-  LASTI_WRAPPER=$!
-  wait_port "$2"
-  LASTI_PID=$(pgrep -P "$LASTI_WRAPPER")
-}
+start_lasti() { start_lasti_on_bucket "$1" "$2" 1800; }
 blob_url() { echo "http://127.0.0.1:$1/v2/bench/blob/blobs/$DIGEST"; }
 
 # The first replica fetches the blob from the upstream and publishes it.

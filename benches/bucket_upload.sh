@@ -56,28 +56,7 @@ for _ in $(seq $((COUNT * REPEAT))); do BLOBS+=("$(push_blob $((BASE + 2)) "$SIZ
 
 # lasti, with the shared bucket.
 PORT=$((BASE + 4)) ADMIN=$((BASE + 5))
-mkdir -p "$W/lasti"
-printf '%s\n' "$KEY_ID" >"$W/lasti/id"; printf '%s\n' "$SECRET" >"$W/lasti/secret"
-cat >"$W/lasti/lasti.toml" <<EOF
-listen = "127.0.0.1:$PORT"
-admin_listen = "127.0.0.1:$ADMIN"
-data_dir = "$W/lasti/data"
-[log]
-filter = "warn"
-[[upstream]]
-name = "docker.io"
-url = "http://127.0.0.1:$((BASE + 2))"
-[bucket]
-endpoint = "http://127.0.0.1:$BASE"
-bucket = "lasti"
-region = "garage"
-access_key_id_file = "$W/lasti/id"
-secret_access_key_file = "$W/lasti/secret"
-max_uploads = $MAX_UPLOADS
-EOF
-timeout 3600 target/release/lasti --config "$W/lasti/lasti.toml" >"$W/lasti/log" 2>&1 &
-PIDS+=($!)
-wait_port "$PORT"
+start_lasti_on_bucket lasti "$PORT" 3600 "max_uploads = $MAX_UPLOADS"
 blob_url() { echo "http://127.0.0.1:$PORT/v2/bench/blob/blobs/$1"; }
 now() { date +%s.%N; }
 

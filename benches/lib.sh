@@ -95,3 +95,35 @@ EOF
   SECRET=$(awk -F': +' '/Secret key/ {print $2}' <<<"$key")
   "${g[@]}" bucket allow --read --write --owner lasti --key bench >/dev/null
 }
+
+# Starts a lasti in "$W/$1" on port $2 (admin on $2 + 1) for at most $3
+# seconds, with the registry at BASE + 2 as docker.io and the Garage
+# bucket of start_garage (at BASE) behind it; $4, if given, is more lines
+# of its [bucket] table. Sets LASTI_WRAPPER (the timeout process) and
+# LASTI_PID.
+start_lasti_on_bucket() { # name port lifetime_s [bucket_lines]
+  mkdir -p "$W/$1"
+  printf '%s\n' "$KEY_ID" >"$W/$1/id"; printf '%s\n' "$SECRET" >"$W/$1/secret"
+  cat >"$W/$1/lasti.toml" <<EOF
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$(($2 + 1))"
+data_dir = "$W/$1/data"
+[log]
+filter = "warn"
+[[upstream]]
+name = "docker.io"
+url = "http://127.0.0.1:$((BASE + 2))"
+[bucket]
+endpoint = "http://127.0.0.1:$BASE"
+bucket = "lasti"
+region = "garage"
+access_key_id_file = "$W/$1/id"
+secret_access_key_file = "$W/$1/secret"
+${4:-}
+EOF
+  timeout "$3" target/release/lasti --config "$W/$1/lasti.toml" >"$W/$1/log" 2>&1 &
+  PIDS+=($!)
+  LASTI_WRAPPER=$!
+  wait_port "$2"
+  LASTI_PID=$(pgrep -P "$LASTI_WRAPPER")
+}
