@@ -19,6 +19,7 @@ use common::http;
 use common::lasti::{config as lasti_config, Lasti};
 use common::oci_layout::ImageSpec;
 use common::registry::Registry;
+use common::throttle::Throttle;
 use common::{free_port, skopeo};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A replica of a cluster on loopback: its peer listener at `me`, the
 /// members `peers`, the registry as docker.io.
 fn replica(registry: &Registry, me: &str, peers: &[String]) -> Config {
-    let mut config = lasti_config(&[("docker.io", &registry.url())]);
+    replica_of(&registry.url(), me, peers)
+}
+
+/// [`replica`] with the upstream at `url`.
+fn replica_of(url: &str, me: &str, peers: &[String]) -> Config {
+    let mut config = lasti_config(&[("docker.io", url)]);
     config.cluster.listen = Some(me.parse().unwrap());
     config.cluster.advertise = Some(me.to_string());
     config.cluster.peers = peers.to_vec();
@@ -260,6 +266,47 @@ async fn a_replica_that_joins_takes_its_blobs_from_its_successor_not_the_upstrea
     assert_eq!(reply.status, 404);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(registry.blob_gets(&unknown), 0, "nothing asked upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_joins_during_its_successors_fetch_follows_that_fetch() {
+    let registry = Registry::start();
+    // 2 MiB/s: a 4 MiB layer takes two seconds, time for a replica to join.
+    let throttle = Throttle::start(&registry.host(), "2m");
+    let work = TempDir::new().unwrap();
+    let (late, early) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let members = vec![late.clone(), early.clone()];
+    let spec = ImageSpec::linux_amd64(33, &[4 * 1024 * 1024; 4]);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "during", &spec).await;
+    let digest = owned_by(&late, &members, &image.layer_digests)
+        .into_iter()
+        .next()
+        .expect("the replica that joins owns a layer");
+
+    // `late` is away: `early` fetches the layer from the upstream itself.
+    let first = Lasti::start_with(replica_of(&throttle.url(), &early, &members), None).await;
+    let url = |host: &str| format!("http://{host}/v2/library/during/blobs/{digest}");
+    let early_url = url(&first.host());
+    let through_early = tokio::spawn(async move { http::get(&early_url, &[]).await });
+    let admin = first.admin_url();
+    let fetching = http::metric_reaches(&admin, "lasti_fetches_in_flight", &[], 1).await;
+    assert_eq!(fetching, 1, "early fetches the layer");
+
+    // `late` joins meanwhile and is asked for the layer it owns: it follows
+    // its successor's fetch instead of starting one of its own.
+    let second = Lasti::start_with(replica_of(&throttle.url(), &late, &members), None).await;
+    let still = http::metric(&admin, "lasti_fetches_in_flight", &[]).await;
+    assert_eq!(still, 1, "late joined while early fetched");
+    let through_late = http::get(&url(&second.host()), &[]).await;
+    let through_early = through_early.await.unwrap();
+    for reply in [&through_early, &through_late] {
+        assert_eq!(reply.status, 200);
+        assert_eq!(Digest::sha256_of(&reply.body).to_string(), digest);
+    }
+    assert_eq!(registry.settled_blob_gets(&digest, 1), 1, "fetched once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@
 //! length verify, so no reader ever completes a blob that fails its check.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -96,6 +96,9 @@ pub struct Fill {
     /// Whether readers may read the file around the page cache when the
     /// fill writes it so (`cache.direct_reads`).
     direct_reads: bool,
+    /// Set once the fill reads from a registry: from then on no other
+    /// replica feeds it, so one may follow it without closing a circle.
+    from_registry: AtomicBool,
 }
 
 impl Fill {
@@ -107,6 +110,7 @@ impl Fill {
             live: broadcast::Sender::new(LIVE_CHANNEL_CAPACITY),
             file_readers: Arc::new(AtomicUsize::new(0)),
             direct_reads: cache.inner.direct_reads,
+            from_registry: AtomicBool::new(false),
         });
         let writer = FillWriter {
             fill: Arc::clone(&fill),
@@ -147,6 +151,12 @@ impl Fill {
     /// what it holds, live readers go on.
     pub(super) fn stop_caching(&self) {
         self.progress.send_modify(|p| p.uncached = true);
+    }
+
+    /// Whether the fill reads from a registry (see
+    /// [`FillWriter::reading_registry`]).
+    pub fn is_from_registry(&self) -> bool {
+        self.from_registry.load(Ordering::SeqCst)
     }
 
     /// Joins the fill as a reader.
@@ -274,6 +284,13 @@ impl FillWriter {
             self.sink = Some(sink::spawn(fill, temp, hasher, size, slots, direct));
         }
         Ok(())
+    }
+
+    /// Notes that the fill reads from a registry from now on (its sources
+    /// run in order, registries last), so another replica that owns the
+    /// digest may follow it (see [`super::Cache::filling_from_registry`]).
+    pub fn reading_registry(&self) {
+        self.fill.from_registry.store(true, Ordering::SeqCst);
     }
 
     /// The size the upstream announced, if it did.

@@ -454,6 +454,15 @@ impl Cache {
         fills.get(digest).map(|fill| fill.subscribe())
     }
 
+    /// Follows a fill in progress that reads from a registry, if there is
+    /// one. A replica asked for a blob only if held may serve this one:
+    /// no peer feeds it, so the asker cannot be feeding it in turn.
+    pub fn filling_from_registry(&self, digest: &Digest) -> Option<Subscription> {
+        let fills = self.inner.fills.lock().unwrap_or_else(|p| p.into_inner());
+        let fill = fills.get(digest).filter(|fill| fill.is_from_registry())?;
+        Some(fill.subscribe())
+    }
+
     /// Stores a verified fill and evicts past the quota. A failure here is
     /// logged, never passed to readers: they already have verified bytes.
     async fn commit_fill(&self, temp: TempBlob, digest: &Digest) {

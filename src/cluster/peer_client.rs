@@ -73,8 +73,9 @@ impl PeerClient {
 
     /// `member`'s answer for the blob, from byte `offset` on; the body is
     /// still to be read. `only_stored`: the member serves the blob only if
-    /// it holds it whole (`Cache-Control: only-if-cached`), and answers
-    /// `404` rather than fetch it.
+    /// it holds it whole or reads it from a registry already
+    /// (`Cache-Control: only-if-cached`), and answers `404` rather than
+    /// fetch it.
     pub async fn get_blob(
         &self,
         member: &str,

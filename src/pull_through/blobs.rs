@@ -57,8 +57,9 @@ impl Proxy {
     /// Answers another replica's `GET` on the peer listener: like a
     /// client's, except that a miss never asks a peer in turn. With
     /// `only_stored` (the asker owns the digest and asks its successor) the
-    /// blob is served only if it is held whole: never a fill, which the
-    /// asker may be feeding itself. While this replica leaves the cluster,
+    /// blob is served only if it is held whole or being read from a
+    /// registry: never a fill fed by a peer, which may be the asker itself,
+    /// and never a fetch of its own. While this replica leaves the cluster,
     /// what it would have to fetch is turned away.
     pub async fn peer_blob(
         &self,
@@ -69,6 +70,10 @@ impl Proxy {
         only_stored: bool,
     ) -> Result<BlobAnswer> {
         if only_stored {
+            // The fill first: one that ends meanwhile has stored the blob.
+            if let Some(sub) = self.cache.filling_from_registry(digest) {
+                return filling_answer(sub, range, Outcome::Coalesced).await;
+            }
             return match self.cache.stored_blob(digest).await? {
                 Some(blob) => stored_answer(blob, range),
                 None => Err(Error::BlobUnknown),

@@ -167,6 +167,7 @@ impl Source {
                 (response.size, response.media_type, response.body, peer.idle)
             }
             Source::Registry { registry, repo, .. } => {
+                writer.reading_registry();
                 let response = registry.get_blob(repo, digest, offset).await?;
                 let idle = registry.body_idle_timeout();
                 (response.size, response.media_type, response.body, idle)
