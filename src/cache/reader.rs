@@ -40,6 +40,14 @@ pub enum Delivery {
 
 /// Size of one read from a cache file.
 pub const READ_CHUNK: usize = 256 * 1024;
+/// The first read of a response from a file, doubled with each read after
+/// it up to [`READ_CHUNK`] (or a direct read's piece). A response is read
+/// only when its connection has taken the piece before, so a client that
+/// opens a stream and never takes a byte (an HTTP/2 stream whose window
+/// stays shut) holds this much, not a full chunk; one that reads on
+/// reaches full chunks after four reads. One HTTP/2 frame's worth, and a
+/// multiple of the direct-read block.
+pub const FIRST_READ: u64 = 16 * 1024;
 
 /// Where a stored blob's pages that are not in the page cache are read
 /// from.
@@ -68,6 +76,8 @@ pub struct BlobReader {
     disk: DiskReads,
     lease: Option<Lease>,
     fill_readers: Option<FillReaders>,
+    /// The most the next file read may take (see [`FIRST_READ`]).
+    allowance: u64,
 }
 
 impl BlobReader {
@@ -86,6 +96,7 @@ impl BlobReader {
             disk: DiskReads::Cached,
             lease,
             fill_readers: None,
+            allowance: FIRST_READ,
         }
     }
 
@@ -105,6 +116,7 @@ impl BlobReader {
             disk: DiskReads::Cached,
             lease: None,
             fill_readers: Some(sub.readers),
+            allowance: FIRST_READ,
         }
     }
 
@@ -305,7 +317,13 @@ impl BlobReader {
     /// Where a direct read from `self.offset` ends at most: one
     /// [`direct_read::PIECE`] past the block that holds `self.offset`.
     fn direct_piece_end(&self) -> u64 {
-        self.offset - self.offset % file_writer::ALIGN as u64 + direct_read::PIECE
+        let piece = direct_read::PIECE.min(self.allowance);
+        self.offset - self.offset % file_writer::ALIGN as u64 + piece
+    }
+
+    /// Counts a read from the file: the next may take twice as much.
+    fn grow_allowance(&mut self) {
+        self.allowance = (self.allowance * 2).min(direct_read::PIECE);
     }
 
     /// Reads `[self.offset, stop)` through the `O_DIRECT` handle `direct`,
@@ -318,6 +336,7 @@ impl BlobReader {
             .map_err(io::Error::other)??;
         let chunk = blocks.slice((self.offset - start) as usize..);
         self.offset = stop;
+        self.grow_allowance();
         Ok(chunk)
     }
 
@@ -325,7 +344,8 @@ impl BlobReader {
     /// holds at once, the rest from the disk on the blocking pool (around
     /// the page cache when this reader may, [`BlobReader::disk_direct`]).
     async fn read(&mut self, limit: u64) -> io::Result<Bytes> {
-        let len = (limit - self.offset).min(READ_CHUNK as u64) as usize;
+        let most = self.allowance.min(READ_CHUNK as u64);
+        let len = (limit - self.offset).min(most) as usize;
         let chunk = match pread::read_cached(&self.file, self.offset, len)? {
             pread::Cached::Hit(chunk) => chunk,
             pread::Cached::Miss(buf) => match self.read_stored_direct(limit).await {
@@ -334,6 +354,7 @@ impl BlobReader {
             },
         };
         self.offset += chunk.len() as u64;
+        self.grow_allowance();
         Ok(chunk)
     }
 
