@@ -32,6 +32,7 @@ pub struct Metrics {
     cache_outcomes: IntCounterVec,
     served_bytes: IntCounterVec,
     sendfile_bytes: IntCounter,
+    connections_shed: IntCounterVec,
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -170,6 +171,7 @@ impl Metrics {
             cache_outcomes,
             served_bytes,
             hot,
+            connections_shed: counter(r, "lasti_connections_shed_total", "Connections closed to make room for a new one when every slot was taken: `unproven` (no request yet), `idle` (between requests).", &["reason"]),
             sendfile_bytes: single(r, "lasti_sendfile_bytes_total", "Cached blob bytes sent with sendfile, from the page cache to a plain-TCP socket without a copy (part of the cache's served bytes)."),
             upstream_requests: counter(r, "lasti_upstream_requests_total", "Requests to upstreams and the back-fill target, by registry, method and status class.", &["upstream", "method", "status"]),
             upstream_duration: histogram(r, "lasti_upstream_request_duration_seconds", "Time to an upstream's response headers.", &["upstream", "method"], LATENCY_BUCKETS),
@@ -322,6 +324,11 @@ impl Metrics {
     pub fn warmed(&self, ok: bool) {
         let outcome = if ok { "done" } else { "failed" };
         self.warmed_images.with_label_values(&[outcome]).inc();
+    }
+
+    /// The counter of connections closed to make room, for the listeners.
+    pub fn connections_shed(&self) -> IntCounterVec {
+        self.connections_shed.clone()
     }
 
     /// The counter of bytes sent with `sendfile`, for the connections to add to.

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::fake_upstream::FakeUpstream;
+use common::fake_upstream::{FakeUpstream, Fault};
 use common::lasti::{config, Lasti};
 
 /// Sends raw bytes and returns what came back before the server closed the
@@ -109,11 +109,20 @@ async fn hostile_clients_get_clear_answers_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_until_one_frees() {
     let fake = FakeUpstream::start().await;
+    let digest = fake.put_blob(vec![9u8; 4096]);
+    fake.fault(&digest, Fault::Stall);
     let mut cfg = config(&[("docker.io", &fake.url())]);
     cfg.access.max_connections = 2;
     let lasti = Lasti::start_with(cfg, None).await;
-    let idle: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(lasti.addr).unwrap())
+    // Two connections with a request in flight (a blob whose upstream
+    // stalls): neither gives its slot up for a new connection.
+    let request = format!("GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(lasti.addr).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            stream
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let addr = lasti.addr;
@@ -128,9 +137,9 @@ async fn connections_past_the_cap_wait_until_one_frees() {
     .unwrap();
     assert!(
         waiting.0.is_empty(),
-        "a third connection is not served while two are held"
+        "a third connection is not served while two are busy"
     );
-    drop(idle);
+    drop(busy);
     tokio::time::sleep(Duration::from_millis(200)).await;
     still_serving(lasti.addr);
 }

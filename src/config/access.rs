@@ -43,6 +43,11 @@ pub struct AccessConfig {
     /// client that sends nothing at all is closed too.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Time a client gets to finish the TLS handshake, counted from
+    /// accept; the first request's `header_read_timeout` runs from accept
+    /// too, so the tighter of the two ends a silent TLS client.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
     /// Largest request head (request line and headers) accepted.
     pub max_header_bytes: usize,
     /// How long a connection with no request in flight stays open after its
@@ -54,6 +59,12 @@ pub struct AccessConfig {
     /// connection is closed.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// How long a response may wait for the client before it gives its
+    /// place among `max_open_blobs` back (it goes on if the client comes
+    /// back); a connection with more than 16 such responses while it takes
+    /// nothing is closed. Capped at `send_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub send_stall_grace: Duration,
     /// How often an HTTP/2 connection is pinged while it is open.
     #[serde(with = "humantime_serde")]
     pub http2_ping_interval: Duration,
@@ -81,9 +92,11 @@ impl Default for AccessConfig {
             max_upstream_fetches: 256,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             keepalive_timeout: Duration::from_secs(75),
             send_timeout: Duration::from_secs(60),
+            send_stall_grace: Duration::from_secs(5),
             http2_ping_interval: Duration::from_secs(60),
             http2_ping_timeout: Duration::from_secs(20),
             max_open_blobs: 0,
@@ -127,14 +140,17 @@ impl AccessConfig {
             return fail("max_connections and header_read_timeout must be above zero");
         }
         let timeouts = [
+            self.tls_handshake_timeout,
             self.keepalive_timeout,
             self.send_timeout,
+            self.send_stall_grace,
             self.http2_ping_interval,
             self.http2_ping_timeout,
         ];
         if timeouts.iter().any(Duration::is_zero) {
             return fail(
-                "keepalive_timeout, send_timeout and the http2_ping_* keys must be above zero",
+                "tls_handshake_timeout, keepalive_timeout, send_timeout, send_stall_grace and the \
+                 http2_ping_* keys must be above zero",
             );
         }
         if self.max_header_bytes < 8192 {

@@ -14,6 +14,13 @@
 //! wrapped in a [`WatchedBody`] whose clock runs only while the body has
 //! handed out a piece and nobody has come back for the next one. The
 //! connection's watchdog asks [`Activity::verdict`] now and then.
+//!
+//! A response that waits for its client longer than the stall grace gives
+//! its place in the open-file budget back (it goes on if the client comes
+//! back for more): an HTTP/2 stream whose window stays shut then costs a
+//! file position and one small piece, not a place every other client
+//! needs. A connection with more than [`STALLED_STREAMS`] such responses
+//! while none of its responses takes a byte is closed.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +32,8 @@ use bytes::{Buf, Bytes};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::slots::Slots;
+
 /// The largest piece a response body hands to hyper at once. The send
 /// timeout runs between pieces, so a client must take at least this much
 /// per `send_timeout` (256 KiB per minute by default, ~4 KiB/s) to keep a
@@ -33,6 +42,11 @@ use tokio::sync::OwnedSemaphorePermit;
 pub const PIECE: usize = 256 * 1024;
 /// A clock that is not running.
 const STOPPED: u64 = u64::MAX;
+/// Responses of one connection that may wait past the stall grace at
+/// once while the connection takes nothing: pulls run a handful of layers
+/// in parallel; a client with more stalled streams than this is not
+/// pulling.
+pub const STALLED_STREAMS: usize = 16;
 
 /// The timeouts a connection lives by.
 #[derive(Debug, Clone, Copy)]
@@ -43,13 +57,26 @@ pub struct Limits {
     pub keepalive: Duration,
     /// Waiting for the client to take a response's next bytes.
     pub send: Duration,
+    /// Waiting for the client before a response gives its open-file place
+    /// back (at most `send`).
+    pub stall: Duration,
 }
 
 impl Limits {
+    /// These limits with the first-request deadline as short as the
+    /// listener's fill makes it ([`Slots::deadline`]).
+    pub fn squeezed(&self, slots: &Slots) -> Limits {
+        Limits {
+            first_request: slots.deadline(self.first_request),
+            ..*self
+        }
+    }
+
     /// How often the watchdog looks: often enough to close within a quarter
     /// of the shortest timeout, never busier than 20 times a second.
     pub fn tick(&self) -> Duration {
         let shortest = self.first_request.min(self.keepalive).min(self.send);
+        let shortest = shortest.min(self.stall);
         (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 }
@@ -63,6 +90,9 @@ pub enum Verdict {
     Idle,
     /// A response has waited too long for the client: drop the connection.
     SendStalled,
+    /// More than [`STALLED_STREAMS`] responses wait past the stall grace
+    /// and none takes a byte: drop the connection.
+    StreamsStalled,
 }
 
 /// The shared state of one connection.
@@ -74,6 +104,10 @@ pub struct Activity {
     idle_since: AtomicU64,
     served: AtomicBool,
     clocks: Mutex<Vec<Weak<SendClock>>>,
+    /// Milliseconds since `epoch` when a response last handed out a piece.
+    last_piece: AtomicU64,
+    /// Places in the open-file budget its responses hold.
+    places: AtomicUsize,
 }
 
 impl Activity {
@@ -85,7 +119,39 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             served: AtomicBool::new(false),
             clocks: Mutex::new(Vec::new()),
+            last_piece: AtomicU64::new(0),
+            places: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether a request head has arrived on this connection.
+    pub fn has_requested(&self) -> bool {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    /// How long the connection has had no request in flight (`None` while
+    /// one is).
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = self.idle_since.load(Ordering::SeqCst);
+        Some(Duration::from_millis(self.now().saturating_sub(since)))
+    }
+
+    /// Places in the open-file budget this connection's responses hold.
+    pub fn places(&self) -> usize {
+        self.places.load(Ordering::SeqCst)
+    }
+
+    /// Counts `permit` among this connection's places until the returned
+    /// [`Place`] is dropped.
+    pub fn place(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Place {
+        self.places.fetch_add(1, Ordering::SeqCst);
+        Place {
+            _permit: permit,
+            activity: Arc::clone(self),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -103,8 +169,11 @@ impl Activity {
     }
 
     /// Wraps a response body so the send timeout can see it wait.
-    pub fn watch<B>(self: &Arc<Self>, body: B, guard: InFlight) -> WatchedBody<B> {
-        let clock = Arc::new(SendClock(AtomicU64::new(self.now())));
+    pub fn watch<B>(self: &Arc<Self>, body: B, mut guard: InFlight) -> WatchedBody<B> {
+        let clock = Arc::new(SendClock {
+            since: AtomicU64::new(self.now()),
+            place: Mutex::new(guard.held.take()),
+        });
         let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
         clocks.retain(|c| c.strong_count() > 0);
         clocks.push(Arc::downgrade(&clock));
@@ -122,16 +191,27 @@ impl Activity {
     }
 
     /// The verdict at `now` milliseconds after the connection's epoch.
+    /// Responses that waited past the stall grace give their places back.
     fn verdict_at(&self, limits: &Limits, now: u64) -> Verdict {
         let waited = |since: u64| Duration::from_millis(now.saturating_sub(since));
         let clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
-        let stalled = clocks
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|c| c.0.load(Ordering::SeqCst))
-            .any(|since| since != STOPPED && waited(since) >= limits.send);
-        if stalled {
-            return Verdict::SendStalled;
+        let mut stalled = 0;
+        for clock in clocks.iter().filter_map(Weak::upgrade) {
+            let since = clock.since.load(Ordering::SeqCst);
+            if since == STOPPED {
+                continue;
+            }
+            if waited(since) >= limits.send {
+                return Verdict::SendStalled;
+            }
+            if waited(since) >= limits.stall.min(limits.send) {
+                stalled += 1;
+                clock.give_place_back();
+            }
+        }
+        let taking = waited(self.last_piece.load(Ordering::SeqCst)) < limits.stall;
+        if stalled > STALLED_STREAMS && !taking {
+            return Verdict::StreamsStalled;
         }
         if self.in_flight.load(Ordering::SeqCst) > 0 {
             return Verdict::Live;
@@ -147,17 +227,36 @@ impl Activity {
     }
 }
 
+/// A place in the open-file budget held by one of a connection's
+/// responses; dropping it gives it back.
+#[derive(Debug)]
+pub struct Place {
+    _permit: OwnedSemaphorePermit,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.activity.places.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A request in flight; dropping it (with the response body) ends it.
 #[derive(Debug)]
 pub struct InFlight {
     activity: Arc<Activity>,
-    held: Option<OwnedSemaphorePermit>,
+    held: Option<Place>,
 }
 
 impl InFlight {
-    /// Keeps `permit` (a place in the open-file budget) until the response is done.
-    pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
-        self.held = Some(permit);
+    /// Keeps `place` until the response is done or stalls past the grace.
+    pub fn hold(&mut self, place: Place) {
+        self.held = Some(place);
+    }
+
+    /// The connection this request came on.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 }
 
@@ -170,9 +269,20 @@ impl Drop for InFlight {
 }
 
 /// Since when (ms after the connection's epoch) a body has waited to be
-/// polled again, or `STOPPED`.
+/// polled again, or `STOPPED`; and its place in the open-file budget,
+/// until it stalls past the grace.
 #[derive(Debug)]
-struct SendClock(AtomicU64);
+struct SendClock {
+    since: AtomicU64,
+    place: Mutex<Option<Place>>,
+}
+
+impl SendClock {
+    fn give_place_back(&self) {
+        let place = self.place.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(place);
+    }
+}
 
 pin_project_lite::pin_project! {
     /// A response body that hands out pieces of at most [`PIECE`] bytes
@@ -189,11 +299,13 @@ pin_project_lite::pin_project! {
 impl<B> WatchedBody<B> {
     fn stamp(clock: &SendClock, guard: &InFlight, running: bool) {
         let value = if running {
-            guard.activity.now()
+            let now = guard.activity.now();
+            guard.activity.last_piece.store(now, Ordering::SeqCst);
+            now
         } else {
             STOPPED
         };
-        clock.0.store(value, Ordering::SeqCst);
+        clock.since.store(value, Ordering::SeqCst);
     }
 }
 
@@ -261,6 +373,7 @@ mod tests {
         first_request: Duration::from_secs(10),
         keepalive: Duration::from_secs(5),
         send: Duration::from_secs(3),
+        stall: Duration::from_secs(3),
     };
 
     // The verdict `secs` seconds from now. Every stamp a test has taken is
@@ -316,6 +429,40 @@ mod tests {
         );
         drop(body);
         assert_eq!(at(&activity, 5), Verdict::Idle);
+    }
+
+    #[test]
+    fn stalled_responses_give_their_places_back_and_many_close_the_connection() {
+        let activity = Activity::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(100));
+        let watched = |n: usize| -> Vec<_> {
+            (0..n)
+                .map(|_| {
+                    let mut guard = activity.request();
+                    let permit = Arc::clone(&permits).try_acquire_owned().unwrap();
+                    guard.hold(activity.place(permit));
+                    activity.watch(Full::new(Bytes::from_static(b"x")), guard)
+                })
+                .collect()
+        };
+        let limits = Limits {
+            send: Duration::from_secs(10),
+            stall: Duration::from_secs(3),
+            ..LIMITS
+        };
+        let at = |secs: u64| activity.verdict_at(&limits, activity.now() + secs * 1000);
+        let few = watched(STALLED_STREAMS);
+        assert_eq!(activity.places(), STALLED_STREAMS);
+        assert_eq!(at(2), Verdict::Live, "within the grace");
+        assert_eq!(activity.places(), STALLED_STREAMS);
+        assert_eq!(at(3), Verdict::Live, "a few stalled streams may wait");
+        assert_eq!(activity.places(), 0, "but give their places back");
+        assert_eq!(permits.available_permits(), 100);
+        let more = watched(1);
+        assert_eq!(at(3), Verdict::StreamsStalled, "one too many");
+        assert_eq!(at(10), Verdict::SendStalled, "and any past send_timeout");
+        drop((few, more));
+        assert_eq!(activity.places(), 0);
     }
 
     #[test]

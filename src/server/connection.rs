@@ -22,13 +22,12 @@ use tokio::time::Instant;
 use super::activity::{Activity, Limits, Verdict};
 use super::h2_flood::FloodGuard;
 use super::sendfile::SendfileStream;
+use super::slots::Slot;
 use super::tls::ReloadingAcceptor;
 use super::App;
 use crate::cache::mapped::Windows;
 use crate::cache::reader::Delivery;
 
-/// Time a client gets to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle connection that was asked to close (HTTP/2: GOAWAY,
 /// then a PING the peer should answer) may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -43,6 +42,9 @@ pub struct Shared {
     pub tls: Option<Arc<ReloadingAcceptor>>,
     /// The connection timeouts.
     pub limits: Limits,
+    /// Time a client gets to finish the TLS handshake
+    /// (`access.tls_handshake_timeout`), before the slots' squeeze.
+    pub handshake: Duration,
     /// Counts the bytes sent with `sendfile`.
     pub sent_from_files: IntCounter,
     /// The cache's mapped windows, which plain-TCP connections send with
@@ -60,36 +62,48 @@ impl Shared {
             builder: self.builder.clone(),
             tls: None,
             limits: self.limits,
+            handshake: self.handshake,
             sent_from_files: self.sent_from_files.clone(),
             windows: Arc::clone(&self.windows),
         }
     }
 }
 
-/// Serves `stream` until it ends, times out, or the server drains
-/// (`drain` turns true or its sender is dropped).
+/// Serves `stream` in `slot` until it ends, times out, gives its slot up
+/// to another, or the server drains (`drain` turns true or its sender is
+/// dropped).
 pub async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Slot,
     drain: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    // Accepted now: the first request's time limit includes the handshake.
+    // Served now: the first request's time limit includes the handshake.
     let activity = Activity::new();
+    slot.serving(&activity);
     match &shared.tls {
         None => {
             let counter = shared.sent_from_files.clone();
             let io = SendfileStream::new(stream, counter, Arc::clone(&shared.windows));
             let io = FloodGuard::new(io);
-            watch_over(&shared, io, true, peer, activity, drain).await
+            watch_over(&shared, io, true, peer, activity, &slot, drain).await
         }
         Some(tls) => {
             let handshake = tls.acceptor().accept(stream);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            let within = slot.slots().deadline(shared.handshake);
+            let handshake = tokio::select! {
+                done = tokio::time::timeout(within, handshake) => done,
+                () = slot.asked_to_leave() => {
+                    tracing::debug!(%peer, "connection in its TLS handshake closed for another");
+                    return;
+                }
+            };
+            match handshake {
                 Ok(Ok(tls)) => {
                     let io = FloodGuard::new(tls);
-                    watch_over(&shared, io, false, peer, activity, drain).await
+                    watch_over(&shared, io, false, peer, activity, &slot, drain).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -107,6 +121,7 @@ async fn watch_over<I>(
     sendfile: bool,
     peer: SocketAddr,
     activity: Arc<Activity>,
+    slot: &Slot,
     mut drain: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -140,10 +155,21 @@ async fn watch_over<I>(
                     connection.as_mut().graceful_shutdown();
                 }
             }
-            _ = tick.tick() => match activity.verdict(&shared.limits) {
+            () = slot.asked_to_leave() => match activity.idle_for() {
+                Some(_) => {
+                    tracing::debug!(%peer, "connection without a request closed for another");
+                    return;
+                }
+                None => slot.stay(),
+            },
+            _ = tick.tick() => match activity.verdict(&shared.limits.squeezed(slot.slots())) {
                 Verdict::Live => {}
                 Verdict::SendStalled => {
                     tracing::info!(%peer, "client took no response bytes for send_timeout; closing");
+                    return;
+                }
+                Verdict::StreamsStalled => {
+                    tracing::info!(%peer, "client holds many stalled responses and takes nothing; closing");
                     return;
                 }
                 Verdict::Idle if closing.overdue() => return,

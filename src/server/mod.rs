@@ -15,6 +15,7 @@ pub mod open_files;
 pub mod response;
 pub mod router;
 pub mod sendfile;
+pub mod slots;
 pub mod tls;
 
 use std::future::Future;
@@ -27,7 +28,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access::Access;
@@ -47,6 +48,7 @@ use activity::{Activity, InFlight, Limits, WatchedBody};
 use connection::Shared;
 use open_files::BlobBudget;
 use router::Route;
+use slots::Slots;
 
 /// Streams a client may open at once on one HTTP/2 connection (nginx's
 /// `http2_max_concurrent_streams`); hyper's default is 200.
@@ -309,7 +311,10 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
     let app = App {
         proxy,
         door: Door::Clients(Box::new(access)),
-        budget: Arc::new(BlobBudget::new(config.access.max_open_blobs)),
+        budget: Arc::new(BlobBudget::new(
+            config.access.max_open_blobs,
+            config.access.max_connections,
+        )),
     };
     let shared = Shared {
         app: Arc::new(app),
@@ -319,7 +324,9 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
             first_request: config.access.header_read_timeout,
             keepalive: config.access.keepalive_timeout,
             send: config.access.send_timeout,
+            stall: config.access.send_stall_grace,
         },
+        handshake: config.access.tls_handshake_timeout,
         sent_from_files,
         windows,
     };
@@ -364,22 +371,22 @@ async fn accept_until(
     shutdown: impl Future<Output = ()>,
 ) -> watch::Sender<bool> {
     let (connections, draining) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let shed = shared.app.proxy.cache().metrics().connections_shed();
+    let slots = Slots::new(max_connections, shed);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
-        };
+        // The one connection accepted beyond the slots waits here for one;
+        // the rest wait in the kernel's backlog.
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = accept(&listener) => accepted,
         };
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.take() => slot,
+        };
         let (shared, draining) = (Arc::clone(&shared), draining.clone());
-        tokio::spawn(async move {
-            connection::serve(shared, stream, peer, draining).await;
-            drop(permit);
-        });
+        tokio::spawn(connection::serve(shared, stream, peer, slot, draining));
     }
     tracing::info!("shutting down: no new connections");
     connections
@@ -573,7 +580,8 @@ impl App {
     }
 
     /// A blob GET holds a file until its body is done: it takes a place in
-    /// the open-file budget first, or is told to come back.
+    /// the open-file budget first (within its connection's share), or is
+    /// told to come back.
     fn reserve_file(
         &self,
         method: &Method,
@@ -581,7 +589,9 @@ impl App {
         in_flight: &mut InFlight,
     ) -> Result<(), Error> {
         if method == Method::GET && matches!(route, Route::Blob { .. }) {
-            in_flight.hold(self.budget.admit()?);
+            let activity = Arc::clone(in_flight.activity());
+            let permit = self.budget.admit(activity.places())?;
+            in_flight.hold(activity.place(permit));
         }
         Ok(())
     }

@@ -21,6 +21,10 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 const AUTO_SHARE: u64 = 4;
 /// The smallest automatic budget, for a process with a tiny limit.
 const AUTO_MIN: usize = 16;
+/// The fewest blob responses one connection may hold at once, however
+/// many connections share the budget: more than a pull runs in parallel
+/// on one HTTP/2 connection (podman 6, containerd 3 by default).
+pub const SHARE_MIN: usize = 16;
 /// Descriptors kept for what is neither a client connection nor a blob
 /// response: listeners, the index, fills' files, upstream and bucket sockets.
 const RESERVED: u64 = 256;
@@ -44,18 +48,22 @@ fn current_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// The number of blob responses allowed at once.
+/// The number of blob responses allowed at once, and how many of them one
+/// connection may hold.
 #[derive(Debug)]
 pub struct BlobBudget {
     permits: Arc<Semaphore>,
     size: usize,
+    per_connection: usize,
     warned: AtomicU64,
     started: Instant,
 }
 
 impl BlobBudget {
-    /// A budget of `configured` responses, or (0) a share of the current limit.
-    pub fn new(configured: usize) -> BlobBudget {
+    /// A budget of `configured` responses, or (0) a share of the current
+    /// limit; each of `max_connections` may hold an equal share of it, and
+    /// at least [`SHARE_MIN`].
+    pub fn new(configured: usize, max_connections: usize) -> BlobBudget {
         let size = match configured {
             0 => auto_size(current_limit()),
             n => n,
@@ -63,6 +71,7 @@ impl BlobBudget {
         BlobBudget {
             permits: Arc::new(Semaphore::new(size)),
             size,
+            per_connection: (size / max_connections.max(1)).max(SHARE_MIN),
             warned: AtomicU64::new(0),
             started: Instant::now(),
         }
@@ -73,8 +82,21 @@ impl BlobBudget {
         self.size
     }
 
-    /// A place for one blob response, held by its body; `Busy` when none is free.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
+    /// The most places one connection may hold.
+    pub fn per_connection(&self) -> usize {
+        self.per_connection
+    }
+
+    /// A place for one blob response on a connection whose responses hold
+    /// `held` places: `RateLimited` past the connection's share (one
+    /// HTTP/2 connection cannot take the budget from the others), `Busy`
+    /// when none is free.
+    pub fn admit(&self, held: usize) -> Result<OwnedSemaphorePermit, Error> {
+        if held >= self.per_connection {
+            return Err(Error::RateLimited {
+                retry_after: RETRY_AFTER,
+            });
+        }
         Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
             self.warn_exhausted();
             Error::Busy {
@@ -180,13 +202,23 @@ mod tests {
 
     #[test]
     fn past_the_budget_comes_busy_and_a_dropped_permit_frees_a_place() {
-        let budget = BlobBudget::new(2);
-        let first = budget.admit().unwrap();
-        let _second = budget.admit().unwrap();
-        let refused = budget.admit().unwrap_err();
+        let budget = BlobBudget::new(2, 10);
+        let first = budget.admit(0).unwrap();
+        let _second = budget.admit(0).unwrap();
+        let refused = budget.admit(0).unwrap_err();
         assert_eq!(refused.status().as_u16(), 503);
         drop(first);
-        assert!(budget.admit().is_ok());
+        assert!(budget.admit(0).is_ok());
+    }
+
+    #[test]
+    fn one_connection_holds_at_most_its_share() {
+        let budget = BlobBudget::new(1000, 10);
+        assert_eq!(budget.per_connection(), 100);
+        assert!(budget.admit(99).is_ok());
+        let refused = budget.admit(100).unwrap_err();
+        assert_eq!(refused.status().as_u16(), 429);
+        assert_eq!(BlobBudget::new(1000, 10_000).per_connection(), SHARE_MIN);
     }
 
     #[test]
