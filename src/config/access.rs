@@ -73,7 +73,8 @@ pub struct AccessConfig {
     pub http2_ping_timeout: Duration,
     /// Blob responses (each holding an open file) served at once; one past
     /// it gets 503 `UNAVAILABLE` with `Retry-After`. 0: a quarter of the
-    /// process's open-file limit.
+    /// process's open-file limit. Once half are in use, one connection
+    /// holds at most `max_open_blobs / max_connections` (at least 16).
     pub max_open_blobs: usize,
 }
 

@@ -47,6 +47,12 @@ const STOPPED: u64 = u64::MAX;
 /// in parallel; a client with more stalled streams than this is not
 /// pulling.
 pub const STALLED_STREAMS: usize = 16;
+/// Responses of one connection that may wait past the stall grace at once
+/// whatever its other responses do (half of the HTTP/2 streams lasti
+/// allows): each keeps its blob's file open, though no longer counted in
+/// `max_open_blobs`, so one connection cannot hold open files beyond it
+/// by keeping one stream flowing.
+pub const STALLED_STREAMS_AT_MOST: usize = 64;
 
 /// The timeouts a connection lives by.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +97,8 @@ pub enum Verdict {
     /// A response has waited too long for the client: drop the connection.
     SendStalled,
     /// More than [`STALLED_STREAMS`] responses wait past the stall grace
-    /// and none takes a byte: drop the connection.
+    /// and none takes a byte, or more than [`STALLED_STREAMS_AT_MOST`]
+    /// whatever the others do: drop the connection.
     StreamsStalled,
 }
 
@@ -210,7 +217,7 @@ impl Activity {
             }
         }
         let taking = waited(self.last_piece.load(Ordering::SeqCst)) < limits.stall;
-        if stalled > STALLED_STREAMS && !taking {
+        if (stalled > STALLED_STREAMS && !taking) || stalled > STALLED_STREAMS_AT_MOST {
             return Verdict::StreamsStalled;
         }
         if self.in_flight.load(Ordering::SeqCst) > 0 {
@@ -459,9 +466,25 @@ mod tests {
         assert_eq!(activity.places(), 0, "but give their places back");
         assert_eq!(permits.available_permits(), 100);
         let more = watched(1);
-        assert_eq!(at(3), Verdict::StreamsStalled, "one too many");
+        // Another response of the connection takes a piece just then.
+        let taken_at = |secs: u64| {
+            activity
+                .last_piece
+                .store(activity.now() + secs * 1000, Ordering::SeqCst)
+        };
+        taken_at(3);
+        assert_eq!(at(3), Verdict::Live, "the connection takes bytes");
+        taken_at(0);
+        assert_eq!(at(3), Verdict::StreamsStalled, "one too many, none taking");
         assert_eq!(at(10), Verdict::SendStalled, "and any past send_timeout");
-        drop((few, more));
+        let many = watched(STALLED_STREAMS_AT_MOST - STALLED_STREAMS);
+        taken_at(3);
+        assert_eq!(
+            at(3),
+            Verdict::StreamsStalled,
+            "too many whatever the others do"
+        );
+        drop((few, more, many));
         assert_eq!(activity.places(), 0);
     }
 

@@ -88,11 +88,14 @@ impl BlobBudget {
     }
 
     /// A place for one blob response on a connection whose responses hold
-    /// `held` places: `RateLimited` past the connection's share (one
-    /// HTTP/2 connection cannot take the budget from the others), `Busy`
-    /// when none is free.
+    /// `held` places: `RateLimited` past the connection's share once half
+    /// the budget is in use (one HTTP/2 connection cannot take the budget
+    /// from the others, while a client that multiplexes many pulls on one
+    /// connection is not held back when places are plenty), `Busy` when
+    /// none is free.
     pub fn admit(&self, held: usize) -> Result<OwnedSemaphorePermit, Error> {
-        if held >= self.per_connection {
+        let in_use = self.size - self.permits.available_permits();
+        if held >= self.per_connection && in_use * 2 >= self.size {
             return Err(Error::RateLimited {
                 retry_after: RETRY_AFTER,
             });
@@ -212,12 +215,15 @@ mod tests {
     }
 
     #[test]
-    fn one_connection_holds_at_most_its_share() {
+    fn once_half_the_budget_is_in_use_a_connection_holds_at_most_its_share() {
         let budget = BlobBudget::new(1000, 10);
         assert_eq!(budget.per_connection(), 100);
-        assert!(budget.admit(99).is_ok());
+        let held: Vec<_> = (0..499).map(|_| budget.admit(0).unwrap()).collect();
+        let plenty = budget.admit(499).expect("places are plenty");
         let refused = budget.admit(100).unwrap_err();
-        assert_eq!(refused.status().as_u16(), 429);
+        assert_eq!(refused.status().as_u16(), 429, "half the budget is in use");
+        assert!(budget.admit(99).is_ok(), "within its share");
+        drop((held, plenty));
         assert_eq!(BlobBudget::new(1000, 10_000).per_connection(), SHARE_MIN);
     }
 
