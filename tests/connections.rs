@@ -194,6 +194,39 @@ async fn a_client_silent_after_the_tls_handshake_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_in_the_tls_handshake_is_dropped_after_its_limit() {
+    within(async {
+        let fake = FakeUpstream::start().await;
+        let work = tempfile::tempdir().unwrap();
+        let pki = common::tls::TestPki::new();
+        let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
+        std::fs::write(&cert, &pki.cert_pem).unwrap();
+        std::fs::write(&key, &pki.key_pem).unwrap();
+        let cfg = config_with(&fake, |c| {
+            c.access.tls_handshake_timeout = SHORT;
+            c.tls.cert_file = Some(cert);
+            c.tls.key_file = Some(key);
+        });
+        let lasti = Lasti::start_with(cfg, None).await;
+        // The first bytes of a ClientHello, then nothing.
+        let mut stalled = TcpStream::connect(lasti.addr).await.unwrap();
+        stalled
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let said = closed_by_server(&mut stalled).await;
+        assert!(said.is_empty(), "no handshake answer to half a hello");
+        assert!(
+            started.elapsed() < 4 * SHORT,
+            "dropped after tls_handshake_timeout, not a fixed limit: {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keepalive_connection_is_closed() {
     within(async {
         let fake = FakeUpstream::start().await;
