@@ -157,7 +157,7 @@ async fn watch_over<I>(
             }
             () = slot.asked_to_leave() => match activity.idle_for() {
                 Some(_) => {
-                    tracing::debug!(%peer, "connection without a request closed for another");
+                    tracing::debug!(%peer, "connection without a request in flight closed for another");
                     return;
                 }
                 None => slot.stay(),
