@@ -36,7 +36,8 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
-    /// Address of the admin listener (back-fill status).
+    /// Address of the admin listener (metrics, health, the cache listing,
+    /// back-fill status, warm requests).
     #[arg(long, global = true)]
     admin_listen: Option<SocketAddr>,
     /// Registry to back-fill pulled images into (the Rahti project's registry).
@@ -70,7 +71,8 @@ enum Command {
         /// Only these platforms of a multi-platform image (os/arch[/variant]); default all.
         #[arg(long = "platform")]
         platforms: Vec<String>,
-        /// The lasti to use; default: the configured listen address.
+        /// The lasti to use, as a URL or host:port; default: the
+        /// configured listen address.
         #[arg(long)]
         server: Option<String>,
     },
@@ -79,7 +81,8 @@ enum Command {
         /// Print the JSON of /admin/cache instead of a table.
         #[arg(long)]
         json: bool,
-        /// The admin endpoint; default: the configured admin address.
+        /// The admin endpoint, as a URL or host:port; default: the
+        /// configured admin address.
         #[arg(long)]
         admin: Option<String>,
     },
@@ -135,16 +138,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             platforms,
             server,
         } => {
-            let server = server.unwrap_or_else(|| lasti::tools::local_url(config.listen));
+            let server = match server {
+                Some(given) => lasti::tools::endpoint_url(&given),
+                None => lasti::tools::local_url(config.listen),
+            };
             client_runtime()?
                 .block_on(lasti::tools::warm::run(&server, &images, &platforms))
                 .map_err(|e| anyhow::anyhow!(e))
         }
         Command::Ls { json, admin } => {
             let admin = match (admin, config.admin_listen) {
-                (Some(url), _) => url,
+                (Some(given), _) => lasti::tools::endpoint_url(&given),
                 (None, Some(addr)) => lasti::tools::local_url(addr),
-                (None, None) => anyhow::bail!("no admin listener configured; pass --admin URL"),
+                (None, None) => {
+                    anyhow::bail!("no admin listener configured; pass --admin HOST:PORT")
+                }
             };
             client_runtime()?
                 .block_on(lasti::tools::ls::run(&admin, json))

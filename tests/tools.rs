@@ -100,6 +100,60 @@ async fn warm_pulls_every_platform_and_ls_lists_it() {
     assert!(other["backfilled"].is_null(), "no back-fill configured");
 }
 
+/// The `last_use` `GET /admin/cache` gives `repository`.
+async fn listed_last_use(lasti: &Lasti, repository: &str) -> u64 {
+    let reply = common::http::get(&format!("{}/admin/cache", lasti.admin_url()), &[]).await;
+    let listed: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["repository"] == repository)
+        .and_then(|i| i["last_use"].as_u64())
+        .expect("listed with a last use")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_the_cache_is_no_use_of_what_it_lists() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let spec = ImageSpec::linux_amd64(83, &[3000]);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "listed", &spec).await;
+    let lasti = Lasti::start(&registry.url()).await;
+    skopeo::pull_and_check(
+        &lasti.host(),
+        "listed",
+        &image,
+        &work.path().join("out"),
+        false,
+    )
+    .await;
+    let pulled = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let first = listed_last_use(&lasti, "library/listed").await;
+    assert!(
+        first <= pulled,
+        "the pull's time, not the listing's: {first} > {pulled}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // As --admin-listen takes it: host:port.
+    let admin = lasti.admin_url().trim_start_matches("http://").to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || lasti_cli(&["ls", "--admin", &admin]))
+        .await
+        .unwrap();
+    assert!(ok, "ls failed: {err}");
+    assert!(!out.contains(" 0s ago"), "{out}");
+    assert_eq!(
+        listed_last_use(&lasti, "library/listed").await,
+        first,
+        "listing twice left the last use where it was"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_can_limit_an_index_to_named_platforms() {
     let registry = Registry::start();

@@ -515,6 +515,40 @@ impl Cache {
         Ok(Some(manifest))
     }
 
+    /// A stored manifest by digest, read without marking it used: listings
+    /// (`lasti ls`, `/admin/cache`) must not change what is evicted next or
+    /// the last-use times they show.
+    pub async fn peek_manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>> {
+        if let Some(m) = self.inner.manifests.get(digest) {
+            return Ok(Some(m));
+        }
+        let Some(lease) = self.inner.usage.peek_lease(digest) else {
+            return Ok(None);
+        };
+        let inner = Arc::clone(&self.inner);
+        let d = digest.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let Some(media_type) = inner.manifest_type(&d) else {
+                return Ok(None);
+            };
+            let Some((file, meta)) = inner.store.open_blob(&d)? else {
+                return Ok(None);
+            };
+            let mut buf = vec![0u8; meta.len() as usize];
+            pread::read_exact_at(&file, &mut buf, 0)?;
+            Ok::<_, std::io::Error>(Some(Manifest {
+                digest: d,
+                media_type: media_type.to_string(),
+                bytes: Bytes::from(buf),
+            }))
+        })
+        .await
+        .map_err(|e| Error::storage("read manifest", e))?
+        .map_err(|e| Error::storage("read manifest", e))?;
+        drop(lease);
+        Ok(read.map(Arc::new))
+    }
+
     /// Stores a manifest whose digest the caller verified.
     pub async fn put_manifest(&self, manifest: Arc<Manifest>) -> Result<()> {
         self.inner

@@ -152,6 +152,17 @@ impl Usage {
         Some((lease, persist))
     }
 
+    /// Leases a blob without marking it used: it keeps its place in the
+    /// eviction order and its last-use time (a listing reads it, no client
+    /// did). `None` if the table does not hold it.
+    pub fn peek_lease(&self, digest: &Digest) -> Option<Lease> {
+        let table = self.lock();
+        let entry = table.entries.peek(digest)?;
+        Some(Lease {
+            token: Arc::clone(&entry.token),
+        })
+    }
+
     /// Forgets a blob (its file vanished or failed to open).
     pub fn forget(&self, digest: &Digest) {
         let mut table = self.lock();
@@ -285,6 +296,23 @@ mod tests {
         let (_, persist) = usage.lease(&digest(0)).unwrap();
         assert!(!persist, "just refreshed");
         assert_eq!(usage.take_victims(usize::MAX), vec![digest(1)]);
+    }
+
+    #[test]
+    fn a_peek_leases_without_refreshing_recency() {
+        let usage = Usage::new(100);
+        usage.insert(digest(1), 40, at(1));
+        usage.insert(digest(2), 40, at(2));
+        let peeked = usage.peek_lease(&digest(1)).expect("stored");
+        assert_eq!(usage.last_use(&digest(1)), Some(at(1)), "last use kept");
+        drop(peeked);
+        usage.insert(digest(3), 40, at(3));
+        assert!(usage.over_quota());
+        assert_eq!(
+            usage.take_victims(8),
+            vec![digest(1)],
+            "the peeked blob is still the least recently used"
+        );
     }
 
     #[test]

@@ -45,7 +45,8 @@ impl Proxy {
             let Some((repository, tag)) = rest.rsplit_once(':') else {
                 continue;
             };
-            let image_size = match self.cache.manifest(&record.digest).await? {
+            // Read-only: a listing is no use of the image.
+            let image_size = match self.cache.peek_manifest(&record.digest).await? {
                 Some(m) if !media_type::is_index(&m.media_type) => {
                     ImageManifest::parse(&m.bytes).map(|p| p.blobs().map(|b| b.size).sum())
                 }

@@ -44,6 +44,17 @@ pub fn local_url(addr: SocketAddr) -> String {
     format!("http://{host}:{}", addr.port())
 }
 
+/// The base URL of a lasti endpoint given as a URL (`http://host:port`)
+/// or, as `--listen` and `--admin-listen` take it, as `host:port`; no
+/// trailing slash.
+pub fn endpoint_url(given: &str) -> String {
+    let given = given.trim_end_matches('/');
+    match given.contains("://") {
+        true => given.to_string(),
+        false => format!("http://{given}"),
+    }
+}
+
 /// GETs a URL and returns the status, content type and body.
 pub async fn get(
     client: &LocalClient,
@@ -77,6 +88,20 @@ pub async fn get(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_is_a_url_or_host_and_port() {
+        assert_eq!(endpoint_url("127.0.0.1:5002"), "http://127.0.0.1:5002");
+        assert_eq!(endpoint_url("[::1]:5002/"), "http://[::1]:5002");
+        assert_eq!(
+            endpoint_url("https://lasti.example/"),
+            "https://lasti.example"
+        );
+        assert_eq!(
+            endpoint_url("http://127.0.0.1:5002"),
+            "http://127.0.0.1:5002"
+        );
+    }
 
     #[test]
     fn listen_addresses_become_reachable_urls() {
