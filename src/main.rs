@@ -164,6 +164,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Prints the effective configuration as a config file. A reader that
 /// stops early (`| head`) is not an error.
 fn check_config(config: &Config) -> anyhow::Result<()> {
+    // Everything the configuration names is loaded as `serve` loads it.
+    client_runtime()?.block_on(lasti::server::preflight(config))?;
     let text = config
         .to_toml()
         .context("cannot write the configuration as TOML")?;

@@ -235,6 +235,61 @@ fn check_config_prints_a_config_file_that_reads_back_the_same() {
 }
 
 #[test]
+fn check_config_refuses_what_serve_would_refuse() {
+    let work = TempDir::new().unwrap();
+    // Debian's htpasswd writes MD5 ($apr1$) hashes unless told -B.
+    let htpasswd = work.path().join("htpasswd");
+    std::fs::write(&htpasswd, "alice:$apr1$Sx3eFvJw$S8lrY6x9J5S0e4XzVt1mH/\n").unwrap();
+    let not_a_key = work.path().join("tls.key");
+    std::fs::write(&not_a_key, "not a key\n").unwrap();
+    let cases = [
+        (
+            format!("[access]\nmode = \"authenticated\"\nhtpasswd_file = {htpasswd:?}\n"),
+            "only bcrypt hashes (htpasswd -B)",
+        ),
+        (
+            format!("[tls]\ncert_file = {not_a_key:?}\nkey_file = {not_a_key:?}\n"),
+            "holds no certificate",
+        ),
+        (
+            format!(
+                "[[upstream]]\nname = \"x\"\nurl = \"https://x.example\"\nca_file = {:?}\n",
+                work.path().join("missing-ca.pem")
+            ),
+            "missing-ca.pem",
+        ),
+    ];
+    for (config, said) in cases {
+        let path = work.path().join("lasti.toml");
+        std::fs::write(&path, &config).unwrap();
+        let checked = lasti(&["--config", path.to_str().unwrap(), "check-config"]);
+        assert!(!checked.status.success(), "check-config passed:\n{config}");
+        assert!(
+            stderr(&checked).contains(said),
+            "{config}: {}",
+            stderr(&checked)
+        );
+        let data = work.path().join("data");
+        let served = lasti(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(!served.status.success(), "serve started:\n{config}");
+        assert!(
+            stderr(&served).contains(said),
+            "{config}: {}",
+            stderr(&served)
+        );
+    }
+}
+
+#[test]
 fn check_config_into_a_closed_pipe_exits_cleanly() {
     // `lasti check-config | head -1`: the reader is gone before lasti writes.
     let mut child = Command::new("/usr/bin/timeout")

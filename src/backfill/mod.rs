@@ -289,6 +289,17 @@ pub struct Status {
     pub recent: Vec<Job>,
 }
 
+/// Builds the target's client as [`Backfill::open`] does (its CA file
+/// read), without the job store: `check-config` fails on what `serve`
+/// would fail on.
+pub fn check_target(config: &Config, metrics: Arc<Metrics>) -> std::result::Result<(), String> {
+    let target = &config.target;
+    match (&target.url, &target.project) {
+        (Some(url), Some(_)) => target_client(target, url.clone(), metrics).map(drop),
+        _ => Ok(()),
+    }
+}
+
 fn default_upstream(config: &Config) -> &str {
     config
         .upstreams

@@ -33,16 +33,39 @@ pub use warm::WarmConfig;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
 /// The data directory when nothing else is said, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./data";
-/// Docker Hub's registry endpoint, the default upstream.
-pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 /// The name clients and containerd's `ns=` use for Docker Hub.
 pub const DOCKER_HUB_NAME: &str = "docker.io";
-/// Where the admin listener (health, metrics, back-fill and warm status)
-/// listens: beside the API port. Not 9090, Prometheus's own port (and
-/// 9091-9100 its pushgateway, alertmanager and exporters), which is taken
-/// on any machine that runs Prometheus; not 5001, which kind's local
-/// registry and distribution's debug listener use.
-pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:5002";
+/// Where the admin listener (health, metrics, the cache listing, back-fill
+/// and warm) listens: beside the API port, and on loopback, since it takes
+/// `POST /admin/warm` from anyone who reaches it (the deployment sets
+/// `0.0.0.0:9090` for the pod, behind its NetworkPolicy). Not 9090 on a
+/// workstation, Prometheus's own port (and 9091-9100 its pushgateway,
+/// alertmanager and exporters); not 5001, which kind's local registry and
+/// distribution's debug listener use.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5002";
+/// The shipped configuration file, embedded: its upstreams are the
+/// built-in ones, so what `config/lasti.toml` shows is what lasti does
+/// with no file at all.
+pub const SHIPPED_CONFIG: &str = include_str!("../../config/lasti.toml");
+
+/// The upstreams of [`SHIPPED_CONFIG`] (Docker Hub with its aliases and tag
+/// rules, ghcr.io, quay.io, registry.k8s.io): the default when a
+/// configuration names none.
+pub fn default_upstreams() -> Vec<UpstreamConfig> {
+    /// Only the upstream tables; the rest of the file is read elsewhere.
+    #[derive(Deserialize)]
+    struct Shipped {
+        upstream: Vec<UpstreamConfig>,
+    }
+    static SHIPPED: std::sync::OnceLock<Vec<UpstreamConfig>> = std::sync::OnceLock::new();
+    SHIPPED
+        .get_or_init(|| {
+            toml::from_str::<Shipped>(SHIPPED_CONFIG)
+                .expect("the shipped config/lasti.toml parses (a unit test checks it)")
+                .upstream
+        })
+        .clone()
+}
 
 /// The whole configuration of one lasti process.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -87,10 +110,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log: LogConfig::default(),
             cache: CacheConfig::default(),
-            upstreams: vec![UpstreamConfig::new(
-                DOCKER_HUB_NAME,
-                Url::parse(DOCKER_HUB_URL).expect("valid default url"),
-            )],
+            upstreams: default_upstreams(),
             target: TargetConfig::default(),
             access: AccessConfig::default(),
             tls: TlsConfig::default(),
@@ -376,7 +396,7 @@ mod tests {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(config.upstreams, default_upstreams());
         assert_eq!(config.upstreams[0].name, "docker.io");
         assert_eq!(
             config.upstreams[0].url.as_str(),
@@ -397,6 +417,28 @@ mod tests {
             example.admin_listen, config.admin_listen,
             "the example shows the default"
         );
+    }
+
+    #[test]
+    fn the_built_in_defaults_are_the_shipped_files() {
+        let shipped = Config::from_toml(SHIPPED_CONFIG).unwrap();
+        assert_eq!(
+            shipped,
+            Config::default(),
+            "config/lasti.toml shows the defaults"
+        );
+        let names: Vec<_> = Config::default()
+            .upstreams
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+        );
+        let hub = &Config::default().upstreams[0];
+        assert!(hub.aliases.contains(&"index.docker.io".to_string()));
+        assert_eq!(hub.tag_rules.len(), 2);
     }
 
     #[test]

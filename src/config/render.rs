@@ -148,7 +148,7 @@ mod tests {
             "manifest_memory = \"64 MiB\"",
             "tag_ttl = \"10m\"",
             "shutdown_grace = \"30s\"",
-            "admin_listen = \"0.0.0.0:",
+            "admin_listen = \"127.0.0.1:",
             "password = \"[redacted]\"",
         ] {
             assert!(text.contains(wanted), "no {wanted:?} in\n{text}");

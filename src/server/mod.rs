@@ -168,6 +168,26 @@ pub struct Services {
     dispatching: Option<Dispatching>,
 }
 
+/// Loads what the configuration names that `serve` loads before it
+/// listens (upstream and target CA files, the htpasswd and token files,
+/// the TLS pair, the cluster's peers), without opening the data directory
+/// or binding a port: `check-config` then refuses what `serve` would.
+/// Secrets and the bucket's credential files are read by
+/// [`Config::load`] already. Async because the cluster's peer lookup is
+/// started on the runtime, as `serve` starts it.
+pub async fn preflight(config: &Config) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+    Upstreams::new(&config.upstreams, Arc::clone(&metrics)).map_err(StartError::Upstream)?;
+    crate::backfill::check_target(config, Arc::clone(&metrics))
+        .map_err(|e| StartError::Upstream(format!("back-fill: {e}")))?;
+    Access::new(&config.access, Arc::clone(&metrics)).map_err(StartError::Upstream)?;
+    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+        tls::ReloadingAcceptor::check(cert, key).map_err(StartError::Upstream)?;
+    }
+    Cluster::start(&config.cluster, metrics).map_err(StartError::Cluster)?;
+    Ok(())
+}
+
 /// Builds the proxy from the configuration, with back-fill running beside
 /// it if configured; dropping what it returns stops back-fill and, once
 /// no other holder is left, the proxy.

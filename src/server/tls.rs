@@ -50,6 +50,12 @@ impl ReloadingAcceptor {
         Ok(reloading)
     }
 
+    /// Loads the pair as [`ReloadingAcceptor::new`] does, and drops it:
+    /// `check-config` fails on what `serve` would fail on.
+    pub fn check(cert: &PathBuf, key: &PathBuf) -> Result<(), String> {
+        load(cert, key).map(drop)
+    }
+
     /// The current acceptor.
     pub fn acceptor(&self) -> TlsAcceptor {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
