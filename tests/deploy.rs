@@ -599,6 +599,59 @@ fn the_rahti_build_makes_the_image_the_deployment_runs() {
         );
         assert!(limit <= request * RAHTI_LIMIT_TO_REQUEST, "build {what}");
     }
+
+    // A finished build rolls the Deployment out: its image-change trigger
+    // follows the tag the build pushes, into the lasti container.
+    for overlay in ["overlays/ephemeral", "overlays/persistent", "overlays/ha"] {
+        let deployed = objects(&render(overlay));
+        let deployment = find(&deployed, "Deployment");
+        let triggers = str_of(
+            &deployment["metadata"]["annotations"]["image.openshift.io/triggers"],
+            "image.openshift.io/triggers",
+        );
+        let triggers: serde_json::Value = serde_json::from_str(triggers).expect("JSON triggers");
+        let trigger = &triggers[0];
+        assert_eq!(trigger["from"]["kind"], "ImageStreamTag", "{overlay}");
+        assert_eq!(trigger["from"]["name"], str_of(&output["name"], "name"));
+        let container_name = str_of(&container(&deployed)["name"], "name");
+        assert_eq!(
+            trigger["fieldPath"],
+            format!("spec.template.spec.containers[?(@.name==\"{container_name}\")].image"),
+            "{overlay}"
+        );
+    }
+}
+
+/// Every `oc start-build` the README and `deploy/build` show uploads the
+/// committed tree, never the working directory with `target/` (gigabytes)
+/// and `./data` in it; the image's build context leaves them out too.
+#[test]
+fn the_rahti_build_uploads_only_what_the_build_needs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut commands = Vec::new();
+    for file in [
+        "README.md",
+        "deploy/build/kustomization.yaml",
+        "deploy/build/buildconfig.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for at in text.match_indices("oc start-build").map(|(at, _)| at) {
+            let line = text[at..].lines().next().unwrap_or_default();
+            commands.push((file, line.to_string()));
+        }
+    }
+    assert!(commands.len() >= 3, "{commands:?}");
+    for (file, line) in &commands {
+        assert!(line.contains("--from-repo=."), "{file}: {line}");
+        assert!(!line.contains("--from-dir"), "{file}: {line}");
+    }
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for path in ["target", "data", ".git"] {
+        assert!(
+            ignored.lines().any(|l| l.trim() == path),
+            ".dockerignore: {path}"
+        );
+    }
 }
 
 /// What a default Rahti project has: no monitoring kinds unless user
@@ -687,12 +740,19 @@ fn monitoring_watches_the_overlays_pods() {
 }
 
 /// lasti accepts the ConfigMap's configuration with the pod's arguments,
-/// as it starts in the pod (`check-config` in place of `serve`).
+/// as it starts in the pod (`check-config` in place of `serve`, which
+/// loads every file the configuration names: the service CA that
+/// OpenShift mounts in the pod is stood in for by a test CA here).
 #[test]
 fn the_pods_configuration_passes_check_config() {
     let objects = objects(&render("overlays/ephemeral"));
     let (text, _) = config_of(&objects);
     let dir = tempfile::tempdir().unwrap();
+    let service_ca = "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt";
+    assert!(text.contains(service_ca), "the pod trusts the service CA");
+    let stand_in = dir.path().join("service-ca.crt");
+    std::fs::write(&stand_in, common::tls::TestPki::new().ca_pem).unwrap();
+    let text = text.replace(service_ca, stand_in.to_str().unwrap());
     let file = dir.path().join("lasti.toml");
     std::fs::write(&file, text).unwrap();
     let mut args = pod_args(container(&objects));
