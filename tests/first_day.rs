@@ -163,8 +163,19 @@ fn timeout_lasti() -> Command {
 /// `RUST_LOG` as given (unset for `None`). Returns the child, its log (its
 /// standard error) and the API and admin addresses.
 fn serve_logged(
+    wrapper: Command,
+    work: &TempDir,
+    args: &[&str],
+    rust_log: Option<&str>,
+) -> (std::process::Child, PathBuf, String, String) {
+    serve_logged_from(wrapper, work, NO_UPSTREAM, args, rust_log)
+}
+
+/// [`serve_logged`] with Docker Hub's place taken by `upstream`.
+fn serve_logged_from(
     mut wrapper: Command,
     work: &TempDir,
+    upstream: &str,
     args: &[&str],
     rust_log: Option<&str>,
 ) -> (std::process::Child, PathBuf, String, String) {
@@ -172,7 +183,7 @@ fn serve_logged(
     let log = work.path().join("stderr");
     wrapper
         .args(["--data-dir", work.path().join("data").to_str().unwrap()])
-        .args(["--upstream", &format!("docker.io={NO_UPSTREAM}")])
+        .args(["--upstream", &format!("docker.io={upstream}")])
         .args(["--listen", &api, "--admin-listen", &admin])
         .args(args)
         .env_remove("RUST_LOG");
@@ -377,13 +388,52 @@ fn every_request_is_one_access_line_with_its_outcome() {
         .lines()
         .find(|l| l.contains("lasti::access") && l.contains("path=/v2/ "))
         .unwrap_or_else(|| panic!("no access line for /v2/: {text}"));
-    assert!(line.contains(" INFO lasti::access: method=GET path=/v2/ status=200 bytes=2 outcome=- error=- complete=true ms="), "{line}");
+    assert!(line.contains(" INFO lasti::access: method=GET path=/v2/ status=200 bytes=2 listener=api outcome=- source=- error=- complete=true ms="), "{line}");
     let line = text
         .lines()
         .find(|l| l.contains("lasti::access") && l.contains("manifests/3.20"))
         .unwrap();
     assert!(line.contains(" status=502 "), "{line}");
     assert!(!line.contains(" error=- "), "the error kind: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_line_says_where_the_bytes_came_from() {
+    let fake = common::fake_upstream::FakeUpstream::start().await;
+    let blob = common::fake_upstream::random_blob(100 * 1024);
+    let digest = fake.put_blob(blob.clone());
+    let work = TempDir::new().unwrap();
+    let (mut child, log, api, _) =
+        serve_logged_from(timeout_lasti(), &work, &fake.url(), &[], None);
+    let serving = api.clone();
+    tokio::task::spawn_blocking(move || wait_serving(&serving))
+        .await
+        .unwrap();
+    let url = format!(
+        "http://{api}{}",
+        common::fake_upstream::blob_path("team/app", &digest)
+    );
+    for _ in 0..2 {
+        let reply = common::http::get(&url, &[]).await;
+        assert!(reply.status == 200 && reply.body == blob);
+    }
+    let text = wait_for_text(&log, "outcome=hit");
+    common::end_wrapped(&mut child);
+    let lines: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("lasti::access") && l.contains("/blobs/"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains(" listener=api outcome=miss source=upstream "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains(" listener=api outcome=hit source=cache "),
+        "{}",
+        lines[1]
+    );
 }
 
 #[test]

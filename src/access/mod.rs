@@ -113,8 +113,9 @@ impl Access {
         }
     }
 
-    /// Checks the request's `Authorization` header.
-    pub async fn authorize(&self, authorization: Option<&HeaderValue>) -> Result<()> {
+    /// Checks the request's `Authorization` header; `path` (the request's,
+    /// never its query) names it in the log when the credentials are refused.
+    pub async fn authorize(&self, authorization: Option<&HeaderValue>, path: &str) -> Result<()> {
         if self.mode == AccessMode::Anonymous {
             return Ok(());
         }
@@ -134,7 +135,7 @@ impl Access {
             self.allowed.insert(key, ());
             Ok(())
         } else {
-            tracing::info!("credentials refused");
+            tracing::info!(path, "credentials refused");
             self.refused.insert(key, ());
             Err(unauthorized())
         }
@@ -193,22 +194,22 @@ mod tests {
         let access = Access::new(&config(&file), Arc::default()).unwrap();
         let header = |v: &str| HeaderValue::from_str(v).unwrap();
         assert!(access
-            .authorize(Some(&header("Bearer secret-one")))
+            .authorize(Some(&header("Bearer secret-one")), "/v2/")
             .await
             .is_ok());
         assert!(access
-            .authorize(Some(&header("Bearer secret-two")))
+            .authorize(Some(&header("Bearer secret-two")), "/v2/")
             .await
             .is_ok());
-        match access.authorize(Some(&header("Bearer nope"))).await {
+        match access.authorize(Some(&header("Bearer nope")), "/v2/").await {
             Err(Error::Unauthorized { challenge }) => {
                 assert_eq!(challenge, "Basic realm=\"lasti\"")
             }
             other => panic!("{other:?}"),
         }
-        assert!(access.authorize(None).await.is_err());
+        assert!(access.authorize(None, "/v2/").await.is_err());
         let anonymous = Access::new(&AccessConfig::default(), Arc::default()).unwrap();
-        assert!(anonymous.authorize(None).await.is_ok());
+        assert!(anonymous.authorize(None, "/v2/").await.is_ok());
     }
 
     #[test]

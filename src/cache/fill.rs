@@ -78,6 +78,10 @@ pub struct Progress {
     /// The cache file stopped being written (a full disk); only live
     /// readers get the rest.
     pub uncached: bool,
+    /// The kind of source feeding the fill now (`bucket`, `peer`,
+    /// `project`, `upstream`): when the fill is done, the one its last
+    /// bytes came from. For the access log.
+    pub source: Option<&'static str>,
     /// The temporary file opened with `O_DIRECT`, once the fill writes
     /// around the page cache (and `cache.direct_reads` is on): the lone
     /// reader of the file reads the whole blocks below the published tail
@@ -220,6 +224,12 @@ impl Drop for FillReaders {
 }
 
 impl Subscription {
+    /// A view of the fill's progress, which outlives the reader: the access
+    /// log reads the fill's source from it when the response ends.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
     /// Waits until the upstream has answered, so the size and type are known.
     pub async fn ready(&mut self) -> Result<Progress, Error> {
         loop {
@@ -286,11 +296,15 @@ impl FillWriter {
         Ok(())
     }
 
-    /// Notes that the fill reads from a registry from now on (its sources
-    /// run in order, registries last), so another replica that owns the
-    /// digest may follow it (see [`super::Cache::filling_from_registry`]).
-    pub fn reading_registry(&self) {
-        self.fill.from_registry.store(true, Ordering::SeqCst);
+    /// Notes the kind of source the fill reads from now (`source`, for the
+    /// access log), and whether it is a registry: from then on (sources
+    /// run in order, registries last) another replica that owns the digest
+    /// may follow the fill (see [`super::Cache::filling_from_registry`]).
+    pub fn reading_from(&self, source: &'static str, registry: bool) {
+        if registry {
+            self.fill.from_registry.store(true, Ordering::SeqCst);
+        }
+        self.fill.progress.send_modify(|p| p.source = Some(source));
     }
 
     /// The size the upstream announced, if it did.

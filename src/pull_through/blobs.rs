@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use super::sources::{self, FillContext, Peer, Source};
-use super::{Backfiller, Outcome, Proxy};
+use super::{Backfiller, Outcome, Provenance, Proxy};
 use crate::cache::fill::Subscription;
 use crate::cache::reader::BlobReader;
 use crate::cache::{BlobLookup, StoredBlob};
@@ -35,6 +35,8 @@ pub struct BlobAnswer {
     pub reader: Option<BlobReader>,
     /// How it was found.
     pub outcome: Outcome,
+    /// Where its bytes came from.
+    pub from: Provenance,
 }
 
 impl Proxy {
@@ -168,6 +170,7 @@ impl Proxy {
                     range: None,
                     reader: None,
                     outcome: Outcome::Coalesced,
+                    from: Provenance::Fill(sub.progress()),
                 });
             }
         }
@@ -180,6 +183,7 @@ impl Proxy {
                     range: None,
                     reader: None,
                     outcome: Outcome::Hit,
+                    from: Provenance::Known("bucket"),
                 });
             }
         }
@@ -190,6 +194,7 @@ impl Proxy {
             range: None,
             reader: None,
             outcome: Outcome::Passthrough,
+            from: Provenance::Known("upstream"),
         })
     }
 }
@@ -227,6 +232,7 @@ fn stored_answer(blob: StoredBlob, range: Option<RangeSpec>) -> Result<BlobAnswe
                 .reading_around_page_cache(blob.direct_reads),
         ),
         outcome: Outcome::Hit,
+        from: Provenance::Known("cache"),
     })
 }
 
@@ -236,6 +242,7 @@ async fn filling_answer(
     outcome: Outcome,
 ) -> Result<BlobAnswer> {
     let progress = sub.ready().await?;
+    let from = Provenance::Fill(sub.progress());
     let media_type = content_type(progress.media_type.as_deref());
     let (range, start, end) = match progress.size {
         Some(size) => {
@@ -252,6 +259,7 @@ async fn filling_answer(
         range,
         reader: Some(BlobReader::filling(sub, start, end)),
         outcome,
+        from,
     })
 }
 

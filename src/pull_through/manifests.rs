@@ -45,7 +45,10 @@ pub(super) struct FlightKey {
 }
 
 /// Manifest fetches in flight, shared by concurrent requests.
-pub(super) type Flights = SingleFlight<FlightKey, Result<Arc<Manifest>>>;
+pub(super) type Flights = SingleFlight<FlightKey, Result<(Arc<Manifest>, &'static str)>>;
+
+/// What lasti held, for [`ManifestAnswer::from`].
+const CACHE: &str = "cache";
 
 /// A manifest answer: the whole manifest, or only its description (HEAD).
 #[derive(Debug)]
@@ -56,6 +59,8 @@ pub enum ManifestAnswer {
         manifest: Arc<Manifest>,
         /// How it was found.
         outcome: Outcome,
+        /// Where its bytes came from (see [`super::Provenance`]).
+        from: &'static str,
     },
     /// What the upstream or the tag record says, without the bytes.
     Head {
@@ -67,6 +72,8 @@ pub enum ManifestAnswer {
         size: u64,
         /// How it was found.
         outcome: Outcome,
+        /// Where what it says came from (see [`super::Provenance`]).
+        from: &'static str,
     },
 }
 
@@ -99,6 +106,13 @@ impl ManifestAnswer {
     pub fn outcome(&self) -> Outcome {
         match self {
             ManifestAnswer::Body { outcome, .. } | ManifestAnswer::Head { outcome, .. } => *outcome,
+        }
+    }
+
+    /// Where its bytes came from.
+    pub fn from(&self) -> &'static str {
+        match self {
+            ManifestAnswer::Body { from, .. } | ManifestAnswer::Head { from, .. } => from,
         }
     }
 
@@ -213,12 +227,17 @@ impl Proxy {
             return Ok(ManifestAnswer::Body {
                 manifest,
                 outcome: Outcome::Hit,
+                from: CACHE,
             });
         }
-        let (manifest, outcome) = self
+        let (manifest, outcome, from) = self
             .fetch_manifest(upstream, repo, &digest.to_string(), Some(digest), None)
             .await?;
-        Ok(ManifestAnswer::Body { manifest, outcome })
+        Ok(ManifestAnswer::Body {
+            manifest,
+            outcome,
+            from,
+        })
     }
 
     async fn manifest_by_tag(
@@ -299,7 +318,7 @@ impl Proxy {
         let fetched = self
             .fetch_manifest(upstream, repo, tag.as_str(), None, Some(tag_ref))
             .await;
-        let (manifest, outcome) = match fetched {
+        let (manifest, outcome, from) = match fetched {
             Err(err) if unreachable(&err) => {
                 let Some(manifest) = self.tag_from_project(upstream, repo, tag).await else {
                     return Err(err);
@@ -308,11 +327,16 @@ impl Proxy {
                 return Ok(ManifestAnswer::Body {
                     manifest,
                     outcome: Outcome::Stale,
+                    from: "project",
                 });
             }
             other => other?,
         };
-        Ok(ManifestAnswer::Body { manifest, outcome })
+        Ok(ManifestAnswer::Body {
+            manifest,
+            outcome,
+            from,
+        })
     }
 
     /// A `HEAD` of an unknown tag asks the upstream's `HEAD` and records the
@@ -356,6 +380,7 @@ impl Proxy {
             media_type,
             size,
             outcome: Outcome::Passthrough,
+            from: "upstream",
         }))
     }
 
@@ -375,18 +400,24 @@ impl Proxy {
                 media_type: record.media_type,
                 size: record.size,
                 outcome,
+                from: CACHE,
             });
         }
         if let Some(manifest) = self.cache.manifest(&record.digest).await? {
-            return Ok(ManifestAnswer::Body { manifest, outcome });
+            return Ok(ManifestAnswer::Body {
+                manifest,
+                outcome,
+                from: CACHE,
+            });
         }
         let reference = record.digest.to_string();
-        let (manifest, _) = self
+        let (manifest, _, from) = self
             .fetch_manifest(upstream, repo, &reference, Some(&record.digest), None)
             .await?;
         Ok(ManifestAnswer::Body {
             manifest,
             outcome: Outcome::Miss,
+            from,
         })
     }
 
@@ -406,7 +437,7 @@ impl Proxy {
         reference: &str,
         expected: Option<&Digest>,
         tag: Option<TagRef>,
-    ) -> Result<(Arc<Manifest>, Outcome)> {
+    ) -> Result<(Arc<Manifest>, Outcome, &'static str)> {
         // Content by digest may come from the project; a tag always asks the upstream.
         let sources = match expected {
             Some(_) => self.sources(upstream, repo).await,
@@ -427,7 +458,7 @@ impl Proxy {
         reference: &str,
         expected: Option<&Digest>,
         tag: Option<TagRef>,
-    ) -> Result<(Arc<Manifest>, Outcome)> {
+    ) -> Result<(Arc<Manifest>, Outcome, &'static str)> {
         let (first, first_repo) = sources.first().expect("at least one source");
         // The project's copy of a tag (its upstream unreachable) is not the
         // cluster's to resolve: only what names an upstream is routed.
@@ -452,13 +483,13 @@ impl Proxy {
             // elsewhere (its own record, the bucket) left its record: no
             // second fetch.
             if let Some(manifest) = recorded_since_asked(&cache, tag.as_ref()).await {
-                return Ok(manifest);
+                return Ok((manifest, CACHE));
             }
             if let Some(expected) = &expected {
                 let stored = shared::manifest_from_bucket(bucket.as_ref(), expected, limit).await;
                 let checked = stored.map(|f| verify(&sources[0].0, f, Some(expected)));
                 match checked {
-                    Some(Ok(manifest)) => return Ok(keep(&cache, manifest).await),
+                    Some(Ok(manifest)) => return Ok((keep(&cache, manifest).await, "bucket")),
                     // A registry's answer will replace it in the bucket.
                     Some(Err(err)) => {
                         tracing::warn!(digest = %expected, error = %err, "a manifest in the object store fails its check")
@@ -481,14 +512,19 @@ impl Proxy {
                         if let Some(tag) = &tag {
                             put_tag_record(&cache, tag, confirmed_now(&manifest)).await;
                         }
-                        return Ok(manifest);
+                        return Ok((manifest, "peer"));
                     }
                     // Availability before deduplication: ask by itself.
                     Err(err) => owner.cluster.failed(&owner.member, &err),
                 }
             }
             let mut last = Error::ManifestUnknown;
-            for (source, repo) in &sources {
+            for (i, (source, repo)) in sources.iter().enumerate() {
+                // The upstream is last; a registry before it is the project.
+                let from = match i + 1 == sources.len() {
+                    true => "upstream",
+                    false => "project",
+                };
                 let fetched = source
                     .get_manifest(repo, &reference, DEFAULT_MANIFEST_ACCEPT, limit)
                     .await;
@@ -501,7 +537,7 @@ impl Proxy {
                             shared::share_tag(bucket.as_ref(), tag, record.clone());
                             put_tag_record(&cache, tag, record).await;
                         }
-                        return Ok(manifest);
+                        return Ok((manifest, from));
                     }
                     Err(err) => last = err,
                 }
@@ -514,7 +550,7 @@ impl Proxy {
         } else {
             Outcome::Miss
         };
-        result.map(|m| (m, outcome))
+        result.map(|(m, from)| (m, outcome, from))
     }
 
     /// When the upstream cannot be reached and lasti has never seen the
@@ -528,7 +564,7 @@ impl Proxy {
         let backfill = self.backfill.as_ref()?;
         let target_repo = backfill.read_through_repo(upstream.name(), repo).await?;
         let sources = vec![(Arc::clone(backfill.target()), target_repo)];
-        let (manifest, _) = self
+        let (manifest, _, _) = self
             .fetch_manifest_from(sources, tag.as_str(), None, None)
             .await
             .ok()?;

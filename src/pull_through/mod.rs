@@ -107,6 +107,39 @@ impl Outcome {
     }
 }
 
+/// Where a response's bytes came from, for the access log's `source`:
+/// `cache` for what lasti held, else the kind of source a fetch read them
+/// from (`bucket`, `peer`, `project`, `upstream`).
+#[derive(Debug, Clone)]
+pub enum Provenance {
+    /// Known when the answer was made.
+    Known(&'static str),
+    /// A fill's: the source feeding it when the response ends.
+    Fill(tokio::sync::watch::Receiver<crate::cache::fill::Progress>),
+}
+
+impl Provenance {
+    /// What an outcome alone says: what lasti held comes from its cache,
+    /// a passthrough from the upstream; a fetch says more itself.
+    pub fn of_outcome(outcome: Outcome) -> Option<Provenance> {
+        match outcome {
+            Outcome::Hit | Outcome::Revalidated | Outcome::Stale => {
+                Some(Provenance::Known("cache"))
+            }
+            Outcome::Passthrough => Some(Provenance::Known("upstream")),
+            Outcome::Miss | Outcome::Coalesced => None,
+        }
+    }
+
+    /// The label, read now.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Provenance::Known(label) => label,
+            Provenance::Fill(progress) => progress.borrow().source.unwrap_or("-"),
+        }
+    }
+}
+
 /// The proxy: upstreams plus cache.
 #[derive(Debug)]
 pub struct Proxy {

@@ -133,6 +133,8 @@ impl Source {
 
     /// The blob from where the fill is, into the fill.
     async fn read_into(&self, digest: &Digest, writer: &mut FillWriter) -> Result<Fetched> {
+        let registry = matches!(self, Source::Registry { .. });
+        writer.reading_from(self.tier().label(), registry);
         let offset = writer.written();
         let name = self.name();
         let (size, media_type, body, idle) = match self {
@@ -167,7 +169,6 @@ impl Source {
                 (response.size, response.media_type, response.body, peer.idle)
             }
             Source::Registry { registry, repo, .. } => {
-                writer.reading_registry();
                 let response = registry.get_blob(repo, digest, offset).await?;
                 let idle = registry.body_idle_timeout();
                 (response.size, response.media_type, response.body, idle)

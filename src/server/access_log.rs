@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::body::{Body, BodyError};
 use crate::metrics::Metrics;
-use crate::pull_through::Outcome;
+use crate::pull_through::{Outcome, Provenance};
 
 /// What the access event reports besides bytes.
 #[derive(Debug)]
@@ -25,8 +25,12 @@ pub struct Record {
     pub path: String,
     /// Response status.
     pub status: StatusCode,
+    /// The listener it came on: `api` (clients) or `peer` (replicas).
+    pub listener: &'static str,
     /// How the request was answered, when it reached the proxy.
     pub outcome: Option<Outcome>,
+    /// Where its bytes came from, when it reached the proxy.
+    pub from: Option<Provenance>,
     /// The error kind of a failed request.
     pub error: Option<&'static str>,
     /// When the request arrived.
@@ -127,7 +131,9 @@ impl Drop for LoggedBody {
             path = r.path.as_str(),
             status = u64::from(r.status.as_u16()),
             bytes = self.bytes,
+            listener = r.listener,
             outcome = r.outcome.map(Outcome::as_str).unwrap_or("-"),
+            source = r.from.as_ref().map(Provenance::label).unwrap_or("-"),
             error = r.error.unwrap_or("-"),
             complete,
             ms = millis(r.started.elapsed()),
@@ -144,7 +150,9 @@ mod tests {
             method,
             path: "/v2/library/alpine/blobs/sha256:00".into(),
             status: StatusCode::OK,
+            listener: "api",
             outcome: Some(Outcome::Hit),
+            from: Some(Provenance::Known("cache")),
             error: None,
             started: Instant::now(),
             expected_bytes,

@@ -40,7 +40,7 @@ use crate::cluster::Cluster;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::pull_through::{Backfiller, Outcome, Proxy};
+use crate::pull_through::{Backfiller, Outcome, Provenance, Proxy};
 use crate::upstream::Upstreams;
 use crate::warmer::Warmer;
 use access_log::{LoggedBody, Record};
@@ -168,6 +168,29 @@ pub struct Services {
     dispatching: Option<Dispatching>,
 }
 
+/// Says at start where lasti fetches from: each upstream with its URL
+/// and other names, and the object store (never its keys).
+fn log_sources(config: &Config) {
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        let aliases = upstream.aliases.join(",");
+        tracing::info!(
+            name = upstream.name.as_str(),
+            url = upstream.url.as_str(),
+            aliases = aliases.as_str(),
+            default = i == 0,
+            "upstream"
+        );
+    }
+    if let (Some(endpoint), Some(bucket)) = (&config.bucket.endpoint, &config.bucket.bucket) {
+        tracing::info!(
+            endpoint = endpoint.as_str(),
+            bucket = bucket.as_str(),
+            prefix = config.bucket.prefix.as_str(),
+            "object store"
+        );
+    }
+}
+
 /// Loads what the configuration names that `serve` loads before it
 /// listens (upstream and target CA files, the htpasswd and token files,
 /// the TLS pair, the cluster's peers), without opening the data directory
@@ -251,6 +274,7 @@ pub async fn run(
         max_open_blobs = daemon.shared.app.budget.size(),
         "lasti listening"
     );
+    log_sources(&config);
     let budget = daemon.shared.app.budget.size();
     let peers = listeners.peer.is_some() && daemon.shared.app.proxy.cluster().is_some();
     let room = open_files::connection_room(config.access.max_connections, budget, peers);
@@ -529,7 +553,7 @@ impl App {
         let authorization = request.headers().get(http::header::AUTHORIZATION);
         let admitted = match &self.door {
             Door::Clients(access) => match access.admit(client) {
-                Ok(()) => access.authorize(authorization).await,
+                Ok(()) => access.authorize(authorization, &path).await,
                 Err(err) => Err(err),
             },
             Door::Peers(cluster) => match cluster.admits(authorization) {
@@ -580,11 +604,19 @@ impl App {
             (Door::Peers(_), Some(outcome)) => metrics.peer_served(outcome.as_str()),
             (Door::Peers(_), None) => metrics.peer_served("error"),
         }
+        let listener = match &self.door {
+            Door::Clients(_) => "api",
+            Door::Peers(_) => "peer",
+        };
+        let from = response.extensions().get::<Provenance>().cloned();
+        let from = from.or_else(|| outcome.and_then(Provenance::of_outcome));
         let record = Record {
             method,
             path,
             status: response.status(),
+            listener,
             outcome,
+            from,
             error: response
                 .extensions()
                 .get::<response::ErrorKind>()

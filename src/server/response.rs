@@ -11,7 +11,7 @@ use crate::error::{Error, Origin};
 use crate::oci::media_type::OCI_INDEX;
 use crate::oci::range::unsatisfied_content_range;
 use crate::oci::ErrorBody;
-use crate::pull_through::{BlobAnswer, ManifestAnswer, Outcome, ReferrersAnswer};
+use crate::pull_through::{BlobAnswer, ManifestAnswer, Outcome, Provenance, ReferrersAnswer};
 
 /// Sent on every API response, as distribution does.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -119,7 +119,11 @@ pub fn manifest(answer: &ManifestAnswer, head: bool) -> Response<Body> {
         (false, Some(bytes)) => body::full(bytes),
         _ => body::empty(),
     };
-    with_outcome(finish(builder, body), answer.outcome())
+    let mut response = finish(builder, body);
+    response
+        .extensions_mut()
+        .insert(Provenance::Known(answer.from()));
+    with_outcome(response, answer.outcome())
 }
 
 /// A blob, a range of it, or (for HEAD) its headers. The most frequent
@@ -164,6 +168,7 @@ pub fn blob(answer: BlobAnswer, digest: &str, delivery: Delivery) -> Response<Bo
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
+    response.extensions_mut().insert(answer.from);
     with_outcome(response, answer.outcome)
 }
 
@@ -227,6 +232,7 @@ mod tests {
             range: None,
             reader: Some(reader),
             outcome: Outcome::Hit,
+            from: Provenance::Known("cache"),
         }
     }
 
