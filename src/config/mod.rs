@@ -409,6 +409,10 @@ mod tests {
     #[test]
     fn the_admin_port_stays_clear_of_prometheus_and_the_api() {
         let config = Config::default();
+        assert!(
+            config.admin_listen.unwrap().ip().is_loopback(),
+            "the admin endpoints (POST /admin/warm) are not open by default"
+        );
         let admin = config.admin_listen.unwrap().port();
         assert_ne!(admin, config.listen.port());
         assert!(!(9090..=9100).contains(&admin), "{admin}");
