@@ -38,6 +38,15 @@ fn config_with(fake: &FakeUpstream, change: impl FnOnce(&mut Config)) -> Config 
     cfg
 }
 
+/// Sets `cfg` to serve TLS with `pki`'s certificate, its files in `dir`.
+fn serve_tls(cfg: &mut Config, pki: &common::tls::TestPki, dir: &std::path::Path) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, &pki.cert_pem).unwrap();
+    std::fs::write(&key, &pki.key_pem).unwrap();
+    cfg.tls.cert_file = Some(cert);
+    cfg.tls.key_file = Some(key);
+}
+
 /// Reads until the server closes the connection (EOF or reset); fails if
 /// it is still open after [`SOON`]. Returns the bytes read.
 async fn closed_by_server(stream: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
@@ -99,7 +108,8 @@ async fn cached_blob(fake: &FakeUpstream, lasti: &Lasti, size: usize) -> (String
 }
 
 /// An HTTP/2 client (h2c, prior knowledge) that grants no stream window,
-/// so lasti can send headers but no DATA; with `streams` blob GETs open.
+/// so lasti can send headers but no DATA; with `streams` blob GETs open,
+/// each answered 200.
 async fn zero_window_client(
     addr: SocketAddr,
     digest: &str,
@@ -108,24 +118,14 @@ async fn zero_window_client(
     tokio::task::JoinHandle<Result<(), h2::Error>>,
     Vec<h2::RecvStream>,
 ) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
-    let mut bodies = Vec::new();
-    for _ in 0..streams {
-        let request = http::Request::get(format!("http://{addr}{}", blob_path(REPO, digest)))
-            .body(())
-            .unwrap();
-        let (response, _) = client.send_request(request, true).expect("send request");
-        let response = response.await.expect("response headers");
-        assert_eq!(response.status(), 200);
-        bodies.push(response.into_body());
-    }
-    (connection, bodies)
+    let path = blob_path(REPO, digest);
+    let opened = common::h2_client::zero_window_streams(&addr.to_string(), &path, streams).await;
+    assert!(
+        opened.statuses.iter().all(|s| *s == 200),
+        "{:?}",
+        opened.statuses
+    );
+    (opened.connection, opened.bodies)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,13 +163,9 @@ async fn a_client_silent_after_the_tls_handshake_is_closed() {
         let fake = FakeUpstream::start().await;
         let work = tempfile::tempdir().unwrap();
         let pki = common::tls::TestPki::new();
-        let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
-        std::fs::write(&cert, &pki.cert_pem).unwrap();
-        std::fs::write(&key, &pki.key_pem).unwrap();
         let cfg = config_with(&fake, |c| {
             c.access.header_read_timeout = SHORT;
-            c.tls.cert_file = Some(cert);
-            c.tls.key_file = Some(key);
+            serve_tls(c, &pki, work.path());
         });
         let lasti = Lasti::start_with(cfg, None).await;
         let mut roots = rustls::RootCertStore::empty();
@@ -199,13 +195,9 @@ async fn a_client_that_stalls_in_the_tls_handshake_is_dropped_after_its_limit() 
         let fake = FakeUpstream::start().await;
         let work = tempfile::tempdir().unwrap();
         let pki = common::tls::TestPki::new();
-        let (cert, key) = (work.path().join("tls.crt"), work.path().join("tls.key"));
-        std::fs::write(&cert, &pki.cert_pem).unwrap();
-        std::fs::write(&key, &pki.key_pem).unwrap();
         let cfg = config_with(&fake, |c| {
             c.access.tls_handshake_timeout = SHORT;
-            c.tls.cert_file = Some(cert);
-            c.tls.key_file = Some(key);
+            serve_tls(c, &pki, work.path());
         });
         let lasti = Lasti::start_with(cfg, None).await;
         // The first bytes of a ClientHello, then nothing.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::checks::{blob_file, within};
 use common::fake_upstream::{blob_path, random_blob, FakeUpstream};
+use common::h2_client::zero_window_streams;
 use common::http;
 use common::process::{Process, Setup};
 use tempfile::TempDir;
@@ -88,43 +89,6 @@ async fn served_promptly(url: &str, blob: &Bytes, during: &str) {
     assert!(started.elapsed() < PROMPTLY);
 }
 
-/// One attacking HTTP/2 connection (h2c, prior knowledge) that grants no
-/// stream window and opens `streams` GETs of the blob at `path`: the
-/// connection's task, and the statuses lasti answered.
-async fn zero_window_streams(
-    addr: &str,
-    path: &str,
-    streams: usize,
-) -> (
-    JoinHandle<Result<(), h2::Error>>,
-    Vec<u16>,
-    Vec<h2::RecvStream>,
-) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
-    let mut pending = Vec::new();
-    for _ in 0..streams {
-        client = client.ready().await.expect("a stream may open");
-        let request = ::http::Request::get(format!("http://{addr}{path}"))
-            .body(())
-            .unwrap();
-        let (response, _) = client.send_request(request, true).expect("send request");
-        pending.push(response);
-    }
-    let (mut statuses, mut bodies) = (Vec::new(), Vec::new());
-    for response in pending {
-        let response = response.await.expect("response headers");
-        statuses.push(response.status().as_u16());
-        bodies.push(response.into_body());
-    }
-    (connection, statuses, bodies)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window_streams_cannot_take_the_blob_service_from_others() {
     within(async {
@@ -142,8 +106,9 @@ async fn zero_window_streams_cannot_take_the_blob_service_from_others() {
         let path = blob_path(REPO, &digest);
         let (mut attackers, mut held) = (Vec::new(), Vec::new());
         for _ in 0..4 {
+            let opened = zero_window_streams(&lasti.api, &path, STREAMS).await;
             let (connection, statuses, bodies) =
-                zero_window_streams(&lasti.api, &path, STREAMS).await;
+                (opened.connection, opened.statuses, opened.bodies);
             held.push(statuses.iter().filter(|s| **s == 200).count());
             assert!(
                 statuses.iter().all(|s| *s == 200 || *s == 429),

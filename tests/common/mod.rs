@@ -15,6 +15,7 @@
 //!   slow upstream whose fills overlap; [`relay`] stalls, slows or cuts
 //!   what goes to a server; [`front`] spreads connections over replicas as
 //!   a Kubernetes Service does.
+//! - [`h2_client`] opens HTTP/2 streams that never open their window.
 //! - [`skopeo`] drives `/usr/bin/skopeo` to push those layouts and pull them back;
 //!   [`podman`], [`containerd`] and [`docker`] pull through lasti configured
 //!   as a mirror.
@@ -29,6 +30,7 @@ pub mod docker;
 pub mod fake_upstream;
 pub mod front;
 pub mod garage;
+pub mod h2_client;
 pub mod http;
 pub mod lasti;
 pub mod moto;
