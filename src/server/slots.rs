@@ -9,15 +9,16 @@
 //! addresses. So, as nginx and Apache's `mod_reqtimeout` do under pressure:
 //!
 //! - when every slot is taken, a new connection takes the slot of one that
-//!   has not sent a request yet (the oldest first), or else of one idle
-//!   between requests (the longest idle); a connection with a request in
-//!   flight is never closed for another;
+//!   has not sent a request in its first [`GRACE`] (the oldest first), or
+//!   else of one idle between requests (the longest idle); a connection
+//!   with a request in flight is never closed for another, and one just
+//!   accepted has its grace to be read, however busy the process is;
 //! - as the slots fill past half, the deadline for a first request and the
 //!   TLS handshake shrinks, down to a tenth when all are taken.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntCounterVec;
 use tokio::sync::Notify;
@@ -26,6 +27,10 @@ use super::activity::Activity;
 
 /// The shortest a pre-request deadline becomes, as a share of its setting.
 const TIGHTEST: f64 = 0.1;
+/// How long a new connection keeps its slot whatever comes after it: time
+/// for its task to run and read the request a client sent at once, on a
+/// process busy with a flood of new connections.
+pub const GRACE: Duration = Duration::from_millis(100);
 
 /// The slots of one listener.
 #[derive(Debug)]
@@ -47,6 +52,8 @@ struct Taken {
 
 #[derive(Debug)]
 struct Occupant {
+    /// When the slot was taken.
+    since: Instant,
     /// `None` between taking the slot and serving the connection.
     activity: Option<Arc<Activity>>,
     /// Told to give the slot up.
@@ -81,6 +88,7 @@ impl Slots {
                     taken.next += 1;
                     let leave = Arc::new(Notify::new());
                     let occupant = Occupant {
+                        since: Instant::now(),
                         activity: None,
                         leave: Arc::clone(&leave),
                         asked: false,
@@ -100,7 +108,8 @@ impl Slots {
                     }
                 }
             }
-            freed.await;
+            // A connection still in its grace may be past it by then.
+            let _ = tokio::time::timeout(GRACE, freed).await;
         }
     }
 
@@ -136,8 +145,11 @@ fn shed_one(taken: &mut Taken) -> Option<(&mut Occupant, &'static str)> {
             continue;
         };
         if !activity.has_requested() {
-            unproven = Some(*id);
-            break;
+            if occupant.since.elapsed() >= GRACE {
+                unproven = Some(*id);
+                break;
+            }
+            continue;
         }
         if let Some(idle) = activity.idle_for() {
             if idlest.is_none_or(|(_, longest)| idle > longest) {
@@ -220,9 +232,12 @@ mod tests {
         let busy_activity = Activity::new();
         busy.serving(&busy_activity);
         let _request = busy_activity.request();
-        let (old, new) = (slots.take().await, slots.take().await);
-        let (old_activity, new_activity) = (Activity::new(), Activity::new());
+        let old = slots.take().await;
+        let old_activity = Activity::new();
         old.serving(&old_activity);
+        tokio::time::sleep(GRACE).await;
+        let new = slots.take().await;
+        let new_activity = Activity::new();
         new.serving(&new_activity);
         let taking = tokio::spawn({
             let slots = Arc::clone(&slots);
@@ -239,6 +254,27 @@ mod tests {
         assert_eq!(slots.occupancy(), 1.0);
         assert_eq!(slots.shed.with_label_values(&["unproven"]).get(), 1);
         drop((busy, new, fourth));
+    }
+
+    #[tokio::test]
+    async fn a_connection_in_its_grace_keeps_its_slot() {
+        let slots = Slots::new(1, shed());
+        let new = slots.take().await;
+        new.serving(&Activity::new());
+        let next = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.take().await }
+        });
+        let early = tokio::time::timeout(GRACE / 2, new.asked_to_leave()).await;
+        assert!(early.is_err(), "not asked to leave within its grace");
+        tokio::time::timeout(GRACE * 20, new.asked_to_leave())
+            .await
+            .expect("asked to leave once past its grace");
+        drop(new);
+        tokio::time::timeout(GRACE * 20, next)
+            .await
+            .expect("its slot goes to the next")
+            .unwrap();
     }
 
     #[tokio::test]
