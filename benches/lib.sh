@@ -14,6 +14,16 @@ bench_cleanup() {
   rm -rf "$W"
 }
 
+# Sets LASTI_BIN to the binary to measure: the one the caller named, or
+# this tree's release build (built now).
+lasti_bin() {
+  LASTI_BIN=${LASTI_BIN:-}
+  if [ -z "$LASTI_BIN" ]; then
+    cargo build --release --bin lasti >&2
+    LASTI_BIN=target/release/lasti
+  fi
+}
+
 # Waits (up to 10 s) until something listens on 127.0.0.1:$1.
 wait_port() {
   for _ in $(seq 200); do

@@ -19,11 +19,7 @@ ATTACK=${ATTACK:-30}
 SOCKETS=${SOCKETS:-350}
 REGISTRY_PORT=${REGISTRY_PORT:-15150}
 LASTI_PORT=${LASTI_PORT:-15151}
-LASTI_BIN=${LASTI_BIN:-}
-if [ -z "$LASTI_BIN" ]; then
-  cargo build --release --bin lasti >&2
-  LASTI_BIN=target/release/lasti
-fi
+lasti_bin
 bench_workdir lasti-silent-sockets
 
 start_registry "$REGISTRY_PORT" $((ATTACK + 120)) quiet

@@ -22,11 +22,7 @@ CONNS=${CONNS:-40}
 STREAMS=${STREAMS:-128}
 REGISTRY_PORT=${REGISTRY_PORT:-15140}
 LASTI_PORT=${LASTI_PORT:-15141}
-LASTI_BIN=${LASTI_BIN:-}
-if [ -z "$LASTI_BIN" ]; then
-  cargo build --release --bin lasti >&2
-  LASTI_BIN=target/release/lasti
-fi
+lasti_bin
 bench_workdir lasti-zero-window
 
 start_registry "$REGISTRY_PORT" $((ATTACK + 300)) quiet
