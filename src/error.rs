@@ -60,6 +60,11 @@ pub enum Error {
         /// The `WWW-Authenticate` challenge to send.
         challenge: String,
     },
+    /// The upstream does not let this client (anonymous, or with the
+    /// credential it sent) pull the repository: 401, with lasti's token
+    /// challenge, so that the client asks for credentials.
+    #[error("{0}")]
+    ClientRefused(String),
     /// The client may not pull this repository (allow/deny lists).
     #[error("{0}")]
     Denied(String),
@@ -198,6 +203,7 @@ impl Error {
             | RangeInvalid(_)
             | NotAcceptable(_)
             | Unauthorized { .. }
+            | ClientRefused(_)
             | Denied(_)
             | RateLimited { .. }
             // Not the client's fault, but an answer to come back later, as
@@ -255,7 +261,7 @@ impl Error {
             BlobUnknown => ErrorCode::BlobUnknown,
             NameUnknown => ErrorCode::NameUnknown,
             Unsupported(_) | RangeInvalid(_) | RangeNotSatisfiable { .. } => ErrorCode::Unsupported,
-            Unauthorized { .. } => ErrorCode::Unauthorized,
+            Unauthorized { .. } | ClientRefused(_) => ErrorCode::Unauthorized,
             Denied(_) => ErrorCode::Denied,
             RateLimited { .. } => ErrorCode::TooManyRequests,
             Busy { .. } => ErrorCode::Unavailable,
@@ -306,6 +312,7 @@ impl Error {
             RangeNotSatisfiable { .. } => "range_not_satisfiable",
             RangeInvalid(_) => "range_invalid",
             Unauthorized { .. } => "unauthorized",
+            ClientRefused(_) => "client_refused",
             Denied(_) => "denied",
             RateLimited { .. } => "rate_limited",
             Busy { .. } => "busy",

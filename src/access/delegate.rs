@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::upstream::auth::{Auth, Credentials, Password};
 use crate::upstream::client::{self, HttpClient};
+use crate::upstream::Caller;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,7 +73,10 @@ impl Delegate {
             },
             Arc::clone(&self.metrics),
         );
-        match auth.challenge(&self.client, &challenges, "").await {
+        match auth
+            .challenge(&self.client, &Caller::lasti(), &challenges, "")
+            .await
+        {
             Ok(Some(authorization)) if authorization.as_bytes().starts_with(b"Basic ") => {
                 let answer = self.get(&base, Some(authorization)).await?;
                 Ok(answer.status().is_success())

@@ -7,7 +7,13 @@
 //! static bearer token. Verdicts are remembered for `verdict_ttl`, keyed by
 //! a SHA-256 of the credential, never the credential itself. Per-client rate
 //! limits apply in either mode.
+//!
+//! With an upstream that takes clients' own credentials, the front door
+//! also issues and reads lasti's client tokens ([`client_tokens`]) and
+//! says whose credential a request carries ([`Access::caller`]); the
+//! upstream then decides what that client may pull.
 
+pub mod client_tokens;
 mod delegate;
 mod htpasswd;
 mod rate;
@@ -24,6 +30,8 @@ use sha2::{Digest as _, Sha256};
 use crate::config::{AccessConfig, AccessMode};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::upstream::{Caller, ClientCredential};
+use client_tokens::{ClientTokens, TokenError};
 
 /// A failed credential is remembered at most this long, so a fixed password
 /// works soon after.
@@ -39,6 +47,7 @@ pub struct Access {
     allowed: moka::sync::Cache<[u8; 32], ()>,
     refused: moka::sync::Cache<[u8; 32], ()>,
     rate: Option<rate::RateLimiter>,
+    client_tokens: Option<ClientTokens>,
 }
 
 impl std::fmt::Debug for Access {
@@ -100,7 +109,52 @@ impl Access {
                 .build(),
             rate: (config.rate_limit > 0)
                 .then(|| rate::RateLimiter::new(config.rate_limit, config.rate_burst)),
+            client_tokens: None,
         })
+    }
+
+    /// Issues and reads client tokens (an upstream takes clients' credentials).
+    pub fn with_client_tokens(mut self, tokens: Option<ClientTokens>) -> Access {
+        self.client_tokens = tokens;
+        self
+    }
+
+    /// The token issuer, when an upstream takes clients' credentials.
+    pub fn client_tokens(&self) -> Option<&ClientTokens> {
+        self.client_tokens.as_ref()
+    }
+
+    /// Whose credential the request carries, for an upstream that takes
+    /// clients' own: a token lasti issued (opened), Basic, or a Bearer
+    /// token of the upstream's; lasti itself (anonymous) when none, or
+    /// when no upstream takes clients' credentials.
+    pub fn caller(&self, authorization: Option<&HeaderValue>) -> Result<Caller> {
+        let (Some(tokens), Some(header)) = (&self.client_tokens, authorization) else {
+            return Ok(Caller::lasti());
+        };
+        let refused = |why: &str| Error::ClientRefused(why.to_string());
+        let text = header
+            .to_str()
+            .map_err(|_| refused("the Authorization header is not text"))?;
+        let token = text
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| ClientTokens::is_ours(token));
+        if let Some(token) = token {
+            return match tokens.open(token) {
+                Ok(credential) => Ok(credential
+                    .map(|c| Caller::client(Arc::new(c)))
+                    .unwrap_or_default()),
+                Err(TokenError::Expired) => Err(refused("the token has expired")),
+                Err(TokenError::Invalid) => Err(refused("the token was not issued by this lasti")),
+            };
+        }
+        match ClientCredential::from_header(header) {
+            Ok(Some(credential)) => Ok(Caller::client(Arc::new(credential))),
+            Ok(None) => Ok(Caller::lasti()),
+            Err(_) => Err(refused("send Basic credentials or a Bearer token")),
+        }
     }
 
     /// Applies the client's rate limit.

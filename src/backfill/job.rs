@@ -15,7 +15,7 @@ use crate::oci::media_type::{self, DEFAULT_MANIFEST_ACCEPT};
 use crate::oci::{AcceptList, Digest, RepoName};
 use crate::pull_through::Proxy;
 use crate::upstream::push::UploadPlan;
-use crate::upstream::Upstream;
+use crate::upstream::{Caller, Upstream};
 
 /// What a job needs.
 #[derive(Debug, Clone)]
@@ -181,7 +181,7 @@ impl Push<'_> {
         let answer = self
             .ctx
             .proxy
-            .blob(&self.upstream, &self.repo, digest, None, false)
+            .own_blob(&self.upstream, &self.repo, digest)
             .await?;
         if let Some(reader) = answer.reader {
             use futures_util::StreamExt;
@@ -234,7 +234,12 @@ impl Push<'_> {
         let found = self
             .ctx
             .target
-            .head_manifest(&self.target_repo, tag, DEFAULT_MANIFEST_ACCEPT)
+            .head_manifest(
+                &Caller::lasti(),
+                &self.target_repo,
+                tag,
+                DEFAULT_MANIFEST_ACCEPT,
+            )
             .await?;
         match found.digest {
             Some(d) if d == *expected => Ok(()),

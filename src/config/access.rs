@@ -26,6 +26,11 @@ pub struct AccessConfig {
     pub delegate_url: Option<Url>,
     /// Extra PEM CA certificates for the delegate registry.
     pub delegate_ca_file: Option<PathBuf>,
+    /// With an upstream taking client credentials: the token endpoint
+    /// clients are sent to (`https://lasti.example/token`). Default: this
+    /// listener's `/token` at the host and scheme the client used (the
+    /// `Host` header, and `X-Forwarded-Proto` behind a TLS-terminating route).
+    pub token_realm: Option<Url>,
     /// How long a verdict on a credential is remembered (keyed by its hash).
     #[serde(with = "humantime_serde")]
     pub verdict_ttl: Duration,
@@ -87,6 +92,7 @@ impl Default for AccessConfig {
             tokens_file: None,
             delegate_url: None,
             delegate_ca_file: None,
+            token_realm: None,
             verdict_ttl: Duration::from_secs(300),
             rate_limit: 0,
             rate_burst: 100,
@@ -136,6 +142,11 @@ impl AccessConfig {
         }
         if self.realm.is_empty() || self.realm.contains('"') {
             return fail("realm must be non-empty and hold no quotes");
+        }
+        if let Some(realm) = &self.token_realm {
+            if !matches!(realm.scheme(), "http" | "https") || realm.host_str().is_none() {
+                return fail("token_realm must be an http:// or https:// URL with a host");
+            }
         }
         if self.max_connections == 0 || self.header_read_timeout.is_zero() {
             return fail("max_connections and header_read_timeout must be above zero");

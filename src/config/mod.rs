@@ -26,7 +26,7 @@ pub use bucket::BucketConfig;
 pub use cluster::{member_name, ClusterConfig};
 pub use render::REDACTED;
 pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
-pub use upstream::{TagRule, UpstreamConfig};
+pub use upstream::{CredentialSource, TagRule, UpstreamConfig};
 pub use warm::WarmConfig;
 
 /// Where lasti listens when nothing else is said: the port docker expects of a registry.
@@ -365,6 +365,18 @@ impl Config {
         self.warm.validate()?;
         self.bucket.validate()?;
         self.cluster.validate()?;
+        let client_credentials = self
+            .upstreams
+            .iter()
+            .any(UpstreamConfig::takes_client_credentials);
+        if client_credentials && self.access.mode == AccessMode::Authenticated {
+            return invalid(
+                "access.mode = \"authenticated\" and an upstream with credentials = \"client\" \
+                 both claim the client's Authorization header: with client credentials the \
+                 upstream decides who may pull (see docs/security.md)"
+                    .into(),
+            );
+        }
         let mut names = std::collections::HashSet::new();
         for upstream in &self.upstreams {
             upstream.validate()?;

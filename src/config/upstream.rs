@@ -60,6 +60,33 @@ pub struct UpstreamConfig {
     pub allow: Vec<String>,
     /// Repository globs that may not be pulled; checked after `allow`.
     pub deny: Vec<String>,
+    /// Whose credentials lasti pulls with: `lasti` (the ones configured
+    /// here, or none) or `client` (each client's own, for that client's
+    /// requests only; see docs/security.md, "Private images").
+    pub credentials: CredentialSource,
+    /// With `credentials = "client"`: how long the upstream's yes to one
+    /// client for one repository (and its word that a repository is
+    /// public) is trusted before it is asked again.
+    #[serde(with = "humantime_serde")]
+    pub client_verdict_ttl: Duration,
+    /// With `credentials = "client"`: back-fill images of repositories
+    /// that only credentialed clients may pull, too. Off by default: the
+    /// project's pull access may be wider than the upstream's.
+    pub backfill_private: bool,
+}
+
+/// Whose credentials an upstream is asked with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialSource {
+    /// The upstream's own `username` and password, or none: one identity
+    /// for every client, and whatever it pulls is served to anyone lasti
+    /// lets in.
+    #[default]
+    Lasti,
+    /// Each client's own: private repositories are fetched with them and
+    /// served only to clients the upstream itself lets pull.
+    Client,
 }
 
 impl UpstreamConfig {
@@ -70,6 +97,11 @@ impl UpstreamConfig {
             url,
             ..UpstreamConfig::default()
         }
+    }
+
+    /// Whether clients' own credentials are used towards this upstream.
+    pub fn takes_client_credentials(&self) -> bool {
+        self.credentials == CredentialSource::Client
     }
 
     /// Whether one-component names get `library/` in front.
@@ -99,6 +131,9 @@ impl Default for UpstreamConfig {
             retries: 2,
             allow: Vec::new(),
             deny: Vec::new(),
+            credentials: CredentialSource::Lasti,
+            client_verdict_ttl: Duration::from_secs(60),
+            backfill_private: false,
         }
     }
 }
@@ -152,6 +187,19 @@ impl UpstreamConfig {
         let set = [&self.password_env.is_some(), &self.password_file.is_some()];
         if set.iter().all(|s| **s) {
             return fail("give password_env or password_file, not both");
+        }
+        let configured = self.username.is_some()
+            || self.password.is_some()
+            || self.password_env.is_some()
+            || self.password_file.is_some();
+        if self.takes_client_credentials() && configured {
+            return fail(
+                "credentials = \"client\" takes no username or password: with them, what \
+                 lasti's own identity may pull would count as public",
+            );
+        }
+        if self.client_verdict_ttl.is_zero() {
+            return fail("client_verdict_ttl must be above zero");
         }
         if self.connect_timeout.is_zero() || self.header_timeout.is_zero() {
             return fail("timeouts must be above zero");

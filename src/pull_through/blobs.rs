@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use super::gate::{Grant, Probe};
 use super::sources::{self, FillContext, Peer, Source};
 use super::{Backfiller, Outcome, Provenance, Proxy};
 use crate::cache::fill::Subscription;
@@ -19,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::oci::media_type::OCTET_STREAM;
 use crate::oci::range::RangeError;
 use crate::oci::{ByteRange, Digest, RangeSpec, RepoName};
-use crate::upstream::Upstream;
+use crate::upstream::{Caller, Upstream};
 
 /// A blob answer: what to put in the headers, and the bytes to stream.
 #[derive(Debug)]
@@ -40,7 +41,9 @@ pub struct BlobAnswer {
 }
 
 impl Proxy {
-    /// Answers `GET`/`HEAD /v2/<repo>/blobs/<digest>`.
+    /// Answers `GET`/`HEAD /v2/<repo>/blobs/<digest>` for `caller`. Of an
+    /// upstream that takes clients' credentials, a blob is served under a
+    /// repository only once it is known to be there (see `gate`).
     pub async fn blob(
         &self,
         upstream: &Arc<Upstream>,
@@ -48,11 +51,35 @@ impl Proxy {
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
+        caller: &Caller,
     ) -> Result<BlobAnswer> {
-        if head {
-            return self.head_blob(upstream, repo, digest).await;
+        let grant = self
+            .gate
+            .admit(upstream, repo, caller, Probe::Blob(digest))
+            .await?;
+        if !self
+            .gate
+            .holds(upstream, repo, &grant, digest, false)
+            .await?
+        {
+            return Err(Error::BlobUnknown);
         }
-        self.get_blob(upstream, repo, digest, range, Asker::Client)
+        if head {
+            return self.head_blob(upstream, repo, digest, &grant).await;
+        }
+        self.get_blob(upstream, repo, digest, range, Asker::Client, &grant)
+            .await
+    }
+
+    /// A blob `GET` lasti makes for itself (back-fill of a blob no longer
+    /// held): as lasti, with no client to check.
+    pub async fn own_blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobAnswer> {
+        self.get_blob(upstream, repo, digest, None, Asker::Client, &Grant::open())
             .await
     }
 
@@ -90,7 +117,8 @@ impl Proxy {
                 None => Err(Error::Leaving),
             };
         }
-        self.get_blob(upstream, repo, digest, range, Asker::Peer)
+        // Asked only for what anyone may pull: as lasti itself.
+        self.get_blob(upstream, repo, digest, range, Asker::Peer, &Grant::open())
             .await
     }
 
@@ -101,6 +129,7 @@ impl Proxy {
         digest: &Digest,
         range: Option<RangeSpec>,
         asker: Asker,
+        grant: &Grant,
     ) -> Result<BlobAnswer> {
         match self.cache.lookup(digest).await? {
             BlobLookup::Stored(blob) => stored_answer(blob, range),
@@ -119,7 +148,12 @@ impl Proxy {
                 let (upstream, repo) = (Arc::clone(upstream), repo.clone());
                 let mut sources = Vec::with_capacity(4);
                 sources.extend(self.bucket.clone().map(Source::Bucket));
-                if let (Some(cluster), Asker::Client) = (&self.cluster, asker) {
+                // A private blob never crosses the peer port: this replica
+                // fetches it with its own client's credential.
+                let peers = (asker == Asker::Client && grant.public)
+                    .then_some(self.cluster.as_ref())
+                    .flatten();
+                if let Some(cluster) = peers {
                     let owners = cluster.owners(digest).into_iter().map(|m| (m, false));
                     let successor = cluster.successor(digest).map(|m| (m, true));
                     let peers = owners.chain(successor).map(|(member, only_stored)| {
@@ -139,9 +173,10 @@ impl Proxy {
                     metrics: Arc::clone(self.cache.metrics()),
                 };
                 let digest = digest.clone();
+                let caller = grant.caller.clone();
                 tokio::spawn(async move {
                     let project = read_through(backfill.as_ref(), &upstream, &repo).await;
-                    sources.extend(Source::registries(project, upstream, repo));
+                    sources.extend(Source::registries(project, upstream, repo, caller));
                     sources::fill(context, sources, digest, *writer).await;
                     drop(permit);
                 });
@@ -157,6 +192,7 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
+        grant: &Grant,
     ) -> Result<BlobAnswer> {
         if let Some(blob) = self.cache.stored_blob(digest).await? {
             return stored_answer(blob, None);
@@ -187,7 +223,7 @@ impl Proxy {
                 });
             }
         }
-        let found = upstream.head_blob(repo, digest).await?;
+        let found = upstream.head_blob(&grant.caller, repo, digest).await?;
         Ok(BlobAnswer {
             size: found.size,
             media_type: content_type(found.media_type.as_deref()),

@@ -24,6 +24,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::gate::{Grant, Probe};
 use super::shared::{self, TagRef};
 use super::single_flight::SingleFlight;
 use super::{Outcome, Proxy};
@@ -33,7 +34,7 @@ use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::oci::media_type::{self, DEFAULT_MANIFEST_ACCEPT};
 use crate::oci::{AcceptList, Digest, Hasher, Reference, RepoName, Tag};
-use crate::upstream::Upstream;
+use crate::upstream::{Caller, Upstream};
 
 /// One manifest fetch: the client's `Accept` is not part of it, as the
 /// upstream is asked the same way for every client.
@@ -136,7 +137,9 @@ fn unreachable(err: &Error) -> bool {
 }
 
 impl Proxy {
-    /// Answers `GET`/`HEAD /v2/<repo>/manifests/<reference>`.
+    /// Answers `GET`/`HEAD /v2/<repo>/manifests/<reference>` for `caller`
+    /// (whose credential counts only towards an upstream that takes
+    /// clients' credentials; see `gate`).
     pub async fn manifest(
         &self,
         upstream: &Arc<Upstream>,
@@ -144,17 +147,40 @@ impl Proxy {
         reference: &Reference,
         accept: &AcceptList,
         head: bool,
+        caller: &Caller,
     ) -> Result<ManifestAnswer> {
+        let probe = Probe::Manifest(reference.as_str());
+        let grant = self.gate.admit(upstream, repo, caller, probe).await?;
         let answer = match reference {
             Reference::Digest(digest) => {
-                self.manifest_answer_by_digest(upstream, repo, digest)
+                if !self
+                    .gate
+                    .holds(upstream, repo, &grant, digest, true)
+                    .await?
+                {
+                    return Err(Error::ManifestUnknown);
+                }
+                self.manifest_answer_by_digest(upstream, repo, digest, &grant)
                     .await?
             }
-            Reference::Tag(tag) => self.manifest_by_tag(upstream, repo, tag, head).await?,
+            Reference::Tag(tag) => {
+                self.manifest_by_tag(upstream, repo, tag, head, &grant)
+                    .await?
+            }
         };
         acceptable(accept, answer.media_type())?;
+        if grant.guarded {
+            match answer.bytes() {
+                Some(bytes) => self
+                    .gate
+                    .saw_manifest(upstream, repo, answer.digest(), &bytes),
+                None => self.gate.saw(upstream, repo, [answer.digest()]),
+            }
+        }
         if let Reference::Tag(tag) = reference {
-            self.offer(upstream, repo, tag.as_str(), answer.digest());
+            if grant.public || upstream.backfills_private() {
+                self.offer(upstream, repo, tag.as_str(), answer.digest());
+            }
         }
         Ok(answer)
     }
@@ -169,12 +195,18 @@ impl Proxy {
         reference: &Reference,
         accept: &AcceptList,
     ) -> Result<ManifestAnswer> {
+        // Asked only for what anyone may pull: as lasti itself.
+        let grant = Grant::open();
         let answer = PEER_REQUEST.scope((), async {
             match reference {
                 Reference::Digest(digest) => {
-                    self.manifest_answer_by_digest(upstream, repo, digest).await
+                    self.manifest_answer_by_digest(upstream, repo, digest, &grant)
+                        .await
                 }
-                Reference::Tag(tag) => self.manifest_by_tag(upstream, repo, tag, false).await,
+                Reference::Tag(tag) => {
+                    self.manifest_by_tag(upstream, repo, tag, false, &grant)
+                        .await
+                }
             }
         });
         let answer = answer.await?;
@@ -197,7 +229,8 @@ impl Proxy {
         })
     }
 
-    /// A manifest by digest through the cache, for back-fill: any media type.
+    /// A manifest by digest through the cache, for back-fill (as lasti
+    /// itself): any media type.
     pub async fn manifest_by_digest(
         &self,
         upstream: &Arc<Upstream>,
@@ -206,7 +239,7 @@ impl Proxy {
         accept: &AcceptList,
     ) -> Result<Arc<Manifest>> {
         match self
-            .manifest_answer_by_digest(upstream, repo, digest)
+            .manifest_answer_by_digest(upstream, repo, digest, &Grant::open())
             .await?
         {
             ManifestAnswer::Body { manifest, .. } => {
@@ -222,6 +255,7 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
+        grant: &Grant,
     ) -> Result<ManifestAnswer> {
         if let Some(manifest) = self.cache.manifest(digest).await? {
             return Ok(ManifestAnswer::Body {
@@ -231,7 +265,14 @@ impl Proxy {
             });
         }
         let (manifest, outcome, from) = self
-            .fetch_manifest(upstream, repo, &digest.to_string(), Some(digest), None)
+            .fetch_manifest(
+                upstream,
+                repo,
+                &digest.to_string(),
+                Some(digest),
+                None,
+                grant,
+            )
             .await?;
         Ok(ManifestAnswer::Body {
             manifest,
@@ -246,6 +287,7 @@ impl Proxy {
         repo: &RepoName,
         tag: &Tag,
         head: bool,
+        grant: &Grant,
     ) -> Result<ManifestAnswer> {
         let tag_ref = TagRef::new(upstream, repo, tag);
         let key = tag_ref.key();
@@ -261,7 +303,7 @@ impl Proxy {
             .map(|r| r.trusted(unix_now()));
         if let Some(record) = local.as_ref().filter(|r| fresh(r)) {
             return self
-                .answer_recorded(upstream, repo, record.clone(), head, Outcome::Hit)
+                .answer_recorded(upstream, repo, record.clone(), head, Outcome::Hit, grant)
                 .await;
         }
         // Another replica may have asked the upstream since: its answer
@@ -283,11 +325,11 @@ impl Proxy {
                     tracing::error!(tag = key, error = %err, "cannot record a tag");
                 }
                 return self
-                    .answer_recorded(upstream, repo, record, head, Outcome::Hit)
+                    .answer_recorded(upstream, repo, record, head, Outcome::Hit, grant)
                     .await;
             }
             match upstream
-                .head_manifest(repo, tag.as_str(), DEFAULT_MANIFEST_ACCEPT)
+                .head_manifest(&grant.caller, repo, tag.as_str(), DEFAULT_MANIFEST_ACCEPT)
                 .await
             {
                 Ok(found) if found.digest.as_ref() == Some(&record.digest) => {
@@ -297,26 +339,33 @@ impl Proxy {
                     };
                     self.record_tag(&tag_ref, refreshed.clone()).await;
                     return self
-                        .answer_recorded(upstream, repo, refreshed, head, Outcome::Revalidated)
+                        .answer_recorded(
+                            upstream,
+                            repo,
+                            refreshed,
+                            head,
+                            Outcome::Revalidated,
+                            grant,
+                        )
                         .await;
                 }
                 Ok(_) => {}
                 Err(err) if unreachable(&err) => {
                     tracing::warn!(upstream = upstream.name(), %repo, %tag, error = %err, "upstream unreachable; serving a stale tag");
                     return self
-                        .answer_recorded(upstream, repo, record, head, Outcome::Stale)
+                        .answer_recorded(upstream, repo, record, head, Outcome::Stale, grant)
                         .await;
                 }
                 Err(err) => return Err(err),
             }
         }
         if head {
-            if let Some(answer) = self.head_tag(upstream, repo, tag, &tag_ref).await? {
+            if let Some(answer) = self.head_tag(upstream, repo, tag, &tag_ref, grant).await? {
                 return Ok(answer);
             }
         }
         let fetched = self
-            .fetch_manifest(upstream, repo, tag.as_str(), None, Some(tag_ref))
+            .fetch_manifest(upstream, repo, tag.as_str(), None, Some(tag_ref), grant)
             .await;
         let (manifest, outcome, from) = match fetched {
             Err(err) if unreachable(&err) => {
@@ -348,9 +397,10 @@ impl Proxy {
         repo: &RepoName,
         tag: &Tag,
         tag_ref: &TagRef,
+        grant: &Grant,
     ) -> Result<Option<ManifestAnswer>> {
         let found = match upstream
-            .head_manifest(repo, tag.as_str(), DEFAULT_MANIFEST_ACCEPT)
+            .head_manifest(&grant.caller, repo, tag.as_str(), DEFAULT_MANIFEST_ACCEPT)
             .await
         {
             // Let the GET path try the project's copy.
@@ -391,6 +441,7 @@ impl Proxy {
         record: TagRecord,
         head: bool,
         outcome: Outcome,
+        grant: &Grant,
     ) -> Result<ManifestAnswer> {
         if head {
             // A HEAD is a use too: keep the manifest from looking cold.
@@ -412,7 +463,14 @@ impl Proxy {
         }
         let reference = record.digest.to_string();
         let (manifest, _, from) = self
-            .fetch_manifest(upstream, repo, &reference, Some(&record.digest), None)
+            .fetch_manifest(
+                upstream,
+                repo,
+                &reference,
+                Some(&record.digest),
+                None,
+                grant,
+            )
             .await?;
         Ok(ManifestAnswer::Body {
             manifest,
@@ -437,13 +495,14 @@ impl Proxy {
         reference: &str,
         expected: Option<&Digest>,
         tag: Option<TagRef>,
+        grant: &Grant,
     ) -> Result<(Arc<Manifest>, Outcome, &'static str)> {
         // Content by digest may come from the project; a tag always asks the upstream.
         let sources = match expected {
             Some(_) => self.sources(upstream, repo).await,
             None => vec![(Arc::clone(upstream), repo.clone())],
         };
-        self.fetch_manifest_from(sources, reference, expected, tag)
+        self.fetch_manifest_from(sources, reference, expected, tag, grant)
             .await
     }
 
@@ -451,21 +510,24 @@ impl Proxy {
     /// the shared bucket first), once for all concurrent askers; verifies
     /// and stores it, and shares what a registry sent through the bucket.
     /// The tag record is written inside the flight, so a request arriving
-    /// just after it finds the tag.
+    /// just after it finds the tag. The upstream is asked as `grant` says;
+    /// the project as lasti; only what anyone may pull goes to the cluster.
     async fn fetch_manifest_from(
         &self,
         sources: super::blobs::Sources,
         reference: &str,
         expected: Option<&Digest>,
         tag: Option<TagRef>,
+        grant: &Grant,
     ) -> Result<(Arc<Manifest>, Outcome, &'static str)> {
         let (first, first_repo) = sources.first().expect("at least one source");
         // The project's copy of a tag (its upstream unreachable) is not the
         // cluster's to resolve: only what names an upstream is routed.
         let (upstream, repo) = sources.last().expect("at least one source");
-        let owner = (expected.is_some() || tag.is_some())
+        let owner = (grant.public && (expected.is_some() || tag.is_some()))
             .then(|| self.manifest_owner(upstream.name(), repo, reference))
             .flatten();
+        let caller = grant.caller.clone();
         let key = FlightKey {
             upstream: first.name().to_string(),
             repo: first_repo.clone(),
@@ -521,12 +583,12 @@ impl Proxy {
             let mut last = Error::ManifestUnknown;
             for (i, (source, repo)) in sources.iter().enumerate() {
                 // The upstream is last; a registry before it is the project.
-                let from = match i + 1 == sources.len() {
-                    true => "upstream",
-                    false => "project",
+                let (from, caller) = match i + 1 == sources.len() {
+                    true => ("upstream", caller.clone()),
+                    false => ("project", Caller::lasti()),
                 };
                 let fetched = source
-                    .get_manifest(repo, &reference, DEFAULT_MANIFEST_ACCEPT, limit)
+                    .get_manifest(&caller, repo, &reference, DEFAULT_MANIFEST_ACCEPT, limit)
                     .await;
                 match fetched.and_then(|f| verify(source, f, expected.as_ref())) {
                     Ok(manifest) => {
@@ -565,7 +627,7 @@ impl Proxy {
         let target_repo = backfill.read_through_repo(upstream.name(), repo).await?;
         let sources = vec![(Arc::clone(backfill.target()), target_repo)];
         let (manifest, _, _) = self
-            .fetch_manifest_from(sources, tag.as_str(), None, None)
+            .fetch_manifest_from(sources, tag.as_str(), None, None, &Grant::open())
             .await
             .ok()?;
         Some(manifest)

@@ -6,6 +6,7 @@
 //! HTTP.
 
 mod blobs;
+mod gate;
 mod listing;
 mod manifests;
 mod referrers;
@@ -25,9 +26,10 @@ use crate::cache::Cache;
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{TagList, Upstream, Upstreams};
+use crate::upstream::{Caller, TagList, Upstream, Upstreams};
 
 pub use blobs::BlobAnswer;
+pub use gate::REFUSAL_TTL;
 pub use listing::CachedImage;
 pub use manifests::ManifestAnswer;
 pub use referrers::ReferrersAnswer;
@@ -153,6 +155,7 @@ pub struct Proxy {
     bucket: Option<Arc<Bucket>>,
     uploads: Arc<uploader::Rounds>,
     cluster: Option<Arc<Cluster>>,
+    gate: gate::Gate,
 }
 
 impl Proxy {
@@ -174,6 +177,7 @@ impl Proxy {
             bucket: None,
             uploads: Default::default(),
             cluster: None,
+            gate: Default::default(),
         }
     }
 
@@ -317,13 +321,30 @@ impl Proxy {
         &self.cache
     }
 
-    /// A tag list, passed through from the upstream.
+    /// A tag list, passed through from the upstream: asked with the
+    /// client's credential where the upstream takes it (nothing of it is
+    /// kept, so the upstream alone decides).
     pub async fn tags(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         query: Option<&str>,
+        caller: &Caller,
     ) -> Result<TagList> {
-        upstream.tags(repo, query).await
+        let caller = match caller.credential() {
+            Some(credential) if upstream.is_for(credential) => caller.clone(),
+            _ => Caller::lasti(),
+        };
+        upstream.tags(&caller, repo, query).await
+    }
+
+    /// Whether `caller`'s credential is one an upstream here takes and
+    /// accepts (a `GET /v2/` with it, remembered like any verdict); for
+    /// `docker login` and lasti's token endpoint. `None` when no upstream
+    /// takes it (its user name names none, or several take credentials).
+    pub async fn login(&self, caller: &Caller) -> Option<Result<bool>> {
+        let credential = caller.credential()?;
+        let upstream = self.upstreams.all().iter().find(|u| u.is_for(credential))?;
+        Some(self.gate.login(upstream, caller).await)
     }
 }

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::HeaderValue;
 
+use super::gate::Probe;
 use super::single_flight::SingleFlight;
 use super::{Outcome, Proxy};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, RepoName};
-use crate::upstream::{Referrers, Upstream};
+use crate::upstream::{Caller, Referrers, Upstream};
 
 /// Bytes of lists kept at most (a list is a few descriptors, about 200
 /// bytes each), so memory stays bounded whatever upstreams send.
@@ -93,7 +94,10 @@ impl Proxy {
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
+        caller: &Caller,
     ) -> Result<ReferrersAnswer> {
+        let probe = Probe::Manifest(subject.as_str());
+        let grant = self.gate.admit(upstream, repo, caller, probe).await?;
         let key: Key = (
             upstream.name().to_string(),
             repo.to_string(),
@@ -113,9 +117,10 @@ impl Proxy {
         let work = {
             let (upstream, repo, subject) = (Arc::clone(upstream), repo.clone(), subject.clone());
             let artifact_type = artifact_type.map(str::to_string);
+            let caller = grant.caller;
             move || async move {
                 upstream
-                    .referrers(&repo, &subject, artifact_type.as_deref(), limit)
+                    .referrers(&caller, &repo, &subject, artifact_type.as_deref(), limit)
                     .await
             }
         };

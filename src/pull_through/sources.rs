@@ -20,7 +20,7 @@ use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::upstream::Upstream;
+use crate::upstream::{Caller, Upstream};
 
 /// Times a fill re-asks a registry after its body broke off.
 const RESUME_ATTEMPTS: u32 = 3;
@@ -70,11 +70,12 @@ pub(super) enum Source {
     Bucket(Arc<Bucket>),
     /// The owner replica.
     Peer(Peer),
-    /// A registry: the project or the upstream.
+    /// A registry: the project or the upstream, asked as `caller`.
     Registry {
         registry: Arc<Upstream>,
         repo: RepoName,
         tier: Tier,
+        caller: Caller,
     },
 }
 
@@ -88,21 +89,25 @@ enum Fetched {
 
 impl Source {
     /// The registries a blob of `repo` may come from: `project` first when
-    /// read-through names the repository there, then the upstream.
+    /// read-through names the repository there (asked as lasti), then the
+    /// upstream (asked as `caller`).
     pub(super) fn registries(
         project: Option<(Arc<Upstream>, RepoName)>,
         upstream: Arc<Upstream>,
         repo: RepoName,
+        caller: Caller,
     ) -> impl Iterator<Item = Source> {
         let project = project.map(|(registry, repo)| Source::Registry {
             registry,
             repo,
             tier: Tier::Project,
+            caller: Caller::lasti(),
         });
         project.into_iter().chain([Source::Registry {
             registry: upstream,
             repo,
             tier: Tier::Upstream,
+            caller,
         }])
     }
 
@@ -168,8 +173,13 @@ impl Source {
                 };
                 (response.size, response.media_type, response.body, peer.idle)
             }
-            Source::Registry { registry, repo, .. } => {
-                let response = registry.get_blob(repo, digest, offset).await?;
+            Source::Registry {
+                registry,
+                repo,
+                caller,
+                ..
+            } => {
+                let response = registry.get_blob(caller, repo, digest, offset).await?;
                 let idle = registry.body_idle_timeout();
                 (response.size, response.media_type, response.body, idle)
             }

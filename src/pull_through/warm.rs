@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::oci::manifest::{ImageIndex, ImageManifest};
 use crate::oci::media_type::{self, DEFAULT_MANIFEST_ACCEPT};
 use crate::oci::{AcceptList, Digest, ImageRef, Reference, RepoName};
-use crate::upstream::Upstream;
+use crate::upstream::{Caller, Upstream};
 
 /// What warming one image did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -38,7 +38,14 @@ impl Proxy {
             .map_err(|e| Error::ReferenceInvalid(e.to_string()))?;
         let accept = AcceptList::parse([DEFAULT_MANIFEST_ACCEPT]);
         let top = self
-            .manifest(upstream, &repo, &reference, &accept, false)
+            .manifest(
+                upstream,
+                &repo,
+                &reference,
+                &accept,
+                false,
+                &Caller::lasti(),
+            )
             .await?;
         let body = top.bytes().ok_or(Error::ManifestUnknown)?;
         let mut manifests = Vec::new();
@@ -48,7 +55,14 @@ impl Proxy {
                 if child.is_for(platforms) {
                     let by_digest = Reference::Digest(child.digest.clone());
                     let answer = self
-                        .manifest(upstream, &repo, &by_digest, &accept, false)
+                        .manifest(
+                            upstream,
+                            &repo,
+                            &by_digest,
+                            &accept,
+                            false,
+                            &Caller::lasti(),
+                        )
                         .await?;
                     manifests.push(answer.bytes().ok_or(Error::ManifestUnknown)?);
                 }
@@ -85,7 +99,9 @@ impl Proxy {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<bool, Error> {
-        let answer = self.blob(upstream, repo, digest, None, false).await?;
+        let answer = self
+            .blob(upstream, repo, digest, None, false, &Caller::lasti())
+            .await?;
         if answer.outcome == Outcome::Hit {
             return Ok(false);
         }

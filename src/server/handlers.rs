@@ -7,16 +7,17 @@ use http::{header, HeaderMap, Method, Request, Response};
 
 use super::response;
 use super::router::{self, Route};
+use crate::access::client_tokens::{ClientTokens, TOKEN_LIFETIME, TOKEN_PATH};
 use crate::body::Body;
 use crate::cluster::peer_client::ONLY_IF_CACHED;
 use crate::error::{Error, Result};
 use crate::oci::{AcceptList, Digest, DigestError, RangeSpec, Reference, RepoName};
 use crate::pull_through::Proxy;
-use crate::upstream::Upstream;
+use crate::upstream::{Caller, ClientCredential, Upstream};
 
-/// Answers one registry API request.
-pub async fn handle<B>(proxy: &Proxy, request: &Request<B>) -> Response<Body> {
-    match dispatch(proxy, request).await {
+/// Answers one registry API request, made by `caller`.
+pub async fn handle<B>(proxy: &Proxy, request: &Request<B>, caller: &Caller) -> Response<Body> {
+    match dispatch(proxy, request, caller).await {
         Ok(response) => response,
         Err(err) => failed(request, &err),
     }
@@ -28,7 +29,11 @@ fn failed<B>(request: &Request<B>, err: &Error) -> Response<Body> {
     response::error(err)
 }
 
-async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Body>> {
+async fn dispatch<B>(
+    proxy: &Proxy,
+    request: &Request<B>,
+    caller: &Caller,
+) -> Result<Response<Body>> {
     let route = router::route(request.uri().path());
     let head = match *request.method() {
         Method::GET => false,
@@ -52,7 +57,7 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
             let reference = parse_reference(reference)?;
             let accept = AcceptList::parse(header_values(request.headers(), header::ACCEPT));
             let answer = proxy
-                .manifest(upstream, &repo, &reference, &accept, head)
+                .manifest(upstream, &repo, &reference, &accept, head, caller)
                 .await?;
             Ok(response::manifest(&answer, head))
         }
@@ -60,7 +65,9 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
             let (upstream, repo) = resolve(proxy, name, query)?;
             let digest = parse_digest(digest)?;
             let range = parse_range(request.headers())?;
-            let answer = proxy.blob(upstream, &repo, &digest, range, head).await?;
+            let answer = proxy
+                .blob(upstream, &repo, &digest, range, head, caller)
+                .await?;
             let delivery = request.extensions().get().cloned().unwrap_or_default();
             Ok(response::blob(answer, digest.as_str(), delivery))
         }
@@ -69,17 +76,64 @@ async fn dispatch<B>(proxy: &Proxy, request: &Request<B>) -> Result<Response<Bod
             let subject = parse_digest(digest)?;
             let artifact_type = query_param(query, "artifactType");
             let answer = proxy
-                .referrers(upstream, &repo, &subject, artifact_type.as_deref())
+                .referrers(upstream, &repo, &subject, artifact_type.as_deref(), caller)
                 .await?;
             Ok(response::referrers(answer, head))
         }
         Route::Tags { name } => {
             let (upstream, repo) = resolve(proxy, name, query)?;
             let list = proxy
-                .tags(upstream, &repo, pagination(query).as_deref())
+                .tags(upstream, &repo, pagination(query).as_deref(), caller)
                 .await?;
             Ok(response::tags(list))
         }
+    }
+}
+
+/// `GET /token`: lasti's token for the client's credential (Basic, checked
+/// with the upstream it is for) or, without one, an anonymous token.
+/// An upstream that cannot be reached for the check does not stop the
+/// token: every pull is checked again with its upstream.
+pub async fn token<B>(
+    proxy: &Proxy,
+    tokens: &ClientTokens,
+    request: &Request<B>,
+) -> Response<Body> {
+    let refused = |why: &str| Error::Unauthorized {
+        challenge: format!("Basic realm=\"lasti\", error=\"{why}\""),
+    };
+    let answer = async {
+        if request.method() != Method::GET {
+            return Err(Error::Unsupported("the token endpoint answers GET"));
+        }
+        let credential = match request.headers().get(header::AUTHORIZATION) {
+            None => None,
+            Some(value) => ClientCredential::from_header(value)
+                .map_err(|_| refused("send Basic credentials"))?,
+        };
+        if let Some(credential) = &credential {
+            let caller = Caller::client(Arc::new(credential.clone()));
+            match proxy.login(&caller).await {
+                None => return Err(refused("no upstream takes credentials of this user name")),
+                Some(Ok(true)) => {}
+                Some(Ok(false)) => {
+                    tracing::info!(path = TOKEN_PATH, "credentials refused by their upstream");
+                    return Err(refused("the upstream refused these credentials"));
+                }
+                Some(Err(err)) => tracing::warn!(
+                    error = %err,
+                    "cannot check credentials with their upstream; issuing a token, every pull is checked"
+                ),
+            }
+        }
+        Ok(response::token(
+            &tokens.seal(credential.as_ref()),
+            TOKEN_LIFETIME,
+        ))
+    };
+    match answer.await {
+        Ok(response) => response,
+        Err(err) => failed(request, &err),
     }
 }
 

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::client_tokens::{ClientTokens, TOKEN_PATH};
 use crate::access::Access;
 use crate::backfill::{Backfill, Dispatching};
 use crate::bucket::Bucket;
@@ -41,7 +42,7 @@ use crate::config::{AccessConfig, Config};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pull_through::{Backfiller, Outcome, Provenance, Proxy};
-use crate::upstream::Upstreams;
+use crate::upstream::{Caller, Upstreams};
 use crate::warmer::Warmer;
 use access_log::{LoggedBody, Record};
 use activity::{Activity, InFlight, Limits, WatchedBody};
@@ -211,6 +212,28 @@ pub async fn preflight(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// lasti's client token issuer, when an upstream takes clients' own
+/// credentials: keyed by the cluster's secret when there is one, so that
+/// replicas read each other's tokens.
+fn client_tokens(config: &Config) -> Option<ClientTokens> {
+    let takes = config
+        .upstreams
+        .iter()
+        .any(crate::config::UpstreamConfig::takes_client_credentials);
+    takes.then(|| {
+        let shared = config
+            .cluster
+            .secret
+            .as_ref()
+            .map(|s| s.expose().as_bytes());
+        ClientTokens::new(
+            shared,
+            config.access.token_realm.clone(),
+            config.tls.enabled(),
+        )
+    })
+}
+
 /// Builds the proxy from the configuration, with back-fill running beside
 /// it if configured; dropping what it returns stops back-fill and, once
 /// no other holder is left, the proxy.
@@ -339,7 +362,9 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
     let metrics = Arc::clone(proxy.cache().metrics());
     let sent_from_files = metrics.sendfile_bytes();
     let windows = Arc::clone(proxy.cache().windows());
-    let access = Access::new(&config.access, metrics).map_err(StartError::Upstream)?;
+    let access = Access::new(&config.access, metrics)
+        .map_err(StartError::Upstream)?
+        .with_client_tokens(client_tokens(config));
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => Some(
             tls::ReloadingAcceptor::new(cert.clone(), key.clone()).map_err(StartError::Upstream)?,
@@ -573,7 +598,7 @@ impl App {
         .and_then(|()| self.reserve_file(&method, &route, &mut in_flight));
         let refused = admitted.is_err();
         let response = match (admitted, &self.door) {
-            (Ok(()), Door::Clients(_)) => handlers::handle(&self.proxy, &request).await,
+            (Ok(()), Door::Clients(access)) => self.client_request(access, &route, &request).await,
             (Ok(()), Door::Peers(_)) if method == Method::POST && path == OFFER_PATH => {
                 handlers::peer_offer(&self.proxy, request).await
             }
@@ -629,6 +654,80 @@ impl App {
             metrics: Some(Arc::clone(metrics)),
         };
         response.map(|body| activity.watch(LoggedBody::new(body, record), in_flight))
+    }
+
+    /// A client's request. With an upstream that takes clients' own
+    /// credentials: lasti's token endpoint, a `/v2/` that asks for a token
+    /// (as Docker Hub's does, so every client sends its credential, or an
+    /// anonymous token), and every 401 with the challenge that leads there.
+    async fn client_request(
+        &self,
+        access: &Access,
+        route: &Route<'_>,
+        request: &Request<Incoming>,
+    ) -> Response<crate::body::Body> {
+        let Some(tokens) = access.client_tokens() else {
+            return handlers::handle(&self.proxy, request, &Caller::lasti()).await;
+        };
+        let path = request.uri().path();
+        let authorization = request.headers().get(http::header::AUTHORIZATION);
+        let mut response = if path == TOKEN_PATH {
+            handlers::token(&self.proxy, tokens, request).await
+        } else {
+            let caller = access.caller(authorization);
+            let caller = match (route, caller) {
+                (Route::Base, Ok(caller)) => self.ping(authorization, caller).await,
+                (_, caller) => caller,
+            };
+            match caller {
+                Ok(caller) => handlers::handle(&self.proxy, request, &caller).await,
+                Err(err) => {
+                    response::log_failure(&err, request.method(), path);
+                    response::error(&err)
+                }
+            }
+        };
+        let challenged = response
+            .headers()
+            .contains_key(http::header::WWW_AUTHENTICATE);
+        if response.status() == http::StatusCode::UNAUTHORIZED && !challenged {
+            let scope = route.name().map(|name| format!("repository:{name}:pull"));
+            let authority = request.uri().authority().map(|a| a.as_str());
+            let challenge = tokens.challenge(request.headers(), authority, scope.as_deref());
+            if let Ok(value) = http::HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+    }
+
+    /// `/v2/` with client tokens: a request with no credential is asked
+    /// for one (or an anonymous token); Basic credentials sent as they are
+    /// must be ones their upstream takes.
+    async fn ping(
+        &self,
+        authorization: Option<&http::HeaderValue>,
+        caller: Caller,
+    ) -> Result<Caller, Error> {
+        let Some(header) = authorization else {
+            return Err(Error::ClientRefused(
+                "ask lasti's token endpoint for a token (anonymous, or with credentials)".into(),
+            ));
+        };
+        let basic = header
+            .as_bytes()
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"basic "));
+        if basic && caller.credential().is_some() {
+            if let Some(Ok(false)) = self.proxy.login(&caller).await {
+                return Err(Error::ClientRefused(
+                    "the upstream refused these credentials".into(),
+                ));
+            }
+        }
+        Ok(caller)
     }
 
     /// A blob GET holds a file until its body is done: it takes a place in

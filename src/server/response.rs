@@ -40,6 +40,22 @@ pub fn base() -> Response<Body> {
     )
 }
 
+/// A token for lasti's token endpoint, in the shape registries answer
+/// (`token` and `access_token`, `expires_in` seconds); never cached.
+pub fn token(token: &str, lifetime: std::time::Duration) -> Response<Body> {
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": lifetime.as_secs(),
+    });
+    finish(
+        builder(StatusCode::OK)
+            .header(header::CONTENT_TYPE, JSON)
+            .header(header::CACHE_CONTROL, "no-store"),
+        body::full(Bytes::from(body.to_string())),
+    )
+}
+
 /// `202 Accepted` with an empty JSON object: taken, to be done later.
 pub fn accepted() -> Response<Body> {
     finish(

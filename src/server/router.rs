@@ -46,6 +46,17 @@ pub enum Route<'a> {
 }
 
 impl Route<'_> {
+    /// The raw repository name a request names, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Tags { name }
+            | Route::Referrers { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
     /// A fixed label for metrics.
     pub fn label(&self) -> &'static str {
         match self {

@@ -16,6 +16,7 @@ use http::{header, HeaderValue, Request, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
+use super::caller::{Caller, Secretly};
 use super::client::{self, HttpClient, SendError};
 use super::site;
 use super::tokens::{bearer_header, TokenCache, TOKEN_CACHE_CAPACITY};
@@ -89,6 +90,8 @@ pub struct Auth {
     timeout: Duration,
     known: Mutex<Option<Known>>,
     tokens: TokenCache,
+    /// Tokens fetched with clients' credentials, by fingerprint and scope.
+    client_tokens: TokenCache,
     metrics: Arc<Metrics>,
 }
 
@@ -104,28 +107,33 @@ impl Auth {
             timeout: credentials.timeout,
             known: Mutex::new(None),
             tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
+            client_tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
             metrics,
         }
     }
 
-    /// Forgets a cached token, after the registry refused it.
-    pub fn forget(&self, scope: &str) {
-        self.invalidate(scope);
-    }
-
-    /// The `Authorization` to send with a request for `scope`, if any is known
-    /// to be needed; fetches a token when the realm is known but no valid
-    /// token for the scope is cached.
-    pub async fn header(&self, client: &HttpClient, scope: &str) -> Result<Option<HeaderValue>> {
+    /// The `Authorization` to send with a request for `scope` made for
+    /// `caller`, if any is known to be needed; fetches a token when the
+    /// realm is known but no valid token for the scope is cached. A token
+    /// the client brought goes as it is.
+    pub async fn header(
+        &self,
+        client: &HttpClient,
+        caller: &Caller,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>> {
+        if let Some(Secretly::Bearer(token)) = caller.credential().map(|c| c.secret()) {
+            return Ok(bearer_header(token.expose()));
+        }
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match known {
             None => Ok(None),
-            Some(Known::Basic) => Ok(self.basic()),
+            Some(Known::Basic) => Ok(self.basic(caller)),
             Some(Known::Bearer { realm, service }) => {
-                if let Some(token) = self.cached(scope) {
+                if let Some(token) = self.cached(caller, scope) {
                     return Ok(Some(token));
                 }
-                self.fetch_token(client, &realm, service.as_deref(), scope)
+                self.fetch_token(client, caller, &realm, service.as_deref(), scope)
                     .await
                     .map(Some)
             }
@@ -133,13 +141,18 @@ impl Auth {
     }
 
     /// Answers a 401: learns the challenge and returns the header to retry
-    /// with, or `None` when there is nothing better to send.
+    /// with, or `None` when there is nothing better to send (a token the
+    /// client brought was refused: it is the client's to renew).
     pub async fn challenge(
         &self,
         client: &HttpClient,
+        caller: &Caller,
         www_authenticate: &[&str],
         scope: &str,
     ) -> Result<Option<HeaderValue>> {
+        if let Some(Secretly::Bearer(_)) = caller.credential().map(|c| c.secret()) {
+            return Ok(None);
+        }
         let challenges: Vec<Challenge> = www_authenticate
             .iter()
             .filter_map(|v| Challenge::parse(v).ok())
@@ -148,22 +161,27 @@ impl Auth {
         if let Some(bearer) = challenges.iter().find(|c| c.scheme == Scheme::Bearer) {
             let realm = self.check_realm(bearer.realm())?;
             let service = bearer.service().map(str::to_string);
-            self.invalidate(scope);
+            self.invalidate(caller, scope);
             let token = self
-                .fetch_token(client, &realm, service.as_deref(), scope)
+                .fetch_token(client, caller, &realm, service.as_deref(), scope)
                 .await?;
             *self.known.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(Known::Bearer { realm, service });
             return Ok(Some(token));
         }
-        if challenges.iter().any(|c| c.scheme == Scheme::Basic) && self.username.is_some() {
+        let basic = self.basic(caller);
+        if challenges.iter().any(|c| c.scheme == Scheme::Basic) && basic.is_some() {
             *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(Known::Basic);
-            return Ok(self.basic());
+            return Ok(basic);
         }
         Ok(None)
     }
 
-    fn basic(&self) -> Option<HeaderValue> {
+    /// Basic credentials of the caller: the client's, or the configured ones.
+    fn basic(&self, caller: &Caller) -> Option<HeaderValue> {
+        if let Some(credential) = caller.credential() {
+            return credential.basic_header();
+        }
         let user = self.username.as_deref()?;
         let password = self.password.current();
         let password = password.as_ref().map(Secret::expose).unwrap_or("");
@@ -174,12 +192,25 @@ impl Auth {
         Some(value)
     }
 
-    fn cached(&self, scope: &str) -> Option<HeaderValue> {
-        self.tokens.get(scope)
+    /// The token cache of the caller, and its key for `scope`.
+    fn tokens_of(&self, caller: &Caller, scope: &str) -> (&TokenCache, String) {
+        match caller.credential() {
+            None => (&self.tokens, scope.to_string()),
+            Some(credential) => (
+                &self.client_tokens,
+                format!("{}\n{scope}", credential.fingerprint().key()),
+            ),
+        }
     }
 
-    fn invalidate(&self, scope: &str) {
-        self.tokens.remove(scope);
+    fn cached(&self, caller: &Caller, scope: &str) -> Option<HeaderValue> {
+        let (tokens, key) = self.tokens_of(caller, scope);
+        tokens.get(&key)
+    }
+
+    fn invalidate(&self, caller: &Caller, scope: &str) {
+        let (tokens, key) = self.tokens_of(caller, scope);
+        tokens.remove(&key);
     }
 
     /// Accepts a realm only where [`site::realm_trusted`] allows, and only
@@ -209,6 +240,7 @@ impl Auth {
     async fn fetch_token(
         &self,
         client: &HttpClient,
+        caller: &Caller,
         realm: &Url,
         service: Option<&str>,
         scope: &str,
@@ -227,7 +259,7 @@ impl Auth {
         let mut request = Request::get(url.as_str());
         // Checked again here, as the credentials leave, whatever path led here.
         let trusted = site::realm_trusted(&url, &self.base, &self.realm_hosts);
-        if let Some(basic) = self.basic().filter(|_| trusted) {
+        if let Some(basic) = self.basic(caller).filter(|_| trusted) {
             request = request.header(header::AUTHORIZATION, basic);
         }
         let request = request
@@ -255,7 +287,10 @@ impl Auth {
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(Error::UpstreamDenied {
                 upstream: self.upstream.clone(),
-                message: "the token realm refused the configured credentials".into(),
+                message: match caller.credential() {
+                    Some(_) => "the token realm refused the client's credentials".into(),
+                    None => "the token realm refused the configured credentials".into(),
+                },
             });
         }
         if !status.is_success() {
@@ -278,7 +313,8 @@ impl Auth {
             .expires_in
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        self.tokens.insert(scope, Secret::new(value), lifetime);
+        let (tokens, key) = self.tokens_of(caller, scope);
+        tokens.insert(&key, Secret::new(value), lifetime);
         Ok(header)
     }
 
@@ -337,12 +373,12 @@ mod tests {
     fn basic_header_is_sensitive_and_absent_without_user() {
         let mut config = UpstreamConfig::new("t", Url::parse("http://x").unwrap());
         assert!(Auth::new(Credentials::of_upstream(&config), Arc::default())
-            .basic()
+            .basic(&Caller::lasti())
             .is_none());
         config.username = Some("u".into());
         config.password = Some(Secret::new("p".into()));
         let header = Auth::new(Credentials::of_upstream(&config), Arc::default())
-            .basic()
+            .basic(&Caller::lasti())
             .unwrap();
         assert!(header.is_sensitive());
         assert_eq!(header.to_str().unwrap(), "Basic dTpw");

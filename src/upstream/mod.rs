@@ -6,6 +6,7 @@
 //! upstream's answers onto [`Error`].
 
 pub mod auth;
+pub mod caller;
 pub mod client;
 pub mod push;
 mod requests;
@@ -24,6 +25,7 @@ use crate::oci::RepoName;
 use auth::Auth;
 use client::HttpClient;
 
+pub use caller::{Caller, ClientCredential};
 pub use requests::{BlobHead, BlobResponse, FetchedManifest, ManifestHead, Referrers, TagList};
 pub use routing::Upstreams;
 
@@ -36,6 +38,8 @@ pub struct Upstream {
     tag_rules: Vec<(GlobMatcher, GlobMatcher, Duration)>,
     allow: Option<GlobSet>,
     deny: Option<GlobSet>,
+    /// Takes a client credential whose user name names no upstream.
+    unnamed_credentials: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -74,8 +78,46 @@ impl Upstream {
             tag_rules,
             allow,
             deny,
+            unnamed_credentials: false,
             metrics,
         })
+    }
+
+    /// Lets a client credential whose user name names no upstream be used
+    /// here: set when this is the only upstream taking client credentials.
+    pub fn taking_unnamed_credentials(mut self, take: bool) -> Upstream {
+        self.unnamed_credentials = take;
+        self
+    }
+
+    /// Whether clients' own credentials are used towards this upstream.
+    pub fn takes_client_credentials(&self) -> bool {
+        self.config.takes_client_credentials()
+    }
+
+    /// Whether `credential` is for this upstream: its user name names it
+    /// (`ghcr.io/alice`), or names none and this is the only upstream
+    /// taking client credentials. Never for one that takes none.
+    pub fn is_for(&self, credential: &ClientCredential) -> bool {
+        if !self.takes_client_credentials() {
+            return false;
+        }
+        match credential.named_upstream() {
+            Some(name) => std::iter::once(&self.config.name)
+                .chain(&self.config.aliases)
+                .any(|n| n.eq_ignore_ascii_case(name)),
+            None => self.unnamed_credentials,
+        }
+    }
+
+    /// How long the upstream's verdict on a client is trusted.
+    pub fn client_verdict_ttl(&self) -> Duration {
+        self.config.client_verdict_ttl
+    }
+
+    /// Whether private images (served with client credentials) are back-filled.
+    pub fn backfills_private(&self) -> bool {
+        self.config.backfill_private
     }
 
     /// The configured name (`docker.io`).

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use url::Url;
 
-use super::{site, Upstream};
+use super::{site, Caller, Upstream};
 use crate::body::{self, Body, BodyError};
 use crate::cache::reader::BlobReader;
 use crate::error::{Error, Result};
@@ -57,6 +57,7 @@ impl Upstream {
         let url = self.api_url(&format!("{repo}/blobs/{digest}"))?;
         let response = self
             .call(
+                &Caller::lasti(),
                 &Method::HEAD,
                 url,
                 &HeaderMap::new(),
@@ -85,7 +86,14 @@ impl Upstream {
         let url = self.api_url(&format!("{repo}/blobs/uploads/?mount={digest}&from={from}"))?;
         let scope = format!("{} repository:{from}:pull", push_scope(repo));
         let response = self
-            .call(&Method::POST, url, &octet_headers(0), &scope, &body::empty)
+            .call(
+                &Caller::lasti(),
+                &Method::POST,
+                url,
+                &octet_headers(0),
+                &scope,
+                &body::empty,
+            )
             .await?;
         match response.status() {
             StatusCode::CREATED => Ok(true),
@@ -112,6 +120,7 @@ impl Upstream {
         let start = self.api_url(&format!("{repo}/blobs/uploads/"))?;
         let response = self
             .call(
+                &Caller::lasti(),
                 &Method::POST,
                 start,
                 &octet_headers(0),
@@ -129,6 +138,7 @@ impl Upstream {
                 headers.insert(header::CONTENT_RANGE, range);
                 let response = self
                     .call(
+                        &Caller::lasti(),
                         &Method::PATCH,
                         location,
                         &headers,
@@ -151,7 +161,14 @@ impl Upstream {
         };
         let body = file_body(&file, body_range.0, body_range.1);
         let response = self
-            .call(&Method::PUT, finish, &octet_headers(len), &scope, &body)
+            .call(
+                &Caller::lasti(),
+                &Method::PUT,
+                finish,
+                &octet_headers(len),
+                &scope,
+                &body,
+            )
             .await?;
         self.expect_success(response, Error::BlobUnknown)
             .await
@@ -201,7 +218,14 @@ impl Upstream {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         let body = move || body::full(bytes.clone());
         let response = self
-            .call(&Method::PUT, url, &headers, &push_scope(repo), &body)
+            .call(
+                &Caller::lasti(),
+                &Method::PUT,
+                url,
+                &headers,
+                &push_scope(repo),
+                &body,
+            )
             .await?;
         self.expect_success(response, Error::ManifestUnknown)
             .await

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use rand::Rng;
 use url::Url;
 
+use super::caller::Caller;
 use super::client::{self, SendError};
 use super::site;
 use super::Upstream;
@@ -119,13 +120,14 @@ impl Upstream {
     /// `HEAD /v2/<repo>/manifests/<reference>`.
     pub async fn head_manifest(
         &self,
+        caller: &Caller,
         repo: &RepoName,
         reference: &str,
         accept: &str,
     ) -> Result<ManifestHead> {
         let path = format!("{repo}/manifests/{reference}");
         let response = self
-            .request(Method::HEAD, &path, accept_header(accept), repo)
+            .request(caller, Method::HEAD, &path, accept_header(accept), repo)
             .await?;
         let response = self
             .expect_success(response, Error::ManifestUnknown)
@@ -141,6 +143,7 @@ impl Upstream {
     /// `GET /v2/<repo>/manifests/<reference>`, refusing bodies over `limit`.
     pub async fn get_manifest(
         &self,
+        caller: &Caller,
         repo: &RepoName,
         reference: &str,
         accept: &str,
@@ -148,7 +151,7 @@ impl Upstream {
     ) -> Result<FetchedManifest> {
         let path = format!("{repo}/manifests/{reference}");
         let response = self
-            .request(Method::GET, &path, accept_header(accept), repo)
+            .request(caller, Method::GET, &path, accept_header(accept), repo)
             .await?;
         let response = self
             .expect_success(response, Error::ManifestUnknown)
@@ -173,10 +176,15 @@ impl Upstream {
     }
 
     /// `HEAD /v2/<repo>/blobs/<digest>`, following redirects.
-    pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobHead> {
+    pub async fn head_blob(
+        &self,
+        caller: &Caller,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobHead> {
         let path = format!("{repo}/blobs/{digest}");
         let response = self
-            .request(Method::HEAD, &path, HeaderMap::new(), repo)
+            .request(caller, Method::HEAD, &path, HeaderMap::new(), repo)
             .await?;
         let response = self.expect_success(response, Error::BlobUnknown).await?;
         Ok(BlobHead {
@@ -188,6 +196,7 @@ impl Upstream {
     /// `GET /v2/<repo>/blobs/<digest>` from byte `offset` on, following redirects.
     pub async fn get_blob(
         &self,
+        caller: &Caller,
         repo: &RepoName,
         digest: &Digest,
         offset: u64,
@@ -198,19 +207,26 @@ impl Upstream {
             let range = HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii");
             headers.insert(header::RANGE, range);
         }
-        let response = self.request(Method::GET, &path, headers, repo).await?;
+        let response = self
+            .request(caller, Method::GET, &path, headers, repo)
+            .await?;
         let response = self.expect_success(response, Error::BlobUnknown).await?;
         BlobResponse::from_response(response, offset).map_err(|m| self.invalid(m))
     }
 
     /// `GET /v2/<repo>/tags/list`, with the client's `n` and `last`.
-    pub async fn tags(&self, repo: &RepoName, query: Option<&str>) -> Result<TagList> {
+    pub async fn tags(
+        &self,
+        caller: &Caller,
+        repo: &RepoName,
+        query: Option<&str>,
+    ) -> Result<TagList> {
         let path = match query {
             Some(q) => format!("{repo}/tags/list?{q}"),
             None => format!("{repo}/tags/list"),
         };
         let response = self
-            .request(Method::GET, &path, HeaderMap::new(), repo)
+            .request(caller, Method::GET, &path, HeaderMap::new(), repo)
             .await?;
         let response = self.expect_success(response, Error::NameUnknown).await?;
         let link = response.headers().get(header::LINK).cloned();
@@ -229,6 +245,7 @@ impl Upstream {
     /// body that is not an image index is refused.
     pub async fn referrers(
         &self,
+        caller: &Caller,
         repo: &RepoName,
         digest: &Digest,
         artifact_type: Option<&str>,
@@ -244,7 +261,7 @@ impl Upstream {
             );
         }
         let response = self
-            .request(Method::GET, &path, accept_header(OCI_INDEX), repo)
+            .request(caller, Method::GET, &path, accept_header(OCI_INDEX), repo)
             .await?;
         let response = self
             .expect_success(response, Error::ManifestUnknown)
@@ -262,6 +279,30 @@ impl Upstream {
         })
     }
 
+    /// `GET /v2/` made for `caller`: whether the upstream takes its
+    /// credentials at all (a token realm asked with no scope, or Basic).
+    /// `Ok(false)` when it refuses them.
+    pub async fn ping(&self, caller: &Caller) -> Result<bool> {
+        let url = self.api_url("")?;
+        let response = self
+            .call(
+                caller,
+                &Method::GET,
+                url,
+                &HeaderMap::new(),
+                "",
+                &body::empty,
+            )
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => Ok(true),
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Ok(false),
+            Ok(r) => Err(self.invalid(format!("/v2/ answered {}", r.status()))),
+            Err(Error::UpstreamDenied { .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// The longest pause allowed while reading a body.
     pub fn body_idle_timeout(&self) -> Duration {
         self.config.body_idle_timeout
@@ -270,6 +311,7 @@ impl Upstream {
     /// Sends a request, retrying transient failures with backoff.
     async fn request(
         &self,
+        caller: &Caller,
         method: Method,
         path: &str,
         headers: HeaderMap,
@@ -277,7 +319,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>> {
         let mut attempt = 0;
         loop {
-            let outcome = self.attempt(&method, path, &headers, repo).await;
+            let outcome = self.attempt(caller, &method, path, &headers, repo).await;
             let transient = match &outcome {
                 Ok(r) => matches!(r.status().as_u16(), 500 | 502 | 503 | 504),
                 Err(e) => e.is_retryable(),
@@ -300,6 +342,7 @@ impl Upstream {
     /// One try: credentials, one re-send after a 401 challenge, redirects.
     async fn attempt(
         &self,
+        caller: &Caller,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
@@ -307,7 +350,8 @@ impl Upstream {
     ) -> Result<Response<Incoming>> {
         let url = self.api_url(path)?;
         let scope = format!("repository:{repo}:pull");
-        self.call(method, url, headers, &scope, &body::empty).await
+        self.call(caller, method, url, headers, &scope, &body::empty)
+            .await
     }
 
     /// `<base>/v2/<path>`.
@@ -324,13 +368,14 @@ impl Upstream {
     /// registry's own origin (see [`Upstream::send`]).
     pub(crate) async fn call(
         &self,
+        caller: &Caller,
         method: &Method,
         url: Url,
         headers: &HeaderMap,
         scope: &str,
         body: &(dyn Fn() -> Body + Sync),
     ) -> Result<Response<Incoming>> {
-        let mut authorization = self.auth.header(&self.client, scope).await?;
+        let mut authorization = self.auth.header(&self.client, caller, scope).await?;
         let mut response = self
             .send(method, &url, headers, authorization.as_ref(), body())
             .await?;
@@ -343,7 +388,7 @@ impl Upstream {
                 .collect();
             if let Some(fresh) = self
                 .auth
-                .challenge(&self.client, &challenges, scope)
+                .challenge(&self.client, caller, &challenges, scope)
                 .await?
             {
                 response = self

@@ -25,14 +25,18 @@ impl Upstreams {
     pub fn new(configs: &[UpstreamConfig], metrics: Arc<Metrics>) -> Result<Upstreams, String> {
         let mut list = Vec::new();
         let mut by_name = HashMap::new();
+        // A credential whose user name names no upstream goes to the one
+        // upstream that takes client credentials, never to one of several.
+        let takers = configs
+            .iter()
+            .filter(|c| c.takes_client_credentials())
+            .count();
         for (i, config) in configs.iter().enumerate() {
             for name in std::iter::once(&config.name).chain(&config.aliases) {
                 by_name.insert(name.to_ascii_lowercase(), i);
             }
-            list.push(Arc::new(Upstream::new(
-                config.clone(),
-                Arc::clone(&metrics),
-            )?));
+            let upstream = Upstream::new(config.clone(), Arc::clone(&metrics))?;
+            list.push(Arc::new(upstream.taking_unnamed_credentials(takers == 1)));
         }
         if list.is_empty() {
             return Err("no upstream configured".into());
