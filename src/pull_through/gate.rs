@@ -19,7 +19,9 @@
 //! Concurrent checks of one key are one upstream request (moka's entry
 //! initialisation is single-flight); a failed check (the upstream cannot be
 //! reached) is not remembered, and refuses the request: private content is
-//! never served without a fresh yes.
+//! never served without a fresh yes. A repository found public stays public
+//! through an outage of its upstream (for a day at most), so cached public
+//! images are served as they are from any other upstream.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +41,10 @@ pub const REFUSAL_TTL: Duration = Duration::from_secs(30);
 /// Verdicts kept at most (per process): far more (client, repository)
 /// pairs than a cluster pulls in a TTL, and a few MiB.
 const VERDICTS: u64 = 100_000;
+/// How long a repository found public stays public while its upstream
+/// cannot be asked: public content keeps being served through an outage
+/// (private content never is without a fresh verdict).
+const ONCE_PUBLIC_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// (repository, digest) pairs kept at most; one forgotten is asked again.
 const MEMBERS: u64 = 200_000;
 
@@ -106,6 +112,9 @@ impl Grant {
 pub(super) struct Gate {
     verdicts: moka::future::Cache<VerdictKey, Verdict>,
     members: moka::sync::Cache<(String, RepoName, Digest), ()>,
+    /// Repositories an anonymous client could pull when last asked, for
+    /// [`ONCE_PUBLIC_TTL`]: served as public while the upstream is down.
+    once_public: moka::sync::Cache<(String, RepoName), ()>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -125,6 +134,10 @@ impl Default for Gate {
                 .expire_after(ByVerdict)
                 .build(),
             members: moka::sync::Cache::builder().max_capacity(MEMBERS).build(),
+            once_public: moka::sync::Cache::builder()
+                .max_capacity(VERDICTS)
+                .time_to_live(ONCE_PUBLIC_TTL)
+                .build(),
         }
     }
 }
@@ -143,7 +156,18 @@ impl Gate {
             return Ok(Grant::open());
         }
         let anonymous = Caller::lasti();
-        if self.verdict(upstream, repo, &anonymous, probe).await? {
+        let asked = self.verdict(upstream, repo, &anonymous, probe).await;
+        let once_public = (upstream.name().to_string(), repo.clone());
+        let public = match &asked {
+            Ok(public) => *public,
+            // Public when last asked: the upstream's outage keeps it so.
+            Err(err) if unreachable(err) => self.once_public.contains_key(&once_public),
+            Err(_) => false,
+        };
+        if public {
+            if asked.is_ok() {
+                self.once_public.insert(once_public, ());
+            }
             return Ok(Grant {
                 caller: anonymous,
                 public: true,
@@ -151,6 +175,8 @@ impl Gate {
             });
         }
         let Some(credential) = caller.credential().filter(|c| upstream.is_for(c)) else {
+            // A 404 to an anonymous probe is the answer; so is an outage.
+            asked?;
             return Err(refused(upstream, repo, caller));
         };
         let caller = Caller::client(Arc::clone(credential));
@@ -344,6 +370,16 @@ async fn check(
         Err(Error::UpstreamDenied { .. }) => Ok(false),
         Err(err) => Err(err),
     }
+}
+
+/// An upstream that could not answer, rather than one that said no.
+fn unreachable(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::UpstreamUnavailable { .. }
+            | Error::UpstreamTimeout { .. }
+            | Error::UpstreamTooManyRequests { .. }
+    )
 }
 
 /// A 404 of some kind.

@@ -3,7 +3,10 @@
 //! that tests switch on and off while it runs.
 //!
 //! Content is global, not per repository: any repository name finds any
-//! stored blob, manifest or tag, which keeps tests short. Faults are keyed by
+//! stored blob, manifest or tag, which keeps tests short; with
+//! [`FakeUpstream::scope_users`] (a token service that grants pull access
+//! per user and repository), content stored per repository is served only
+//! under it. Faults are keyed by
 //! the last path segment (a digest or a tag), so one fault covers the
 //! `GET`s and `HEAD`s of that object in every repository. Every request is
 //! recorded, the token realm's too, so tests can count upstream traffic and
@@ -32,6 +35,7 @@ use self::route::Route;
 mod content;
 mod reply;
 mod route;
+mod scopes;
 
 // Each test crate uses a different part of this re-export.
 #[allow(unused_imports)]
@@ -124,6 +128,9 @@ struct State {
     headers: Vec<(String, String)>,
     referrers: HashMap<String, serde_json::Value>,
     seen: Vec<Seen>,
+    scopes: Option<scopes::Scopes>,
+    /// This fake's own base URL, for the realm of [`scopes::Scopes`].
+    own_url: Option<String>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -148,6 +155,7 @@ impl FakeUpstream {
             .expect("bind the fake upstream");
         let addr = listener.local_addr().expect("fake upstream address");
         let state = Shared::default();
+        state.lock().unwrap().own_url = Some(format!("http://{addr}"));
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
         FakeUpstream { addr, state, task }
     }
@@ -237,6 +245,50 @@ impl FakeUpstream {
             token: token.to_string(),
             basic: basic.map(|(user, password)| basic_header(user, password)),
         });
+    }
+
+    /// Grants pull access per repository from now on, through this fake's
+    /// own `/token`: each `(user, password, repositories)` may pull those,
+    /// anyone (anonymous too) may pull `public`, and content stored with
+    /// [`FakeUpstream::put_blob_in`] and [`FakeUpstream::put_manifest_in`]
+    /// is served only under its repository.
+    pub fn scope_users(&self, users: &[(&str, &str, &[&str])], public: &[&str]) {
+        let mut state = self.state();
+        let scopes = state.scopes.get_or_insert_with(Default::default);
+        for (user, password, repos) in users {
+            let repos = repos.iter().map(|r| r.to_string()).collect();
+            scopes
+                .users
+                .insert(basic_header(user, password), (user.to_string(), repos));
+        }
+        scopes.public = public.iter().map(|r| r.to_string()).collect();
+    }
+
+    /// Stores a blob held by `repo` only; returns its digest.
+    pub fn put_blob_in(&self, repo: &str, bytes: impl Into<Bytes>) -> String {
+        let digest = self.put_blob(bytes);
+        let mut state = self.state();
+        let scopes = state.scopes.get_or_insert_with(Default::default);
+        scopes
+            .holds
+            .entry(repo.to_string())
+            .or_default()
+            .insert(digest.clone());
+        digest
+    }
+
+    /// Stores a manifest held by `repo` only, tagged `tag` there; returns
+    /// its digest.
+    pub fn put_manifest_in(&self, repo: &str, tag: &str, bytes: impl Into<Bytes>) -> String {
+        let bytes = bytes.into();
+        let digest = digest_of(&bytes);
+        let mut state = self.state();
+        state.manifests.insert(digest.clone(), bytes);
+        let scopes = state.scopes.get_or_insert_with(Default::default);
+        let held = scopes.holds.entry(repo.to_string()).or_default();
+        held.insert(digest.clone());
+        scopes.tags.insert(format!("{repo}:{tag}"), digest.clone());
+        digest
     }
 
     /// Every request received so far, in order.
@@ -351,6 +403,16 @@ fn respond(state: &Shared, request: &Request<Incoming>) -> Response<FakeBody> {
 
 impl State {
     fn token(&self, request: &Request<Incoming>) -> Response<FakeBody> {
+        if let Some(scopes) = &self.scopes {
+            let sent = header_text(request, header::AUTHORIZATION);
+            return match scopes.token_for(sent.as_deref()) {
+                Some(token) => {
+                    let body = serde_json::json!({"token": token, "expires_in": 300});
+                    reply::json(StatusCode::OK, body.to_string())
+                }
+                None => status(401, None, "UNAUTHORIZED"),
+            };
+        }
         let Some(issuer) = &self.issuer else {
             return status(404, None, "NAME_UNKNOWN");
         };
@@ -363,12 +425,23 @@ impl State {
     }
 
     fn challenge(&self, request: &Request<Incoming>, route: &Route) -> Option<Response<FakeBody>> {
-        let bearer = self.bearer.as_ref()?;
         let sent = header_text(request, header::AUTHORIZATION);
-        if sent.as_deref() == Some(format!("Bearer {}", bearer.token).as_str()) {
-            return None;
-        }
-        let mut value = format!("Bearer realm=\"{}\",service=\"{SERVICE}\"", bearer.realm);
+        let realm = match (&self.scopes, &self.bearer) {
+            (Some(scopes), _) => {
+                if scopes.covers(sent.as_deref(), route.name()) {
+                    return None;
+                }
+                format!("{}/token", self.own_url.as_deref().unwrap_or(""))
+            }
+            (None, Some(bearer)) => {
+                if sent.as_deref() == Some(format!("Bearer {}", bearer.token).as_str()) {
+                    return None;
+                }
+                bearer.realm.clone()
+            }
+            (None, None) => return None,
+        };
+        let mut value = format!("Bearer realm=\"{realm}\",service=\"{SERVICE}\"");
         if let Some(name) = route.name() {
             value.push_str(&format!(",scope=\"repository:{name}:pull\""));
         }
@@ -435,6 +508,26 @@ impl State {
                 tags.sort();
                 let body = serde_json::json!({"name": name, "tags": tags});
                 return reply::json(StatusCode::OK, body.to_string());
+            }
+            Route::Manifest { name, reference } if self.scopes.is_some() => {
+                let scopes = self.scopes.as_ref().expect("checked");
+                let tagged = scopes.tags.get(&format!("{name}:{reference}"));
+                let digest = tagged.map_or(*reference, String::as_str);
+                match self.manifests.get(digest) {
+                    Some(bytes) if scopes.holds(name, digest) => {
+                        (bytes.clone(), OCI_MANIFEST, digest)
+                    }
+                    _ => return status(404, None, "MANIFEST_UNKNOWN"),
+                }
+            }
+            Route::Blob { name, digest } if self.scopes.is_some() => {
+                let scopes = self.scopes.as_ref().expect("checked");
+                match self.blobs.get(*digest) {
+                    Some(bytes) if scopes.holds(name, digest) => {
+                        (bytes.clone(), "application/octet-stream", *digest)
+                    }
+                    _ => return status(404, None, "BLOB_UNKNOWN"),
+                }
             }
             Route::Manifest { reference, .. } => {
                 let digest = self.tags.get(*reference).map_or(*reference, String::as_str);
