@@ -83,6 +83,7 @@ async fn a_pulled_image_lands_in_the_project_with_identical_digests() {
     let upstream = Registry::start();
     let target = Registry::start_with(RegistryOptions {
         htpasswd: Some(("unused".into(), TOKEN.into())),
+        ..Default::default()
     });
     let work = TempDir::new().unwrap();
     let image = push_image(&upstream, &work, "centos", 1, &[KIB, 2 * MIB]).await;
@@ -127,6 +128,7 @@ async fn a_multi_platform_index_lands_with_every_platform() {
     let upstream = Registry::start();
     let target = Registry::start_with(RegistryOptions {
         htpasswd: Some(("unused".into(), TOKEN.into())),
+        ..Default::default()
     });
     let work = TempDir::new().unwrap();
     let specs = [
@@ -305,6 +307,7 @@ async fn misses_read_through_the_project_and_survive_a_lost_upstream() {
     let upstream = Registry::start();
     let target = Registry::start_with(RegistryOptions {
         htpasswd: Some(("unused".into(), TOKEN.into())),
+        ..Default::default()
     });
     let work = TempDir::new().unwrap();
     let image = push_image(&upstream, &work, "kept", 7, &[KIB, 512 * KIB]).await;

@@ -378,6 +378,7 @@ async fn an_image_served_by_two_replicas_is_back_filled_by_its_owner_alone() {
     let token = "sa-token-of-the-project";
     let target = Registry::start_with(common::registry::RegistryOptions {
         htpasswd: Some(("unused".into(), token.into())),
+        ..Default::default()
     });
     let work = TempDir::new().unwrap();
     let spec = ImageSpec::linux_amd64(28, &[4096, 8192]);

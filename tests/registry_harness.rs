@@ -145,6 +145,7 @@ async fn two_platform_index_round_trips_byte_for_byte() {
 async fn htpasswd_registry_demands_basic_auth() {
     let options = RegistryOptions {
         htpasswd: Some(("tester".into(), "s3cret".into())),
+        ..Default::default()
     };
     let registry = Registry::start_with(options);
     let status = |basic| common::http_get_status(registry.addr(), "/v2/", basic).unwrap();

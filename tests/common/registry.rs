@@ -47,6 +47,9 @@ pub const HTPASSWD_REALM: &str = "lasti-test";
 pub struct RegistryOptions {
     /// Require HTTP Basic auth with this `(user, password)` (htpasswd, bcrypt).
     pub htpasswd: Option<(String, String)>,
+    /// More users of the htpasswd file (each may pull and push everything,
+    /// as distribution's htpasswd auth has no per-repository rules).
+    pub more_users: Vec<(String, String)>,
 }
 
 /// A running distribution registry on `127.0.0.1:<port>`.
@@ -81,8 +84,9 @@ impl Registry {
             .prefix("lasti-registry-")
             .tempdir()
             .expect("create registry temp dir");
-        if let Some((user, password)) = &options.htpasswd {
-            write_htpasswd(&dir.path().join("htpasswd"), user, password);
+        if let Some(first) = &options.htpasswd {
+            let users: Vec<_> = std::iter::once(first).chain(&options.more_users).collect();
+            write_htpasswd(&dir.path().join("htpasswd"), &users);
         }
         let log_path = dir.path().join("registry.log");
         let mut last_log = String::new();
@@ -319,23 +323,28 @@ fn yaml_str(path: &Path) -> String {
 }
 
 /// Writes a one-user bcrypt htpasswd file using `htpasswd -Bbn`.
-fn write_htpasswd(path: &Path, user: &str, password: &str) {
+fn write_htpasswd(path: &Path, users: &[&(String, String)]) {
     assert!(
         Path::new(HTPASSWD_BIN).exists(),
         "{HTPASSWD_BIN} is missing: htpasswd auth needs the Debian package `apache2-utils`; \
          run the test command from the README, which installs it"
     );
-    let out = Command::new(HTPASSWD_BIN)
-        .args(["-Bbn", user, password])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run htpasswd");
-    assert!(
-        out.status.success(),
-        "htpasswd -Bbn failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::write(path, &out.stdout).expect("write htpasswd file");
+    let mut lines = Vec::new();
+    for (user, password) in users {
+        let out = Command::new(HTPASSWD_BIN)
+            .args(["-Bbn", user, password])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run htpasswd");
+        assert!(
+            out.status.success(),
+            "htpasswd -Bbn failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines.extend_from_slice(out.stdout.trim_ascii_end());
+        lines.push(b'\n');
+    }
+    fs::write(path, &lines).expect("write htpasswd file");
 }
 
 /// Whether the access log at `path` shows a `GET /v2/` (a readiness probe).
