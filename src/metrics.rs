@@ -39,6 +39,7 @@ pub struct Metrics {
     upstream_ratelimit_limit: IntGaugeVec,
     upstream_ratelimit_remaining: IntGaugeVec,
     token_fetches: IntCounterVec,
+    access_checks: IntCounterVec,
     digest_failures: IntCounter,
     cache_write_failures: IntCounter,
     cache_size: IntGauge,
@@ -179,6 +180,7 @@ impl Metrics {
             upstream_ratelimit_limit: gauge_vec(r, "lasti_upstream_ratelimit_limit", "The pull quota an upstream reports (Docker Hub's RateLimit-Limit).", &["upstream"]),
             upstream_ratelimit_remaining: gauge_vec(r, "lasti_upstream_ratelimit_remaining", "Pulls left in the upstream's window (Docker Hub's RateLimit-Remaining).", &["upstream"]),
             token_fetches: counter(r, "lasti_token_fetches_total", "Tokens fetched from registries' token realms.", &["upstream"]),
+            access_checks: counter(r, "lasti_access_checks_total", "Upstream checks of whether a client may pull a repository (credentials = \"client\"), by identity (anonymous, client) and verdict (allowed, refused, absent, failed).", &["upstream", "identity", "verdict"]),
             digest_failures: single(r, "lasti_digest_failures_total", "Blobs from an upstream that failed their digest or length check (never stored)."),
             cache_write_failures: single(r, "lasti_cache_write_failures_total", "Blobs streamed to clients but not cached, because the cache file could not be written (a full disk)."),
             cache_size: gauge(r, "lasti_cache_size_bytes", "Bytes held in the blob store."),
@@ -377,6 +379,13 @@ impl Metrics {
     /// A token fetched from a realm.
     pub fn token_fetched(&self, upstream: &str) {
         self.token_fetches.with_label_values(&[upstream]).inc();
+    }
+
+    /// One access check asked of an upstream (`credentials = "client"`).
+    pub fn access_check(&self, upstream: &str, identity: &'static str, verdict: &'static str) {
+        self.access_checks
+            .with_label_values(&[upstream, identity, verdict])
+            .inc();
     }
 
     /// A blob rejected for its digest or length.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::checks::{assert_oci_error, assert_whole, within};
 use common::fake_upstream::{blob_path, image_manifest, manifest_path, random_blob, FakeUpstream};
-use common::http::{get, head, Reply};
+use common::http::{get, head, metric, Reply};
 use common::lasti::{config, Lasti};
 use http::{Method, StatusCode};
 use lasti::config::{Config, CredentialSource};
@@ -272,6 +272,23 @@ async fn a_private_image_is_served_only_to_clients_its_upstream_serves() {
             "a private hit asks nothing"
         );
         assert_eq!(s.fake.gets(&x_layer), 1, "fetched once");
+        let admin = s.lasti.admin_url();
+        let checks = |identity: &str, verdict: &str| {
+            let labels = [
+                format!("identity=\"{identity}\""),
+                format!("verdict=\"{verdict}\""),
+            ];
+            let admin = admin.clone();
+            async move {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                metric(&admin, "lasti_access_checks_total", &labels).await
+            }
+        };
+        // alice's team/x and bob's team/y were each checked once; bob's
+        // team/x was refused; the anonymous check of lib/pub found it public.
+        assert_eq!(checks("client", "allowed").await, 2);
+        assert!(checks("client", "refused").await >= 1);
+        assert!(checks("anonymous", "allowed").await >= 1);
     })
     .await;
 }
@@ -368,4 +385,79 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Two replicas of one cluster in front of the scoped upstream.
+fn replica(fake: &FakeUpstream, me: &str, members: &[String]) -> Config {
+    let mut cfg = client_config(fake, Duration::from_secs(60));
+    cfg.cluster.listen = Some(me.parse().unwrap());
+    cfg.cluster.advertise = Some(me.to_string());
+    cfg.cluster.peers = members.to_vec();
+    cfg.cluster.secret = Some(lasti::secret::Secret::new("one-cluster".into()));
+    cfg
+}
+
+/// Private content never crosses the peer port: each replica fetches a
+/// private blob with its own client's credential (once per replica),
+/// while a public blob is fetched once for the cluster. A token one
+/// replica issued opens at the other (their keys come from the cluster's
+/// secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_fetch_private_blobs_themselves_and_share_public_ones() {
+    within(async {
+        let fake = FakeUpstream::start().await;
+        fake.scope_users(&[("alice", "alice-pw", &["team/x"])], &["lib/pub"]);
+        let blobs = |repo: &str| -> Vec<(String, Bytes)> {
+            (0..6)
+                .map(|_| {
+                    let bytes = random_blob(20_000);
+                    (fake.put_blob_in(repo, bytes.clone()), bytes)
+                })
+                .collect()
+        };
+        let (private, public) = (blobs("team/x"), blobs("lib/pub"));
+        let members: Vec<String> = (0..2)
+            .map(|_| format!("127.0.0.1:{}", common::free_port()))
+            .collect();
+        let a = Lasti::start_with(replica(&fake, &members[0], &members), None).await;
+        let b = Lasti::start_with(replica(&fake, &members[1], &members), None).await;
+
+        let token = token(&a, Some(("alice", "alice-pw"))).await.unwrap();
+        let bearer = format!("Bearer {token}");
+        for lasti in [&a, &b] {
+            for (repo, list) in [("team/x", &private), ("lib/pub", &public)] {
+                for (digest, bytes) in list {
+                    let url = format!("{}{}", lasti.url(), blob_path(repo, digest));
+                    let reply = get(&url, &[("authorization", &bearer)]).await;
+                    assert_whole(&reply, bytes);
+                }
+            }
+        }
+        // GETs that carried a token: a replica's first request to the
+        // upstream goes without one, and its 401 teaches it the realm.
+        let fetches = |path: String, token: &str| {
+            let requests = fake.requests().into_iter();
+            requests
+                .filter(|r| r.method == Method::GET && r.path == path)
+                .filter(|r| r.authorization.as_deref() == Some(token))
+                .count()
+        };
+        for (digest, _) in &private {
+            let gets = fetches(blob_path("team/x", digest), "Bearer scoped-alice");
+            assert_eq!(gets, 2, "once per replica, never through a peer: {digest}");
+        }
+        for (digest, _) in &public {
+            let gets = fetches(blob_path("lib/pub", digest), "Bearer scoped-");
+            assert_eq!(gets, 1, "once for the cluster: {digest}");
+        }
+        // Each public blob reached one replica through the other; no
+        // private one did.
+        let mut through_peers = 0;
+        for lasti in [&a, &b] {
+            let admin = lasti.admin_url();
+            through_peers += metric(&admin, "lasti_fill_sources_total", &["tier=\"peer\""]).await;
+        }
+        assert_eq!(through_peers, public.len() as u64);
+    })
+    .await;
 }

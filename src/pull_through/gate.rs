@@ -157,16 +157,16 @@ impl Gate {
         }
         let anonymous = Caller::lasti();
         let asked = self.verdict(upstream, repo, &anonymous, probe).await;
-        let once_public = (upstream.name().to_string(), repo.clone());
+        let once_public = || (upstream.name().to_string(), repo.clone());
         let public = match &asked {
-            Ok(public) => *public,
+            Ok((public, _)) => *public,
             // Public when last asked: the upstream's outage keeps it so.
-            Err(err) if unreachable(err) => self.once_public.contains_key(&once_public),
+            Err(err) if unreachable(err) => self.once_public.contains_key(&once_public()),
             Err(_) => false,
         };
         if public {
-            if asked.is_ok() {
-                self.once_public.insert(once_public, ());
+            if let Ok((_, true)) = asked {
+                self.once_public.insert(once_public(), ());
             }
             return Ok(Grant {
                 caller: anonymous,
@@ -180,7 +180,7 @@ impl Gate {
             return Err(refused(upstream, repo, caller));
         };
         let caller = Caller::client(Arc::clone(credential));
-        match self.verdict(upstream, repo, &caller, probe).await? {
+        match self.verdict(upstream, repo, &caller, probe).await?.0 {
             true => Ok(Grant {
                 caller,
                 public: false,
@@ -202,12 +202,15 @@ impl Gate {
         repo: &RepoName,
         caller: &Caller,
         probe: Probe<'_>,
-    ) -> Result<bool> {
+    ) -> Result<(bool, bool)> {
         let key = VerdictKey {
             who: caller.credential().map(|c| c.fingerprint()),
             upstream: upstream.name().to_string(),
             repo: Some(repo.clone()),
         };
+        if let Some(kept) = self.verdicts.get(&key).await {
+            return Ok((kept.allowed, false));
+        }
         let ttl = upstream.client_verdict_ttl();
         let ran = std::sync::atomic::AtomicBool::new(false);
         let entry = self
@@ -224,7 +227,7 @@ impl Gate {
                 if entry.is_fresh() && entry.value().allowed {
                     self.saw_probed(upstream, repo, probe);
                 }
-                entry.value().allowed
+                return Ok((entry.value().allowed, entry.is_fresh()));
             }
             Err(err) if ran.into_inner() || !is_absent(&err) => return Err((*err).clone()),
             Err(_) => {
@@ -236,7 +239,7 @@ impl Gate {
                 allowed
             }
         };
-        Ok(allowed)
+        Ok((allowed, true))
     }
 
     /// Whether the upstream takes `caller`'s credential at all (`GET /v2/`
@@ -365,11 +368,19 @@ async fn check(
             .map(drop),
         Probe::Blob(digest) => upstream.head_blob(caller, repo, digest).await.map(drop),
     };
-    match asked {
+    let verdict = match asked {
         Ok(()) => Ok(true),
         Err(Error::UpstreamDenied { .. }) => Ok(false),
         Err(err) => Err(err),
-    }
+    };
+    let label = match &verdict {
+        Ok(true) => "allowed",
+        Ok(false) => "refused",
+        Err(err) if is_absent(err) => "absent",
+        Err(_) => "failed",
+    };
+    upstream.access_checked(caller.credential().is_some(), label);
+    verdict
 }
 
 /// An upstream that could not answer, rather than one that said no.

@@ -115,6 +115,12 @@ impl Upstream {
         self.config.client_verdict_ttl
     }
 
+    /// Counts one access check asked of this upstream for a client.
+    pub fn access_checked(&self, client: bool, verdict: &'static str) {
+        let identity = if client { "client" } else { "anonymous" };
+        self.metrics.access_check(self.name(), identity, verdict);
+    }
+
     /// Whether private images (served with client credentials) are back-filled.
     pub fn backfills_private(&self) -> bool {
         self.config.backfill_private
