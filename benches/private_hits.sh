@@ -165,7 +165,7 @@ measure() { # case
   out=$(h2load -c "$CONNS" -m 1 -n "$REQUESTS" -H "${HEADER[$case]}" "${URL[$case]}" 2>&1)
   # shellcheck disable=SC2086
   after=$(cpu_us ${SPIDS[${PROC[$case]}]})
-  grep -q " 0 failed, 0 errored" <<<"$out" && grep -q "2xx: $REQUESTS," <<<"$out" ||
+  grep -q " 0 failed, 0 errored" <<<"$out" && grep -q "status codes: $REQUESTS 2xx" <<<"$out" ||
     { echo "h2load reported errors for $case" >&2; echo "$out" >&2; exit 1; }
   rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
   echo "$rps $(( (after - before) / REQUESTS ))"

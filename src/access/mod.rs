@@ -142,10 +142,8 @@ impl Access {
             .map(|(_, token)| token.trim())
             .filter(|token| ClientTokens::is_ours(token));
         if let Some(token) = token {
-            return match tokens.open(token) {
-                Ok(credential) => Ok(credential
-                    .map(|c| Caller::client(Arc::new(c)))
-                    .unwrap_or_default()),
+            return match tokens.caller(header, token) {
+                Ok(caller) => Ok(caller),
                 Err(TokenError::Expired) => Err(refused("the token has expired")),
                 Err(TokenError::Invalid) => Err(refused("the token was not issued by this lasti")),
             };
