@@ -436,6 +436,27 @@ mod tests {
     }
 
     #[test]
+    fn client_credentials_take_no_configured_ones_and_no_authenticated_front_door() {
+        let check = |extra: &str| {
+            let text = format!(
+                "[[upstream]]\nname = \"docker.io\"\nurl = \"https://r.example\"\n\
+                 credentials = \"client\"\n{extra}"
+            );
+            Config::from_toml(&text)
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        assert!(check("").is_ok());
+        let with_user = check("username = \"me\"\n").unwrap_err();
+        assert!(with_user.contains("takes no username"), "{with_user}");
+        let authenticated = "[access]\nmode = \"authenticated\"\ntokens_file = \"/dev/null\"\n";
+        let both = check(authenticated).unwrap_err();
+        assert!(both.contains("both claim"), "{both}");
+        assert!(check("client_verdict_ttl = \"0s\"\n").is_err());
+    }
+
+    #[test]
     fn the_built_in_defaults_are_the_shipped_files() {
         let shipped = Config::from_toml(SHIPPED_CONFIG).unwrap();
         assert_eq!(

@@ -335,7 +335,13 @@ impl Proxy {
             Some(credential) if upstream.is_for(credential) => caller.clone(),
             _ => Caller::lasti(),
         };
-        upstream.tags(&caller, repo, query).await
+        match upstream.tags(&caller, repo, query).await {
+            // The upstream's no to a client: ask it for (other) credentials.
+            Err(Error::UpstreamDenied { message, .. }) if upstream.takes_client_credentials() => {
+                Err(Error::ClientRefused(message))
+            }
+            other => other,
+        }
     }
 
     /// Whether `caller`'s credential is one an upstream here takes and
