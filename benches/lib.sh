@@ -137,3 +137,13 @@ EOF
   wait_port "$2"
   LASTI_PID=$(pgrep -P "$LASTI_WRAPPER")
 }
+
+# CPU time (µs) used so far by a list of PIDs.
+cpu_us() {
+  local total=0 pid ticks
+  for pid in "$@"; do
+    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    total=$((total + ticks))
+  done
+  echo $((total * 1000000 / $(getconf CLK_TCK)))
+}

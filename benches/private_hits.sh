@@ -149,15 +149,6 @@ declare -A PROC=(
   [client_public]=client [client_anon]=client [client_private]=client
 )
 
-cpu_us() {
-  local total=0 pid ticks
-  for pid in "$@"; do
-    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    total=$((total + ticks))
-  done
-  echo $((total * 1000000 / $(getconf CLK_TCK)))
-}
-
 measure() { # case
   local case=$1 before after out rps
   # shellcheck disable=SC2086 # a list of PIDs
@@ -170,8 +161,6 @@ measure() { # case
   rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
   echo "$rps $(( (after - before) / REQUESTS ))"
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # The miss, then a hit, for each case.
 for case in "${CASES[@]}"; do

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 
+use super::manifests::unreachable;
 use crate::error::{Error, Result};
 use crate::oci::manifest::{ImageIndex, ImageManifest};
 use crate::oci::media_type::DEFAULT_MANIFEST_ACCEPT;
@@ -381,16 +382,6 @@ async fn check(
     };
     upstream.access_checked(caller.credential().is_some(), label);
     verdict
-}
-
-/// An upstream that could not answer, rather than one that said no.
-fn unreachable(err: &Error) -> bool {
-    matches!(
-        err,
-        Error::UpstreamUnavailable { .. }
-            | Error::UpstreamTimeout { .. }
-            | Error::UpstreamTooManyRequests { .. }
-    )
 }
 
 /// A 404 of some kind.

@@ -126,8 +126,9 @@ impl ManifestAnswer {
     }
 }
 
-/// Whether an upstream failure should make lasti serve what it has.
-fn unreachable(err: &Error) -> bool {
+/// Whether an upstream failure should make lasti serve what it has: it
+/// could not answer, rather than said no.
+pub(super) fn unreachable(err: &Error) -> bool {
     matches!(
         err,
         Error::UpstreamUnavailable { .. }
