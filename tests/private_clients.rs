@@ -235,3 +235,50 @@ async fn docker_as_a_mirror_pulls_public_images_anonymously_and_private_ones_wit
         "the upstream was asked with alice's credentials"
     );
 }
+
+/// The project's token, for the back-fill target.
+const TARGET_TOKEN: &str = "project-token";
+
+/// A private image is back-filled into the project only with
+/// `backfill_private = true`: the project's pull access (often every
+/// authenticated user of the cluster) may be wider than the upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_image_is_back_filled_only_when_the_upstream_is_told_so() {
+    let (registry, work) = (private_registry(), TempDir::new().unwrap());
+    push(&registry, &work, 2805).await;
+    let jobs = |status: &serde_json::Value| {
+        ["recent", "pending", "failed"]
+            .iter()
+            .map(|list| status[list].as_array().map(Vec::len).unwrap_or(0))
+            .sum::<usize>()
+    };
+    for backfill_private in [false, true] {
+        let target = Registry::start_with(RegistryOptions {
+            htpasswd: Some(("unused".into(), TARGET_TOKEN.into())),
+            ..Default::default()
+        });
+        let mut cfg = client_mode(&registry.url());
+        cfg.upstreams[0].backfill_private = backfill_private;
+        cfg.target.url = Some(url::Url::parse(&target.url()).unwrap());
+        cfg.target.project = Some("proj".into());
+        cfg.target.token = Some(lasti::secret::Secret::new(TARGET_TOKEN.into()));
+        let lasti = Lasti::start_with(cfg, None).await;
+        let out = work.path().join(format!("pulled-{backfill_private}"));
+        skopeo_pull(&lasti, Some(ALICE), &out).await.unwrap();
+        let limit = std::time::Duration::from_secs(30);
+        if backfill_private {
+            let status = lasti
+                .backfill_status_when(limit, |s| {
+                    s["recent"].as_array().is_some_and(|r| r.len() == 1)
+                })
+                .await;
+            assert_eq!(jobs(&status), 1, "pushed once: {status:#}");
+        } else {
+            // What is offered is queued at once; give it a moment anyway.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let status = lasti.backfill_status_when(limit, |_| true).await;
+            assert_eq!(jobs(&status), 0, "nothing queued: {status:#}");
+            assert_eq!(target.count_requests("PUT", "/manifests/"), 0);
+        }
+    }
+}

@@ -178,11 +178,24 @@ impl Push<'_> {
         if let Some(blob) = cache.stored_blob(digest).await? {
             return Ok(blob);
         }
-        let answer = self
+        let answer = match self
             .ctx
             .proxy
             .own_blob(&self.upstream, &self.repo, digest)
-            .await?;
+            .await
+        {
+            // A private image's blob (credentials = "client") is lasti's
+            // to push, not to fetch: a client's pull brings it; try again.
+            Err(Error::UpstreamDenied { .. }) if self.upstream.takes_client_credentials() => {
+                return Err(Error::UpstreamUnavailable {
+                    upstream: self.upstream.name().to_string(),
+                    message: format!(
+                        "{digest} of a private image is not cached yet; waiting for a client's pull"
+                    ),
+                })
+            }
+            other => other?,
+        };
         if let Some(reader) = answer.reader {
             use futures_util::StreamExt;
             let mut stream = std::pin::pin!(reader.into_stream());
