@@ -26,6 +26,8 @@
 //!   a blob.
 //! - [`warmer`]: the warm list and `POST /admin/warm`, pulling images into
 //!   the cache in the background.
+//! - [`signature`]: cosign signatures (keys, the `.sig` artifact, the
+//!   simple-signing payload) and whether one is valid for a manifest.
 //!
 //! Around them: [`config`] (TOML + flags, validated), [`error`] (one error
 //! type that knows its origin and whether to retry), [`body`] (the one
@@ -49,6 +51,7 @@ pub mod oci;
 pub mod pull_through;
 pub mod secret;
 pub mod server;
+pub mod signature;
 pub mod telemetry;
 pub mod tools;
 pub mod upstream;
