@@ -15,6 +15,7 @@
 # Everything listens on 127.0.0.1; the servers started here are stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 REPEAT=${REPEAT:-3}
 CONNS=${CONNS:-16}
 REQUESTS=${REQUESTS:-20000}
@@ -124,16 +125,6 @@ if [ -n "$LASTI_BIN_B" ]; then
   start_lasti lasti_b "$LASTI_BIN_B" "$LASTI_B_TLS"
 fi
 
-# CPU time (µs) of a list of PIDs.
-cpu_us() {
-  local total=0 pid ticks
-  for pid in "$@"; do
-    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    total=$((total + ticks))
-  done
-  echo $((total * 1000000 / $(getconf CLK_TCK)))
-}
-
 # h2load's requests/s for a URL, and the CPU the servers used per request.
 measure() { # url pids...
   local url=$1; shift
@@ -145,8 +136,6 @@ measure() { # url pids...
   rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
   echo "$rps $(( (after - before) / REQUESTS ))"
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # Each repetition measures every server in turn, so a slow moment of the
 # host falls on all of them; the ratios are the medians of each
