@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use url::Url;
 
-use crate::upstream::caller::{ClientCredential, Secretly};
+use crate::upstream::caller::{ClientCredential, CredentialKind};
 use crate::upstream::Caller;
 
 /// Tokens kept opened, so that a client's every request does not open
@@ -150,14 +150,14 @@ impl ClientTokens {
     /// A token for `credential` (`None`: an anonymous client).
     pub fn seal(&self, credential: Option<&ClientCredential>) -> String {
         let held = credential.map(|c| match c.secret() {
-            Secretly::Basic { user, password } => {
+            CredentialKind::Basic { user, password } => {
                 let user = match c.named_upstream() {
                     Some(upstream) => format!("{upstream}/{user}"),
                     None => user.clone(),
                 };
                 Held::B(user, password.expose().to_string())
             }
-            Secretly::Bearer(token) => Held::T(token.expose().to_string()),
+            CredentialKind::Bearer(token) => Held::T(token.expose().to_string()),
         });
         let sealed = Sealed {
             e: unix_now() + TOKEN_LIFETIME.as_secs(),

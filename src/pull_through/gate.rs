@@ -38,7 +38,7 @@ use crate::upstream::{Caller, Upstream};
 
 /// How long the upstream's no is remembered at most, so a fixed password
 /// or a granted permission works soon after.
-pub const REFUSAL_TTL: Duration = Duration::from_secs(30);
+pub(super) const REFUSAL_TTL: Duration = Duration::from_secs(30);
 /// Verdicts kept at most (per process): far more (client, repository)
 /// pairs than a cluster pulls in a TTL, and a few MiB.
 const VERDICTS: u64 = 100_000;

@@ -29,7 +29,6 @@ use crate::oci::{Digest, RepoName};
 use crate::upstream::{Caller, TagList, Upstream, Upstreams};
 
 pub use blobs::BlobAnswer;
-pub use gate::REFUSAL_TTL;
 pub use listing::CachedImage;
 pub use manifests::ManifestAnswer;
 pub use referrers::ReferrersAnswer;

@@ -16,7 +16,7 @@ use http::{header, HeaderValue, Request, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
-use super::caller::{Caller, Secretly};
+use super::caller::{Caller, CredentialKind};
 use super::client::{self, HttpClient, SendError};
 use super::site;
 use super::tokens::{bearer_header, TokenCache, TOKEN_CACHE_CAPACITY};
@@ -122,7 +122,7 @@ impl Auth {
         caller: &Caller,
         scope: &str,
     ) -> Result<Option<HeaderValue>> {
-        if let Some(Secretly::Bearer(token)) = caller.credential().map(|c| c.secret()) {
+        if let Some(CredentialKind::Bearer(token)) = caller.credential().map(|c| c.secret()) {
             return Ok(bearer_header(token.expose()));
         }
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -150,7 +150,7 @@ impl Auth {
         www_authenticate: &[&str],
         scope: &str,
     ) -> Result<Option<HeaderValue>> {
-        if let Some(Secretly::Bearer(_)) = caller.credential().map(|c| c.secret()) {
+        if let Some(CredentialKind::Bearer(_)) = caller.credential().map(|c| c.secret()) {
             return Ok(None);
         }
         let challenges: Vec<Challenge> = www_authenticate

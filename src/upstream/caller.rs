@@ -73,7 +73,7 @@ pub struct UnreadableCredential;
 
 /// What a client authenticates with towards the upstream.
 #[derive(Clone)]
-pub enum Secretly {
+pub enum CredentialKind {
     /// A user name and password (or access token), as `docker login` takes them.
     Basic {
         /// The user name.
@@ -93,7 +93,7 @@ pub struct ClientCredential {
     /// (`ghcr.io/alice`); else it is for the one upstream that takes
     /// client credentials.
     upstream: Option<String>,
-    secret: Secretly,
+    secret: CredentialKind,
 }
 
 impl std::fmt::Debug for ClientCredential {
@@ -124,7 +124,7 @@ impl ClientCredential {
                 password.as_bytes(),
             ]),
             upstream,
-            secret: Secretly::Basic {
+            secret: CredentialKind::Basic {
                 user: user.to_string(),
                 password: Secret::new(password.to_string()),
             },
@@ -136,7 +136,7 @@ impl ClientCredential {
         ClientCredential {
             fingerprint: Fingerprint::of(&[b"bearer", token.as_bytes()]),
             upstream: None,
-            secret: Secretly::Bearer(Secret::new(token.to_string())),
+            secret: CredentialKind::Bearer(Secret::new(token.to_string())),
         }
     }
 
@@ -173,14 +173,14 @@ impl ClientCredential {
     }
 
     /// What it authenticates with.
-    pub fn secret(&self) -> &Secretly {
+    pub fn secret(&self) -> &CredentialKind {
         &self.secret
     }
 
     /// `Authorization: Basic ...` for the user name and password, marked
     /// sensitive; `None` for a token.
     pub fn basic_header(&self) -> Option<HeaderValue> {
-        let Secretly::Basic { user, password } = &self.secret else {
+        let CredentialKind::Basic { user, password } = &self.secret else {
             return None;
         };
         let encoded = base64::engine::general_purpose::STANDARD
