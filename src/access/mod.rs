@@ -23,7 +23,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use http::HeaderValue;
 use sha2::{Digest as _, Sha256};
 
@@ -218,12 +217,7 @@ fn basic(header: &str) -> Option<(String, String)> {
     let encoded = header
         .strip_prefix("Basic ")
         .or_else(|| header.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
+    crate::upstream::caller::decode_basic(encoded)
 }
 
 #[cfg(test)]

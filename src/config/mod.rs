@@ -344,6 +344,14 @@ impl Config {
         Ok(())
     }
 
+    /// Whether an upstream takes clients' own credentials
+    /// (`credentials = "client"`): then lasti issues client tokens.
+    pub fn takes_client_credentials(&self) -> bool {
+        self.upstreams
+            .iter()
+            .any(UpstreamConfig::takes_client_credentials)
+    }
+
     /// Checks every rule that the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
@@ -365,11 +373,7 @@ impl Config {
         self.warm.validate()?;
         self.bucket.validate()?;
         self.cluster.validate()?;
-        let client_credentials = self
-            .upstreams
-            .iter()
-            .any(UpstreamConfig::takes_client_credentials);
-        if client_credentials && self.access.mode == AccessMode::Authenticated {
+        if self.takes_client_credentials() && self.access.mode == AccessMode::Authenticated {
             return invalid(
                 "access.mode = \"authenticated\" and an upstream with credentials = \"client\" \
                  both claim the client's Authorization header: with client credentials the \

@@ -326,22 +326,11 @@ impl Gate {
         if self.members.contains_key(&key) {
             return Ok(true);
         }
-        let asked = match manifest {
-            true => upstream
-                .head_manifest(
-                    &grant.caller,
-                    repo,
-                    digest.as_str(),
-                    DEFAULT_MANIFEST_ACCEPT,
-                )
-                .await
-                .map(drop),
-            false => upstream
-                .head_blob(&grant.caller, repo, digest)
-                .await
-                .map(drop),
+        let probe = match manifest {
+            true => Probe::Manifest(digest.as_str()),
+            false => Probe::Blob(digest),
         };
-        match asked {
+        match head(upstream, repo, &grant.caller, probe).await {
             Ok(()) => {
                 self.members.insert(key, ());
                 Ok(true)
@@ -350,6 +339,22 @@ impl Gate {
             Err(Error::UpstreamDenied { .. }) => Ok(false),
             Err(err) => Err(err),
         }
+    }
+}
+
+/// A `HEAD` of what `probe` names in `repo`, as `caller`.
+async fn head(
+    upstream: &Upstream,
+    repo: &RepoName,
+    caller: &Caller,
+    probe: Probe<'_>,
+) -> Result<()> {
+    match probe {
+        Probe::Manifest(reference) => upstream
+            .head_manifest(caller, repo, reference, DEFAULT_MANIFEST_ACCEPT)
+            .await
+            .map(drop),
+        Probe::Blob(digest) => upstream.head_blob(caller, repo, digest).await.map(drop),
     }
 }
 
@@ -362,14 +367,7 @@ async fn check(
     caller: &Caller,
     probe: Probe<'_>,
 ) -> Result<bool> {
-    let asked = match probe {
-        Probe::Manifest(reference) => upstream
-            .head_manifest(caller, repo, reference, DEFAULT_MANIFEST_ACCEPT)
-            .await
-            .map(drop),
-        Probe::Blob(digest) => upstream.head_blob(caller, repo, digest).await.map(drop),
-    };
-    let verdict = match asked {
+    let verdict = match head(upstream, repo, caller, probe).await {
         Ok(()) => Ok(true),
         Err(Error::UpstreamDenied { .. }) => Ok(false),
         Err(err) => Err(err),

@@ -216,11 +216,7 @@ pub async fn preflight(config: &Config) -> Result<(), StartError> {
 /// credentials: keyed by the cluster's secret when there is one, so that
 /// replicas read each other's tokens.
 fn client_tokens(config: &Config) -> Option<ClientTokens> {
-    let takes = config
-        .upstreams
-        .iter()
-        .any(crate::config::UpstreamConfig::takes_client_credentials);
-    takes.then(|| {
+    config.takes_client_credentials().then(|| {
         let shared = config
             .cluster
             .secret

@@ -168,10 +168,15 @@ mod der {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+
+    /// SubjectPublicKeyInfo of a P-256 point.
+    pub(in crate::signature) fn p256_spki(point: &[u8]) -> Vec<u8> {
+        ec_spki(P256, point)
+    }
 
     /// SubjectPublicKeyInfo of an EC point on `curve`.
     fn ec_spki(curve: &[u8], point: &[u8]) -> Vec<u8> {

@@ -11,12 +11,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use http::{header, HeaderValue, Request, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
-use super::caller::{Caller, CredentialKind};
+use super::caller::{basic_header, Caller, CredentialKind};
 use super::client::{self, HttpClient, SendError};
 use super::site;
 use super::tokens::{bearer_header, TokenCache, TOKEN_CACHE_CAPACITY};
@@ -184,12 +183,7 @@ impl Auth {
         }
         let user = self.username.as_deref()?;
         let password = self.password.current();
-        let password = password.as_ref().map(Secret::expose).unwrap_or("");
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
-        value.set_sensitive(true);
-        Some(value)
+        basic_header(user, password.as_ref().map(Secret::expose).unwrap_or(""))
     }
 
     /// The token cache of the caller, and its key for `scope`.

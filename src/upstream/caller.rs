@@ -44,7 +44,7 @@ impl std::fmt::Debug for Fingerprint {
 impl Fingerprint {
     /// Hex text, for keys of string-keyed caches.
     pub fn key(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 
     /// The keyed hash of `parts`, each length-prefixed so that no two
@@ -64,6 +64,25 @@ impl Fingerprint {
         out.copy_from_slice(context.sign().as_ref());
         Fingerprint(out)
     }
+}
+
+/// `Authorization: Basic base64(user:password)`, marked sensitive so
+/// that no log shows it: for a client's credential and a configured one.
+pub fn basic_header(user: &str, password: &str) -> Option<HeaderValue> {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The (user, password) of a Basic credential's base64 part.
+pub fn decode_basic(encoded: &str) -> Option<(String, String)> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 /// An `Authorization` header that is neither Basic nor Bearer, or is
@@ -149,12 +168,8 @@ impl ClientCredential {
         let text = value.to_str().map_err(|_| UnreadableCredential)?;
         let (scheme, rest) = text.split_once(' ').ok_or(UnreadableCredential)?;
         if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(rest.trim())
-                .map_err(|_| UnreadableCredential)?;
-            let text = String::from_utf8(decoded).map_err(|_| UnreadableCredential)?;
-            let (user, password) = text.split_once(':').ok_or(UnreadableCredential)?;
-            return Ok(ClientCredential::basic(user, password));
+            let (user, password) = decode_basic(rest).ok_or(UnreadableCredential)?;
+            return Ok(ClientCredential::basic(&user, &password));
         }
         if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
             return Ok(Some(ClientCredential::bearer(rest.trim())));
@@ -183,11 +198,7 @@ impl ClientCredential {
         let CredentialKind::Basic { user, password } = &self.secret else {
             return None;
         };
-        let encoded = base64::engine::general_purpose::STANDARD
-            .encode(format!("{user}:{}", password.expose()));
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
-        value.set_sensitive(true);
-        Some(value)
+        basic_header(user, password.expose())
     }
 }
 
