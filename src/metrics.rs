@@ -40,6 +40,8 @@ pub struct Metrics {
     upstream_ratelimit_remaining: IntGaugeVec,
     token_fetches: IntCounterVec,
     access_checks: IntCounterVec,
+    signature_verdicts: IntCounterVec,
+    signature_refusals: IntCounterVec,
     digest_failures: IntCounter,
     cache_write_failures: IntCounter,
     cache_size: IntGauge,
@@ -181,6 +183,8 @@ impl Metrics {
             upstream_ratelimit_remaining: gauge_vec(r, "lasti_upstream_ratelimit_remaining", "Pulls left in the upstream's window (Docker Hub's RateLimit-Remaining).", &["upstream"]),
             token_fetches: counter(r, "lasti_token_fetches_total", "Tokens fetched from registries' token realms.", &["upstream"]),
             access_checks: counter(r, "lasti_access_checks_total", "Upstream checks of whether a client may pull a repository (credentials = \"client\"), by identity (anonymous, client) and verdict (allowed, refused, absent, failed).", &["upstream", "identity", "verdict"]),
+            signature_verdicts: counter(r, "lasti_signature_verdicts_total", "Signature verdicts made under a signature policy (once per manifest digest and key set; hits reuse them), by outcome (signed, covered: a platform manifest of a signed index, attachment, unsigned_index, no_signature, unknown_key, wrong_payload, digest_mismatch, unverifiable: the signature could not be read).", &["upstream", "outcome"]),
+            signature_refusals: counter(r, "lasti_signature_refused_total", "Manifest requests refused by a signature policy, by reason (no_signature, unknown_key, wrong_payload, digest_mismatch, unverifiable).", &["upstream", "reason"]),
             digest_failures: single(r, "lasti_digest_failures_total", "Blobs from an upstream that failed their digest or length check (never stored)."),
             cache_write_failures: single(r, "lasti_cache_write_failures_total", "Blobs streamed to clients but not cached, because the cache file could not be written (a full disk)."),
             cache_size: gauge(r, "lasti_cache_size_bytes", "Bytes held in the blob store."),
@@ -385,6 +389,20 @@ impl Metrics {
     pub fn access_check(&self, upstream: &str, identity: &'static str, verdict: &'static str) {
         self.access_checks
             .with_label_values(&[upstream, identity, verdict])
+            .inc();
+    }
+
+    /// A signature verdict made (not one reused).
+    pub fn signature_verdict(&self, upstream: &str, outcome: &'static str) {
+        self.signature_verdicts
+            .with_label_values(&[upstream, outcome])
+            .inc();
+    }
+
+    /// A manifest request refused for its signature.
+    pub fn signature_refused(&self, upstream: &str, reason: &'static str) {
+        self.signature_refusals
+            .with_label_values(&[upstream, reason])
             .inc();
     }
 

@@ -9,6 +9,8 @@
 //! and podman with sigstore signing and verifying disabled
 //! ("Debian-local change: sigstore disabled"), but skopeo still carries a
 //! signature given to it in a `dir:` image to a registry as cosign does.
+//! For the same reason podman pulls through lasti here without checking
+//! signatures itself: lasti's policy is what is tested.
 
 mod common;
 
@@ -16,10 +18,13 @@ use std::path::Path;
 
 use base64::Engine;
 use bytes::Bytes;
-use common::http::get;
+use common::http::{get, head, metric};
+use common::lasti::{config, Lasti};
 use common::oci_layout::{ImageSpec, Layout};
+use common::podman::Podman;
 use common::registry::Registry;
 use common::skopeo;
+use lasti::config::SignatureRuleConfig;
 use lasti::oci::Digest;
 use lasti::signature::{self, PublicKey, Refusal};
 use ring::rand::SystemRandom;
@@ -107,7 +112,7 @@ async fn fetch(registry: &Registry, path: &str, accept: &str) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_skopeo_attached_is_valid_for_its_image_and_key_only() {
     let (registry, work) = (Registry::start(), TempDir::new().unwrap());
-    let spec = ImageSpec::linux_amd64(2901, &[4096]);
+    let spec = ImageSpec::linux_amd64(2901, &[4096]).unpackable();
     let (layout, _) = Layout::single(&work.path().join("layout"), &spec, "v1");
     let image = work.path().join("image");
     let copy = [
@@ -202,4 +207,500 @@ async fn a_signature_skopeo_attached_is_valid_for_its_image_and_key_only() {
         "openssl: {}",
         String::from_utf8_lossy(&checked.stdout)
     );
+}
+
+/// The distribution registry, and images pushed to it from `dir:` images
+/// with the signatures given, as containers/image attaches them.
+struct Upstream {
+    registry: Registry,
+    work: TempDir,
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+impl Upstream {
+    fn start() -> Upstream {
+        Upstream {
+            registry: Registry::start(),
+            work: TempDir::new().unwrap(),
+        }
+    }
+
+    /// A registries.d that reads and writes sigstore attachments at `host`.
+    fn registries_d(&self, host: &str) -> String {
+        let dir = self.work.path().join(format!("registries.d-{host}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let attachments = format!("docker:\n  {host}:\n    use-sigstore-attachments: true\n");
+        std::fs::write(dir.join("lasti-test.yaml"), attachments).unwrap();
+        dir.display().to_string()
+    }
+
+    /// Writes `specs` (one image, or an index over several) as a `dir:`
+    /// image named `name`; its directory and its top manifest's digest.
+    async fn image(&self, name: &str, specs: &[ImageSpec]) -> (std::path::PathBuf, Digest) {
+        let layout = self.work.path().join(format!("layout-{name}"));
+        let layout = if specs.len() == 1 {
+            Layout::single(&layout, &specs[0], "v1").0
+        } else {
+            Layout::multi(&layout, specs, "v1").0
+        };
+        let image = self.work.path().join(format!("image-{name}"));
+        let mut copy = vec!["copy".to_string(), "--preserve-digests".into()];
+        if specs.len() > 1 {
+            copy.push("--all".into());
+        }
+        copy.push(format!("oci:{}:v1", layout.dir.display()));
+        copy.push(format!("dir:{}", image.display()));
+        skopeo::run(&copy).await.expect("the image as a dir:");
+        let digest = Digest::sha256_of(&std::fs::read(image.join("manifest.json")).unwrap());
+        (image, digest)
+    }
+
+    /// Pushes a `dir:` image with its signatures to `repo:tag`.
+    async fn push(&self, image: &Path, repo_tag: &str) {
+        let push = [
+            "--registries.d".to_string(),
+            self.registries_d(&self.registry.host()),
+            "copy".into(),
+            "--all".into(),
+            "--preserve-digests".into(),
+            "--dest-tls-verify=false".into(),
+            format!("dir:{}", image.display()),
+            format!("docker://{}/{repo_tag}", self.registry.host()),
+        ];
+        skopeo::run(&push).await.expect("push with the signatures");
+    }
+
+    /// Writes a key's PEM file; its path.
+    fn key_file(&self, name: &str, signer: &Signer) -> std::path::PathBuf {
+        let path = self.work.path().join(format!("{name}.pub"));
+        std::fs::write(&path, signer.pem()).unwrap();
+        path
+    }
+}
+
+/// Adds `signer`'s signature of a payload for `digest` at `reference`.
+fn sign_as(dir: &Path, n: usize, signer: &Signer, digest: &Digest, reference: &str) {
+    let signed = payload(digest.as_str(), reference);
+    attach(dir, n, &signed, &signer.sign(&signed));
+}
+
+/// A rule requiring one of `keys` on `repositories`.
+fn signed_by(
+    name: &str,
+    repositories: &[&str],
+    keys: Vec<std::path::PathBuf>,
+) -> SignatureRuleConfig {
+    SignatureRuleConfig {
+        name: Some(name.into()),
+        repositories: repositories.iter().map(|r| r.to_string()).collect(),
+        keys,
+        unsigned: false,
+        check_reference: true,
+    }
+}
+
+/// What lasti answers for a manifest: status and, for an error, its code
+/// and message.
+async fn ask(lasti: &Lasti, path: &str, accept: &str) -> (u16, String) {
+    let reply = get(&format!("{}/v2/{path}", lasti.url()), &[("accept", accept)]).await;
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    let message = format!(
+        "{} {}",
+        reply.error_code(),
+        body["errors"][0]["message"].as_str().unwrap_or("")
+    );
+    (reply.status.as_u16(), message)
+}
+
+/// Asks for `repo`'s manifest by each of `references` (GET and HEAD) and
+/// checks each answer: served, or refused with `DENIED` and a message
+/// naming the policy and holding `refused`.
+async fn expect(
+    lasti: &Lasti,
+    repo: &str,
+    references: &[&str],
+    accept: &str,
+    refused: Option<&str>,
+) {
+    for reference in references {
+        let path = format!("{repo}/manifests/{reference}");
+        let (status, message) = ask(lasti, &path, accept).await;
+        let headed = head(&format!("{}/v2/{path}", lasti.url()), &[("accept", accept)]).await;
+        match refused {
+            None => {
+                assert_eq!(status, 200, "{path} served: {message}");
+                assert_eq!(headed.status.as_u16(), 200, "HEAD {path} served");
+            }
+            Some(reason) => {
+                assert_eq!(status, 403, "{path} refused");
+                assert!(message.starts_with("DENIED"), "{path}: {message}");
+                assert!(
+                    message.contains(reason),
+                    "{path}: {message} names {reason:?}"
+                );
+                assert!(
+                    message.contains("team-signed"),
+                    "{path}: {message} names the policy"
+                );
+                assert_eq!(headed.status.as_u16(), 403, "HEAD {path} refused");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lasti_serves_only_images_the_policy_keys_signed() {
+    let upstream = Upstream::start();
+    let host = upstream.registry.host();
+    let (trusted, next, stranger) = (signer(), signer(), signer());
+
+    let (dir, signed) = upstream
+        .image(
+            "signed",
+            &[ImageSpec::linux_amd64(2911, &[4096]).unpackable()],
+        )
+        .await;
+    sign_as(
+        &dir,
+        1,
+        &trusted,
+        &signed,
+        &format!("{host}/team/app:signed"),
+    );
+    upstream.push(&dir, "team/app:signed").await;
+    // Signed with the key that replaces it: a policy lists both.
+    let (dir, rotated) = upstream
+        .image(
+            "rotated",
+            &[ImageSpec::linux_amd64(2912, &[4096]).unpackable()],
+        )
+        .await;
+    sign_as(
+        &dir,
+        1,
+        &next,
+        &rotated,
+        &format!("{host}/team/app:rotated"),
+    );
+    upstream.push(&dir, "team/app:rotated").await;
+    let (dir, unsigned) = upstream
+        .image(
+            "unsigned",
+            &[ImageSpec::linux_amd64(2913, &[4096]).unpackable()],
+        )
+        .await;
+    upstream.push(&dir, "team/app:unsigned").await;
+    let (dir, strangers) = upstream
+        .image(
+            "stranger",
+            &[ImageSpec::linux_amd64(2914, &[4096]).unpackable()],
+        )
+        .await;
+    sign_as(
+        &dir,
+        1,
+        &stranger,
+        &strangers,
+        &format!("{host}/team/app:stranger"),
+    );
+    upstream.push(&dir, "team/app:stranger").await;
+    // The trusted key, but the payload names the signed image's digest.
+    let (dir, wrong) = upstream
+        .image(
+            "wrong",
+            &[ImageSpec::linux_amd64(2915, &[4096]).unpackable()],
+        )
+        .await;
+    sign_as(
+        &dir,
+        1,
+        &trusted,
+        &signed,
+        &format!("{host}/team/app:wrong"),
+    );
+    upstream.push(&dir, "team/app:wrong").await;
+    // The trusted key, signed for another repository.
+    let (dir, elsewhere) = upstream
+        .image(
+            "elsewhere",
+            &[ImageSpec::linux_amd64(2916, &[4096]).unpackable()],
+        )
+        .await;
+    sign_as(
+        &dir,
+        1,
+        &trusted,
+        &elsewhere,
+        &format!("{host}/team/other:v1"),
+    );
+    upstream.push(&dir, "team/app:elsewhere").await;
+    // An exception for one repository, and one no rule names.
+    let (dir, legacy) = upstream
+        .image(
+            "legacy",
+            &[ImageSpec::linux_amd64(2917, &[4096]).unpackable()],
+        )
+        .await;
+    upstream.push(&dir, "team/legacy:v1").await;
+    upstream.push(&dir, "other/app:v1").await;
+    // A signed index covers its platforms; an unsigned one is served as a
+    // list, and each platform must be signed itself.
+    let platforms = |seed| {
+        [
+            ImageSpec::new(seed, &[2048], "linux", "amd64"),
+            ImageSpec::new(seed + 1, &[2048], "linux", "arm64"),
+        ]
+    };
+    let (dir, index) = upstream.image("index", &platforms(2920)).await;
+    sign_as(&dir, 1, &trusted, &index, &format!("{host}/team/multi:v1"));
+    upstream.push(&dir, "team/multi:v1").await;
+    let index_children = children(&dir);
+    let (dir, bare_index) = upstream.image("bare-index", &platforms(2930)).await;
+    upstream.push(&dir, "team/multi:bare").await;
+    let bare_children = children(&dir);
+
+    let keys = vec![
+        upstream.key_file("trusted", &trusted),
+        upstream.key_file("next", &next),
+    ];
+    let mut settings = config(&[("docker.io", &upstream.registry.url())]);
+    settings.upstreams[0].signatures = vec![
+        SignatureRuleConfig {
+            name: Some("legacy".into()),
+            repositories: vec!["team/legacy".into()],
+            keys: Vec::new(),
+            unsigned: true,
+            check_reference: true,
+        },
+        signed_by("team-signed", &["team/*"], keys.clone()),
+    ];
+    let lasti = Lasti::start_with(settings.clone(), None).await;
+
+    let cases: [(&str, &Digest, Option<&str>); 7] = [
+        ("signed", &signed, None),
+        ("rotated", &rotated, None),
+        ("unsigned", &unsigned, Some("it has no signature")),
+        (
+            "stranger",
+            &strangers,
+            Some("no signature is by a trusted key"),
+        ),
+        ("wrong", &wrong, Some("names another manifest digest")),
+        ("elsewhere", &elsewhere, Some("not for this repository")),
+        ("signed", &signed, None),
+    ];
+    // Cold, then warm: the same answers.
+    for round in ["cold", "warm"] {
+        let before = upstream.registry.all_requests();
+        for (tag, digest, refused) in &cases {
+            expect(
+                &lasti,
+                "team/app",
+                &[tag, digest.as_str()],
+                OCI_MANIFEST,
+                *refused,
+            )
+            .await;
+        }
+        expect(
+            &lasti,
+            "team/legacy",
+            &["v1", legacy.as_str()],
+            OCI_MANIFEST,
+            None,
+        )
+        .await;
+        expect(
+            &lasti,
+            "other/app",
+            &["v1", legacy.as_str()],
+            OCI_MANIFEST,
+            None,
+        )
+        .await;
+        expect(
+            &lasti,
+            "team/multi",
+            &["v1", index.as_str()],
+            OCI_INDEX,
+            None,
+        )
+        .await;
+        for child in &index_children {
+            expect(&lasti, "team/multi", &[child.as_str()], OCI_MANIFEST, None).await;
+        }
+        expect(
+            &lasti,
+            "team/multi",
+            &["bare", bare_index.as_str()],
+            OCI_INDEX,
+            None,
+        )
+        .await;
+        for child in &bare_children {
+            let path = format!("team/multi/manifests/{child}");
+            let (status, message) = ask(&lasti, &path, OCI_MANIFEST).await;
+            assert_eq!(status, 403, "{round}: {path}: {message}");
+            assert!(message.contains("it has no signature"), "{message}");
+        }
+        if round == "warm" {
+            assert_eq!(
+                upstream.registry.all_requests(),
+                before,
+                "a warm round asks the upstream nothing"
+            );
+        }
+    }
+    // What a refused image is made of is never fetched.
+    let unsigned_manifest = fetch(
+        &upstream.registry,
+        &format!("/v2/team/app/manifests/{unsigned}"),
+        OCI_MANIFEST,
+    )
+    .await;
+    let unsigned_layers: serde_json::Value = serde_json::from_slice(&unsigned_manifest).unwrap();
+    let layer = unsigned_layers["layers"][0]["digest"].as_str().unwrap();
+    assert_eq!(upstream.registry.blob_gets(layer), 0);
+    // Each verdict was made once, however often it was asked for.
+    let verdicts = |outcome: &'static str| {
+        let admin = lasti.admin_url();
+        async move {
+            let label = format!("outcome=\"{outcome}\"");
+            metric(&admin, "lasti_signature_verdicts_total", &[&label]).await
+        }
+    };
+    assert_eq!(verdicts("signed").await, 3, "signed, rotated and the index");
+    assert_eq!(verdicts("covered").await, 2, "the signed index's platforms");
+    assert_eq!(
+        verdicts("no_signature").await,
+        3,
+        "unsigned and the bare index's platforms"
+    );
+    assert_eq!(verdicts("unsigned_index").await, 1);
+    let refused = metric(
+        &lasti.admin_url(),
+        "lasti_signature_refused_total",
+        &["reason=\"unknown_key\""],
+    )
+    .await;
+    assert_eq!(
+        refused,
+        2 * 2 * 2,
+        "two rounds of GET and HEAD, by tag and by digest"
+    );
+
+    // Real clients: skopeo reads the signature through lasti too.
+    let out = upstream.work.path().join("pulled");
+    let pull = [
+        "--registries.d".to_string(),
+        upstream.registries_d(&lasti.host()),
+        "copy".into(),
+        "--src-tls-verify=false".into(),
+        format!("docker://{}/team/app:signed", lasti.host()),
+        format!("dir:{}", out.display()),
+    ];
+    skopeo::run(&pull)
+        .await
+        .expect("skopeo pulls the signed image");
+    assert!(
+        out.join("signature-1").exists(),
+        "its signature came through lasti"
+    );
+    let refused_pull = [
+        "copy".to_string(),
+        "--src-tls-verify=false".into(),
+        format!("docker://{}/team/app:unsigned", lasti.host()),
+        format!("dir:{}", upstream.work.path().join("refused").display()),
+    ];
+    let err = skopeo::run(&refused_pull).await.unwrap_err();
+    assert!(err.contains("denied") || err.contains("DENIED"), "{err}");
+    let podman = Podman::new("unqualified-search-registries = []\n");
+    let image = format!("{}/team/app:signed", lasti.host());
+    podman
+        .run(&["pull", "--quiet", "--tls-verify=false", &image])
+        .await
+        .expect("podman pulls the signed image");
+    let image = format!("{}/team/app:stranger", lasti.host());
+    let err = podman
+        .run(&["pull", "--quiet", "--tls-verify=false", &image])
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("denied") || err.contains("trusted key"),
+        "{err}"
+    );
+
+    // After a restart a verified hit needs neither the upstream nor a
+    // signature check.
+    let data = lasti.stop().await;
+    let lasti = Lasti::start_with(settings.clone(), Some(data)).await;
+    let before = upstream.registry.all_requests();
+    expect(
+        &lasti,
+        "team/app",
+        &["signed", signed.as_str()],
+        OCI_MANIFEST,
+        None,
+    )
+    .await;
+    expect(
+        &lasti,
+        "team/multi",
+        &[index_children[0].as_str()],
+        OCI_MANIFEST,
+        None,
+    )
+    .await;
+    assert_eq!(upstream.registry.all_requests(), before);
+    assert_eq!(
+        metric(&lasti.admin_url(), "lasti_signature_verdicts_total", &[]).await,
+        0
+    );
+
+    // Other keys are another policy: its verdicts are made afresh.
+    let data = lasti.stop().await;
+    settings.upstreams[0].signatures = vec![signed_by(
+        "team-signed",
+        &["team/*"],
+        vec![upstream.key_file("stranger", &stranger)],
+    )];
+    let lasti = Lasti::start_with(settings, Some(data)).await;
+    expect(
+        &lasti,
+        "team/app",
+        &["stranger", strangers.as_str()],
+        OCI_MANIFEST,
+        None,
+    )
+    .await;
+    expect(
+        &lasti,
+        "team/app",
+        &["signed", signed.as_str()],
+        OCI_MANIFEST,
+        Some("no signature is by a trusted key"),
+    )
+    .await;
+
+    // No upstream to read a signature from: refused, not served unverified.
+    drop(upstream.registry);
+    let path = format!("team/app/manifests/{unsigned}");
+    let (status, message) = ask(&lasti, &path, OCI_MANIFEST).await;
+    assert_eq!(status, 403, "{message}");
+    assert!(message.contains("could not be read"), "{message}");
+    drop(upstream.work);
+}
+
+/// The platform manifests of a `dir:` index image.
+fn children(dir: &Path) -> Vec<Digest> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Digest::parse(m["digest"].as_str().unwrap()).unwrap())
+        .collect()
 }

@@ -17,6 +17,9 @@ use crate::oci::Digest;
 
 const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
 const MANIFEST_TYPES: TableDefinition<&str, &str> = TableDefinition::new("manifest_types");
+/// Signature verdicts that hold for good (a digest signed by a key set),
+/// by the policy's key.
+const VERDICTS: TableDefinition<&str, &str> = TableDefinition::new("signature_verdicts");
 
 /// What a tag resolved to, and when that was last confirmed upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +95,7 @@ impl Index {
         let txn = db.begin_write().map_err(store_err)?;
         txn.open_table(TAGS).map_err(store_err)?;
         txn.open_table(MANIFEST_TYPES).map_err(store_err)?;
+        txn.open_table(VERDICTS).map_err(store_err)?;
         txn.commit().map_err(store_err)?;
         Ok(Index { db })
     }
@@ -145,6 +149,26 @@ impl Index {
                 table
                     .remove(digest.to_string().as_str())
                     .map_err(store_err)?;
+            }
+        }
+        txn.commit().map_err(store_err)
+    }
+
+    /// A kept signature verdict.
+    pub fn verdict(&self, key: &str) -> Result<Option<String>> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(VERDICTS).map_err(store_err)?;
+        let found = table.get(key).map_err(store_err)?;
+        Ok(found.map(|v| v.value().to_string()))
+    }
+
+    /// Keeps signature verdicts, in one transaction.
+    pub fn put_verdicts(&self, verdicts: &[(String, &str)]) -> Result<()> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut table = txn.open_table(VERDICTS).map_err(store_err)?;
+            for (key, verdict) in verdicts {
+                table.insert(key.as_str(), *verdict).map_err(store_err)?;
             }
         }
         txn.commit().map_err(store_err)

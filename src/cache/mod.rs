@@ -610,6 +610,24 @@ impl Cache {
             .map_err(|e| Error::storage("write tag", e))?
     }
 
+    /// A signature verdict kept by [`Cache::put_verdicts`].
+    pub async fn verdict(&self, key: &str) -> Result<Option<String>> {
+        let inner = Arc::clone(&self.inner);
+        let k = key.to_string();
+        tokio::task::spawn_blocking(move || inner.index.verdict(&k))
+            .await
+            .map_err(|e| Error::storage("read verdict", e))?
+    }
+
+    /// Keeps signature verdicts that hold for good, durably: a restart
+    /// does not check a signed image again.
+    pub async fn put_verdicts(&self, verdicts: Vec<(String, &'static str)>) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.index.put_verdicts(&verdicts))
+            .await
+            .map_err(|e| Error::storage("write verdicts", e))?
+    }
+
     /// Every tag record, for listing what the cache holds.
     pub async fn tag_records(&self) -> Result<Vec<(String, TagRecord)>> {
         let inner = Arc::clone(&self.inner);

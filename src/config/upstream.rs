@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{ConfigError, DOCKER_HUB_NAME};
+use super::{ConfigError, SignatureRuleConfig, DOCKER_HUB_NAME};
 use crate::secret::Secret;
 /// One upstream registry and how to talk to it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -73,6 +73,9 @@ pub struct UpstreamConfig {
     /// that only credentialed clients may pull, too. Off by default: the
     /// project's pull access may be wider than the upstream's.
     pub backfill_private: bool,
+    /// Signed images only: rules for which repositories need a cosign
+    /// signature by which keys; the first matching rule decides.
+    pub signatures: Vec<SignatureRuleConfig>,
 }
 
 /// Whose credentials an upstream is asked with.
@@ -134,6 +137,7 @@ impl Default for UpstreamConfig {
             credentials: CredentialSource::Lasti,
             client_verdict_ttl: Duration::from_secs(60),
             backfill_private: false,
+            signatures: Vec::new(),
         }
     }
 }
@@ -209,6 +213,11 @@ impl UpstreamConfig {
                 return fail(&format!(
                     "allow/deny pattern {pattern:?} is not a valid glob"
                 ));
+            }
+        }
+        for (n, rule) in self.signatures.iter().enumerate() {
+            if let Some(problem) = rule.problem() {
+                return fail(&format!("signatures rule {}: {problem}", n + 1));
             }
         }
         for rule in &self.tag_rules {

@@ -169,6 +169,9 @@ impl Proxy {
                     .await?
             }
         };
+        let backfillable = self
+            .check_signed(upstream, repo, reference, &answer, caller, &grant)
+            .await?;
         acceptable(accept, answer.media_type())?;
         if grant.guarded {
             match answer.bytes() {
@@ -179,7 +182,7 @@ impl Proxy {
             }
         }
         if let Reference::Tag(tag) = reference {
-            if grant.public || upstream.backfills_private() {
+            if backfillable && (grant.public || upstream.backfills_private()) {
                 self.offer(upstream, repo, tag.as_str(), answer.digest());
             }
         }
@@ -251,7 +254,7 @@ impl Proxy {
         }
     }
 
-    async fn manifest_answer_by_digest(
+    pub(super) async fn manifest_answer_by_digest(
         &self,
         upstream: &Arc<Upstream>,
         repo: &RepoName,

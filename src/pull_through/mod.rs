@@ -11,6 +11,7 @@ mod listing;
 mod manifests;
 mod referrers;
 mod shared;
+mod signed;
 mod single_flight;
 mod sources;
 mod uploader;
@@ -155,6 +156,7 @@ pub struct Proxy {
     uploads: Arc<uploader::Rounds>,
     cluster: Option<Arc<Cluster>>,
     gate: gate::Gate,
+    verdicts: signed::Verdicts,
 }
 
 impl Proxy {
@@ -177,6 +179,7 @@ impl Proxy {
             uploads: Default::default(),
             cluster: None,
             gate: Default::default(),
+            verdicts: Default::default(),
         }
     }
 

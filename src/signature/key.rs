@@ -124,6 +124,11 @@ impl PublicKey {
         self.kind
     }
 
+    /// The key's own bytes, which tell it from any other key.
+    pub fn identity(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Whether `signature` (ASN.1 DER for ECDSA, raw for Ed25519 and RSA)
     /// is this key's over `message`.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {

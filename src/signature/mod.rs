@@ -13,11 +13,13 @@
 
 pub mod key;
 pub mod payload;
+pub mod policy;
 
 use bytes::Bytes;
 
 pub use key::PublicKey;
-pub use payload::{signature_tag, signatures, Signed};
+pub use payload::{is_attachment, is_attachment_tag, signature_tag, signatures, Signed};
+pub use policy::{Policies, Policy};
 
 use crate::oci::{Digest, Hasher};
 
@@ -90,7 +92,7 @@ pub fn verify(
             refusal = refusal.max(Refusal::DigestMismatch);
             continue;
         }
-        if repository.is_some_and(|r| payload::repository_of(&claim.reference) != r) {
+        if repository.is_some_and(|r| !payload::names_repository(&claim.reference, r)) {
             refusal = refusal.max(Refusal::WrongPayload);
             continue;
         }

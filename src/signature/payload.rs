@@ -75,6 +75,73 @@ pub fn signatures(manifest: &[u8]) -> Vec<Signed> {
         .collect()
 }
 
+/// The media types of layers that are attachments to an image, not a
+/// filesystem: cosign signatures, in-toto attestations (DSSE envelopes),
+/// sigstore bundles.
+const ATTACHMENT_LAYERS: [&str; 3] = [
+    SIMPLE_SIGNING,
+    "application/vnd.dsse.envelope.v1+json",
+    "application/vnd.dev.sigstore.bundle.v0.3+json",
+];
+
+/// The configs an image manifest of a runnable image has.
+const IMAGE_CONFIGS: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// Whether a tag is where cosign keeps an image's attachments
+/// (`sha256-<hex>.sig`, `.att`, `.sbom`): served without a signature of
+/// its own, as it is what signs.
+pub fn is_attachment_tag(tag: &str) -> bool {
+    let Some((digest, kind)) = tag.rsplit_once('.') else {
+        return false;
+    };
+    let hex = digest
+        .strip_prefix("sha256-")
+        .or_else(|| digest.strip_prefix("sha512-"));
+    matches!(kind, "sig" | "att" | "sbom")
+        && hex.is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnyManifest {
+    #[serde(default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    #[serde(default)]
+    media_type: String,
+}
+
+/// Whether a manifest is an attachment (a signature, attestation or SBOM
+/// artifact) rather than an image anything could run: every layer is of an
+/// attachment type, or it has an artifact type and no image config. Such
+/// a manifest, asked for by digest, needs no signature of its own.
+pub fn is_attachment(manifest: &[u8]) -> bool {
+    let Ok(manifest) = serde_json::from_slice::<AnyManifest>(manifest) else {
+        return false;
+    };
+    let attachment_layers = !manifest.layers.is_empty()
+        && manifest
+            .layers
+            .iter()
+            .all(|l| ATTACHMENT_LAYERS.contains(&l.media_type.as_str()));
+    let image_config = manifest
+        .config
+        .as_ref()
+        .is_some_and(|c| IMAGE_CONFIGS.contains(&c.media_type.as_str()));
+    attachment_layers || (manifest.artifact_type.is_some() && !image_config)
+}
+
 /// What a payload claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -138,6 +205,14 @@ pub fn repository_of(reference: &str) -> &str {
     }
 }
 
+/// Whether a `docker-reference` names `repo` (as the upstream names it):
+/// the same path, or the same one-component name that Docker Hub keeps
+/// under `library/`.
+pub fn names_repository(reference: &str, repo: &str) -> bool {
+    let named = repository_of(reference);
+    named == repo || repo.strip_prefix("library/") == Some(named)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +265,53 @@ mod tests {
         let other = serde_json::json!({"critical": {"identity": {"docker-reference": "x"},
             "image": {"docker-manifest-digest": "sha256:abc"}, "type": "something else"}});
         assert!(super::claim(other.to_string().as_bytes()).is_none());
+    }
+
+    #[test]
+    fn attachments_are_told_from_images() {
+        let digest = format!("sha256:{}", "1".repeat(64));
+        let hex = "ab".repeat(32);
+        assert!(is_attachment_tag(&format!("sha256-{hex}.sig")));
+        assert!(is_attachment_tag(&format!("sha256-{hex}.att")));
+        assert!(!is_attachment_tag("v1.sig"));
+        assert!(!is_attachment_tag(&format!("sha256-{hex}.tar")));
+        assert!(!is_attachment_tag("latest"));
+        let manifest = |config: &str, layer: &str, artifact: Option<&str>| {
+            let mut m = serde_json::json!({
+                "schemaVersion": 2,
+                "config": {"mediaType": config, "digest": digest, "size": 2},
+                "layers": [{"mediaType": layer, "digest": digest, "size": 2}],
+            });
+            if let Some(artifact) = artifact {
+                m["artifactType"] = artifact.into();
+            }
+            m.to_string().into_bytes()
+        };
+        let image_config = IMAGE_CONFIGS[0];
+        let tar = "application/vnd.oci.image.layer.v1.tar+gzip";
+        assert!(is_attachment(&manifest(image_config, SIMPLE_SIGNING, None)));
+        assert!(is_attachment(&manifest(
+            "application/vnd.oci.empty.v1+json",
+            "application/vnd.dev.cosign.artifact.sig.v1+json",
+            Some("application/vnd.dev.cosign.artifact.sig.v1+json"),
+        )));
+        assert!(!is_attachment(&manifest(image_config, tar, None)));
+        // An artifact type beside an image config is still an image.
+        assert!(!is_attachment(&manifest(image_config, tar, Some("x/y"))));
+        assert!(!is_attachment(br#"{"manifests": []}"#));
+        assert!(!is_attachment(b"not json"));
+    }
+
+    #[test]
+    fn references_name_repositories_with_or_without_their_host() {
+        assert!(names_repository(
+            "docker.io/library/alpine:3",
+            "library/alpine"
+        ));
+        assert!(names_repository("docker.io/alpine", "library/alpine"));
+        assert!(names_repository("ghcr.io/org/app", "org/app"));
+        assert!(!names_repository("ghcr.io/org/app", "org/other"));
+        assert!(!names_repository("docker.io/alpine", "alpine/library"));
     }
 
     #[test]

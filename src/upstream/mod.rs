@@ -22,6 +22,7 @@ use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
+use crate::signature::{Policies, Policy};
 use auth::Auth;
 use client::HttpClient;
 
@@ -40,6 +41,8 @@ pub struct Upstream {
     deny: Option<GlobSet>,
     /// Takes a client credential whose user name names no upstream.
     unnamed_credentials: bool,
+    /// Which repositories are served only signed, and by which keys.
+    signatures: Policies,
     metrics: Arc<Metrics>,
 }
 
@@ -71,6 +74,7 @@ impl Upstream {
             tag_rules.push((glob(&rule.repository)?, glob(&rule.tag)?, rule.ttl));
         }
         let (allow, deny) = (globs(&config.allow)?, globs(&config.deny)?);
+        let signatures = Policies::new(&config.name, &config.signatures)?;
         Ok(Upstream {
             config,
             client,
@@ -79,6 +83,7 @@ impl Upstream {
             allow,
             deny,
             unnamed_credentials: false,
+            signatures,
             metrics,
         })
     }
@@ -152,6 +157,22 @@ impl Upstream {
                 .deny
                 .as_ref()
                 .is_some_and(|set| set.is_match(repo.as_str()))
+    }
+
+    /// The signature policy `repo` (as the upstream names it) is held to,
+    /// when it must be signed.
+    pub fn signature_policy(&self, repo: &RepoName) -> Option<&Arc<Policy>> {
+        self.signatures.for_repo(repo)
+    }
+
+    /// Counts a signature verdict made here, by outcome.
+    pub fn signature_verdict(&self, outcome: &'static str) {
+        self.metrics.signature_verdict(self.name(), outcome);
+    }
+
+    /// Counts a pull refused for its signature, by reason.
+    pub fn signature_refused(&self, reason: &'static str) {
+        self.metrics.signature_refused(self.name(), reason);
     }
 
     /// How long an answer for this tag is trusted.

@@ -1,0 +1,134 @@
+//! An upstream's signature rules, ready to use: the first rule whose
+//! patterns match a repository decides whether it needs a signature, and
+//! by which keys. Key files are read once, when the upstream is built, so
+//! a bad key stops `serve` and `check-config` rather than a pull.
+
+use globset::{GlobSet, GlobSetBuilder};
+
+use super::PublicKey;
+use crate::config::SignatureRuleConfig;
+use crate::oci::{Algorithm, Digest, Hasher, RepoName};
+
+/// One rule that needs signatures.
+#[derive(Debug)]
+pub struct Policy {
+    /// The rule's name, for errors, logs and metrics.
+    name: String,
+    /// The keys whose signature is enough.
+    keys: Vec<PublicKey>,
+    /// The signed payload must name the repository served.
+    check_reference: bool,
+    /// What the verdicts of this rule are kept under: the keys and what
+    /// else is checked, hashed, so that another key set or another check
+    /// is a new rule whose verdicts are made afresh.
+    id: String,
+}
+
+impl Policy {
+    /// The rule's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The keys whose signature is enough.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// Whether the payload must name the repository served.
+    pub fn checks_reference(&self) -> bool {
+        self.check_reference
+    }
+
+    /// Where the verdict on `digest` in `repo` of `upstream` is kept.
+    pub fn verdict_key(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> String {
+        format!("{} {upstream} {repo}@{digest}", self.id)
+    }
+}
+
+/// What one rule says.
+#[derive(Debug)]
+enum Rule {
+    Signed(std::sync::Arc<Policy>),
+    Unsigned,
+}
+
+/// An upstream's rules, in order.
+#[derive(Debug, Default)]
+pub struct Policies {
+    rules: Vec<(GlobSet, Rule)>,
+}
+
+impl Policies {
+    /// Builds the rules of upstream `upstream`, reading their key files.
+    pub fn new(upstream: &str, configs: &[SignatureRuleConfig]) -> Result<Policies, String> {
+        let mut rules = Vec::new();
+        for config in configs {
+            let name = config.display_name(upstream);
+            let mut globs = GlobSetBuilder::new();
+            for pattern in &config.repositories {
+                globs.add(globset::Glob::new(pattern).map_err(|e| format!("{name}: {e}"))?);
+            }
+            let globs = globs.build().map_err(|e| format!("{name}: {e}"))?;
+            if config.unsigned {
+                rules.push((globs, Rule::Unsigned));
+                continue;
+            }
+            let mut keys = Vec::new();
+            for path in &config.keys {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("signature rule {name}: key file {}: {e}", path.display())
+                })?;
+                keys.extend(PublicKey::from_pem(&text).map_err(|e| {
+                    format!("signature rule {name}: key file {}: {e}", path.display())
+                })?);
+            }
+            let id = policy_id(&keys, config.check_reference);
+            rules.push((
+                globs,
+                Rule::Signed(std::sync::Arc::new(Policy {
+                    name,
+                    keys,
+                    check_reference: config.check_reference,
+                    id,
+                })),
+            ));
+        }
+        Ok(Policies { rules })
+    }
+
+    /// The policy `repo` is held to, if it needs signatures.
+    pub fn for_repo(&self, repo: &RepoName) -> Option<&std::sync::Arc<Policy>> {
+        match self
+            .rules
+            .iter()
+            .find(|(globs, _)| globs.is_match(repo.as_str()))
+        {
+            Some((_, Rule::Signed(policy))) => Some(policy),
+            _ => None,
+        }
+    }
+
+    /// Whether any rule needs signatures.
+    pub fn any(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|(_, rule)| matches!(rule, Rule::Signed(_)))
+    }
+}
+
+/// A short hash of a key set (in any order) and the checks made.
+fn policy_id(keys: &[PublicKey], check_reference: bool) -> String {
+    let mut encoded: Vec<&[u8]> = keys.iter().map(|k| k.identity()).collect();
+    encoded.sort_unstable();
+    encoded.dedup();
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    hasher.update(if check_reference { b"ref\n" } else { b"any\n" });
+    for key in encoded {
+        hasher.update(&(key.len() as u64).to_be_bytes());
+        hasher.update(key);
+    }
+    let digest = hasher.finish();
+    let hex = digest.hex();
+    format!("p{}", &hex[..16])
+}
