@@ -18,6 +18,7 @@ use std::path::Path;
 
 use base64::Engine;
 use bytes::Bytes;
+use common::fake_upstream::{image_manifest, FakeUpstream};
 use common::http::{get, head, metric};
 use common::lasti::{config, Lasti};
 use common::oci_layout::{ImageSpec, Layout};
@@ -703,4 +704,114 @@ fn children(dir: &Path) -> Vec<Digest> {
         .iter()
         .map(|m| Digest::parse(m["digest"].as_str().unwrap()).unwrap())
         .collect()
+}
+
+/// A cosign signature kept as an OCI 1.1 referrer of `subject`
+/// (`cosign sign --registry-referrers-mode=oci-1-1`): its manifest, with
+/// the payload stored as a blob.
+fn signature_artifact(
+    upstream: &FakeUpstream,
+    subject: &str,
+    by: &Signer,
+    reference: &str,
+) -> Vec<u8> {
+    let signed = payload(subject, reference);
+    let payload_digest = upstream.put_blob(signed.clone());
+    let empty = upstream.put_blob(&b"{}"[..]);
+    let base64 = base64::engine::general_purpose::STANDARD;
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": signature::payload::SIGNATURE_ARTIFACT,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{
+            "mediaType": signature::payload::SIMPLE_SIGNING,
+            "digest": payload_digest,
+            "size": signed.len(),
+            "annotations": {signature::payload::SIGNATURE_ANNOTATION: base64.encode(by.sign(&signed))},
+        }],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_kept_as_a_referrer_counts_once_the_sig_tag_has_none() {
+    let upstream = FakeUpstream::start().await;
+    let (trusted, stranger) = (signer(), signer());
+    let image = |n: u8| image_manifest(&[n], &[&[n, n]]);
+    let reference = "docker.io/app";
+    let by_referrer = upstream.put_manifest("referred", image(1));
+    let by_stranger = upstream.put_manifest("stranger", image(2));
+    let by_tag = upstream.put_manifest("tagged", image(3));
+    for (subject, who) in [(&by_referrer, &trusted), (&by_stranger, &stranger)] {
+        let artifact = signature_artifact(&upstream, subject, who, reference);
+        let artifact = upstream.put_manifest(&format!("artifact-{subject}"), artifact);
+        let list = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": artifact, "size": 1,
+                           "artifactType": signature::payload::SIGNATURE_ARTIFACT}],
+        });
+        upstream.put_referrers(subject, list);
+    }
+    // The same artifact under the `.sig` tag: no referrers asked.
+    let tag = signature::signature_tag(&Digest::parse(&by_tag).unwrap());
+    upstream.put_manifest(
+        &tag,
+        signature_artifact(&upstream, &by_tag, &trusted, reference),
+    );
+
+    let work = TempDir::new().unwrap();
+    let key = work.path().join("trusted.pub");
+    std::fs::write(&key, trusted.pem()).unwrap();
+    let mut settings = config(&[("docker.io", &upstream.url())]);
+    settings.upstreams[0].signatures = vec![signed_by("team-signed", &["library/*"], vec![key])];
+    let lasti = Lasti::start_with(settings, None).await;
+
+    expect(
+        &lasti,
+        "app",
+        &["referred", by_referrer.as_str()],
+        OCI_MANIFEST,
+        None,
+    )
+    .await;
+    expect(
+        &lasti,
+        "app",
+        &["tagged", by_tag.as_str()],
+        OCI_MANIFEST,
+        None,
+    )
+    .await;
+    expect(
+        &lasti,
+        "app",
+        &["stranger"],
+        OCI_MANIFEST,
+        Some("no signature is by a trusted key"),
+    )
+    .await;
+    let referrers = |subject: &str| {
+        upstream.count(
+            http::Method::GET,
+            &format!("/v2/library/app/referrers/{subject}"),
+        )
+    };
+    assert_eq!(
+        referrers(&by_referrer),
+        1,
+        "asked once: the verdict is kept"
+    );
+    assert_eq!(referrers(&by_tag), 0, "a valid .sig signature is enough");
+    let sig_tag = |subject: &str| {
+        let tag = signature::signature_tag(&Digest::parse(subject).unwrap());
+        upstream.count(
+            http::Method::GET,
+            &format!("/v2/library/app/manifests/{tag}"),
+        )
+    };
+    assert_eq!(sig_tag(&by_referrer), 1, "the .sig tag is asked first");
 }

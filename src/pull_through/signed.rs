@@ -237,9 +237,24 @@ impl Proxy {
         let verdict = if signature::is_attachment(&bytes) {
             Verdict::Attachment
         } else {
-            let signed = self.signatures_of(upstream, repo, digest, caller).await?;
             let repository = policy.checks_reference().then_some(repo.as_str());
-            match signature::verify(digest, repository, policy.keys(), &signed) {
+            let check = |signed: &[(Signed, Bytes)]| {
+                signature::verify(digest, repository, policy.keys(), signed)
+            };
+            // The `.sig` tag first (what cosign writes by default); OCI 1.1
+            // referrers only when it holds no valid signature.
+            let mut signed = self.signatures_of(upstream, repo, digest, caller).await?;
+            let mut found = check(&signed);
+            if found.is_err() {
+                let referred = self
+                    .referred_signatures(upstream, repo, digest, caller)
+                    .await?;
+                if !referred.is_empty() {
+                    signed.extend(referred);
+                    found = check(&signed);
+                }
+            }
+            match found {
                 Ok(kind) => Verdict::Signed(kind),
                 Err(Refusal::NoSignature) if media_type::is_index(&media_type) => {
                     Verdict::UnsignedIndex
@@ -286,9 +301,9 @@ impl Proxy {
         Ok(verdict)
     }
 
-    /// The signatures of `digest` with their payloads, read through the
-    /// cache as `caller`: none when there is no `.sig` manifest; `Err`
-    /// when it or a payload cannot be read.
+    /// The signatures of `digest` in its `.sig` manifest, with their
+    /// payloads, read through the cache as `caller`: none when there is no
+    /// `.sig` manifest; `Err` when it or a payload cannot be read.
     fn signatures_of<'a>(
         &'a self,
         upstream: &'a Arc<Upstream>,
@@ -303,37 +318,83 @@ impl Proxy {
             let Ok(tag) = Tag::parse(&signature::signature_tag(digest)) else {
                 return Ok(Vec::new());
             };
-            let reference = Reference::Tag(tag);
-            let accept = AcceptList::parse([DEFAULT_MANIFEST_ACCEPT]);
-            let manifest = match self
-                .manifest(upstream, repo, &reference, &accept, false, caller)
+            self.signature_manifest(upstream, repo, Reference::Tag(tag), caller)
+                .await
+        })
+    }
+
+    /// The signatures of `digest` kept as its OCI 1.1 referrers of
+    /// cosign's signature artifact type, with their payloads: none when
+    /// the upstream has no referrers API or list.
+    fn referred_signatures<'a>(
+        &'a self,
+        upstream: &'a Arc<Upstream>,
+        repo: &'a RepoName,
+        digest: &'a Digest,
+        caller: &'a Caller,
+    ) -> Reading<'a> {
+        Box::pin(async move {
+            let artifact = Some(signature::payload::SIGNATURE_ARTIFACT);
+            let list = match self
+                .referrers(upstream, repo, digest, artifact, caller)
                 .await
             {
-                Ok(answer) => answer.bytes().ok_or("the signature manifest is not held")?,
+                Ok(list) => list.body,
                 Err(Error::ManifestUnknown) => return Ok(Vec::new()),
                 Err(e) => return Err(e.to_string()),
             };
             let mut found = Vec::new();
-            for signed in signature::signatures(&manifest)
+            for manifest in signature::payload::signature_referrers(&list)
                 .into_iter()
                 .take(MAX_SIGNATURES)
             {
-                if signed.size > MAX_PAYLOAD {
-                    continue;
-                }
-                let blob = match self
-                    .blob(upstream, repo, &signed.payload, None, false, caller)
-                    .await
-                {
-                    Ok(blob) => blob,
-                    Err(Error::BlobUnknown) => continue,
-                    Err(e) => return Err(e.to_string()),
-                };
-                let payload = read_whole(blob).await?;
-                found.push((signed, payload));
+                let reference = Reference::Digest(manifest);
+                found.extend(
+                    self.signature_manifest(upstream, repo, reference, caller)
+                        .await?,
+                );
             }
             Ok(found)
         })
+    }
+
+    /// The signatures a signature manifest holds, with their payloads.
+    async fn signature_manifest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        reference: Reference,
+        caller: &Caller,
+    ) -> std::result::Result<Vec<(Signed, Bytes)>, String> {
+        let accept = AcceptList::parse([DEFAULT_MANIFEST_ACCEPT]);
+        let manifest = match self
+            .manifest(upstream, repo, &reference, &accept, false, caller)
+            .await
+        {
+            Ok(answer) => answer.bytes().ok_or("the signature manifest is not held")?,
+            Err(Error::ManifestUnknown) => return Ok(Vec::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut found = Vec::new();
+        for signed in signature::signatures(&manifest)
+            .into_iter()
+            .take(MAX_SIGNATURES)
+        {
+            if signed.size > MAX_PAYLOAD {
+                continue;
+            }
+            let blob = match self
+                .blob(upstream, repo, &signed.payload, None, false, caller)
+                .await
+            {
+                Ok(blob) => blob,
+                Err(Error::BlobUnknown) => continue,
+                Err(e) => return Err(e.to_string()),
+            };
+            let payload = read_whole(blob).await?;
+            found.push((signed, payload));
+        }
+        Ok(found)
     }
 }
 

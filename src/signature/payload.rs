@@ -13,6 +13,10 @@ use crate::oci::Digest;
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The annotation of a signature layer that holds the signature, base64.
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The artifact type of a signature kept as an OCI 1.1 referrer of its
+/// image (`cosign sign --registry-referrers-mode=oci-1-1`): a manifest
+/// whose layers are signatures as in a `.sig` manifest.
+pub const SIGNATURE_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// `critical.type` of a container image signature.
 pub const SIGNATURE_TYPE: &str = "cosign container image signature";
 
@@ -140,6 +144,33 @@ pub fn is_attachment(manifest: &[u8]) -> bool {
         .as_ref()
         .is_some_and(|c| IMAGE_CONFIGS.contains(&c.media_type.as_str()));
     attachment_layers || (manifest.artifact_type.is_some() && !image_config)
+}
+
+#[derive(Deserialize)]
+struct ReferrerList {
+    #[serde(default)]
+    manifests: Vec<Referrer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Referrer {
+    digest: String,
+    #[serde(default)]
+    artifact_type: Option<String>,
+}
+
+/// The signature manifests a referrers list names (an OCI index whose
+/// entries carry their `artifactType`).
+pub fn signature_referrers(list: &[u8]) -> Vec<Digest> {
+    let Ok(list) = serde_json::from_slice::<ReferrerList>(list) else {
+        return Vec::new();
+    };
+    list.manifests
+        .into_iter()
+        .filter(|r| r.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT))
+        .filter_map(|r| Digest::parse(&r.digest).ok())
+        .collect()
 }
 
 /// What a payload claims.
@@ -300,6 +331,25 @@ mod tests {
         assert!(!is_attachment(&manifest(image_config, tar, Some("x/y"))));
         assert!(!is_attachment(br#"{"manifests": []}"#));
         assert!(!is_attachment(b"not json"));
+    }
+
+    #[test]
+    fn a_referrers_list_names_its_signature_manifests() {
+        let (a, b) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+        );
+        let list = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"digest": a, "artifactType": SIGNATURE_ARTIFACT, "size": 1},
+                {"digest": b, "artifactType": "application/spdx+json", "size": 1},
+                {"digest": "not a digest", "artifactType": SIGNATURE_ARTIFACT, "size": 1},
+            ]
+        });
+        let found = signature_referrers(list.to_string().as_bytes());
+        assert_eq!(found, vec![Digest::parse(&a).unwrap()]);
+        assert!(signature_referrers(b"[]").is_empty());
     }
 
     #[test]
