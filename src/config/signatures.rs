@@ -72,3 +72,38 @@ impl SignatureRuleConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn with_rule(rule: &str) -> Result<Config, String> {
+        let text = format!(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+             [[upstream.signatures]]\n{rule}\n"
+        );
+        let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn a_rule_needs_keys_or_says_unsigned_but_not_both() {
+        let config = with_rule("keys = [\"/k.pub\"]").unwrap();
+        let rule = &config.upstreams[0].signatures[0];
+        assert_eq!(rule.repositories, ["*"]);
+        assert!(rule.check_reference);
+        assert_eq!(rule.display_name("docker.io"), "docker.io *");
+        with_rule("repositories = [\"legacy/*\"]\nunsigned = true").unwrap();
+        let no_keys = with_rule("repositories = [\"team/*\"]").unwrap_err();
+        assert!(no_keys.contains("at least one public key"), "{no_keys}");
+        let both = with_rule("unsigned = true\nkeys = [\"/k.pub\"]").unwrap_err();
+        assert!(both.contains("takes no keys"), "{both}");
+        let glob = with_rule("repositories = [\"[\"]\nkeys = [\"/k.pub\"]").unwrap_err();
+        assert!(glob.contains("not a valid glob"), "{glob}");
+        let none = with_rule("repositories = []\nkeys = [\"/k.pub\"]").unwrap_err();
+        assert!(none.contains("at least one pattern"), "{none}");
+        let typo = with_rule("key = [\"/k.pub\"]").unwrap_err();
+        assert!(typo.contains("key"), "{typo}");
+    }
+}

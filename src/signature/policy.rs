@@ -132,3 +132,96 @@ fn policy_id(keys: &[PublicKey], check_reference: bool) -> String {
     let hex = digest.hex();
     format!("p{}", &hex[..16])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(
+        repositories: &[&str],
+        keys: Vec<std::path::PathBuf>,
+        unsigned: bool,
+    ) -> SignatureRuleConfig {
+        SignatureRuleConfig {
+            name: None,
+            repositories: repositories.iter().map(|r| r.to_string()).collect(),
+            keys,
+            unsigned,
+            check_reference: true,
+        }
+    }
+
+    fn key_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+        use base64::Engine;
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let algorithm = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(algorithm, &rng).unwrap();
+        let pair =
+            ring::signature::EcdsaKeyPair::from_pkcs8(algorithm, pkcs8.as_ref(), &rng).unwrap();
+        let spki = crate::signature::key::tests::p256_spki(pair.public_key().as_ref());
+        let body = base64::engine::general_purpose::STANDARD.encode(spki);
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"),
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides_and_keys_make_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (key_file(dir.path(), "a.pub"), key_file(dir.path(), "b.pub"));
+        let repo = |name: &str| RepoName::parse(name).unwrap();
+        let policies = Policies::new(
+            "docker.io",
+            &[
+                rule(&["team/legacy"], Vec::new(), true),
+                rule(&["team/*"], vec![a.clone(), b.clone()], false),
+            ],
+        )
+        .unwrap();
+        assert!(policies.any());
+        assert!(policies.for_repo(&repo("team/legacy")).is_none());
+        assert!(policies.for_repo(&repo("other/app")).is_none());
+        let policy = policies.for_repo(&repo("team/app")).unwrap();
+        assert_eq!(policy.keys().len(), 2);
+        assert_eq!(policy.name(), "docker.io team/*");
+
+        // The same keys in another order are the same policy; other keys
+        // or another check are another.
+        let id = |keys: Vec<std::path::PathBuf>, check_reference: bool| {
+            let mut config = rule(&["*"], keys, false);
+            config.check_reference = check_reference;
+            let policies = Policies::new("docker.io", &[config]).unwrap();
+            let digest = crate::oci::Digest::sha256_of(b"m");
+            policies
+                .for_repo(&repo("x/y"))
+                .unwrap()
+                .verdict_key("docker.io", &repo("x/y"), &digest)
+        };
+        assert_eq!(
+            id(vec![a.clone(), b.clone()], true),
+            id(vec![b.clone(), a.clone()], true)
+        );
+        assert_ne!(
+            id(vec![a.clone()], true),
+            id(vec![a.clone(), b.clone()], true)
+        );
+        assert_ne!(id(vec![a.clone()], true), id(vec![a.clone()], false));
+    }
+
+    #[test]
+    fn a_key_file_that_cannot_be_used_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pub");
+        let err = Policies::new("docker.io", &[rule(&["*"], vec![missing], false)]).unwrap_err();
+        assert!(err.contains("missing.pub"), "{err}");
+        let junk = dir.path().join("junk.pub");
+        std::fs::write(&junk, "not a key").unwrap();
+        let err = Policies::new("docker.io", &[rule(&["*"], vec![junk], false)]).unwrap_err();
+        assert!(err.contains("no PUBLIC KEY"), "{err}");
+    }
+}
