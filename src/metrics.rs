@@ -392,6 +392,19 @@ impl Metrics {
             .inc();
     }
 
+    /// Starts the refusal counters of an upstream with signature rules at
+    /// zero, so that an alert on their increase sees the first refusal.
+    pub fn register_signature_rules(&self, upstream: &str) {
+        for reason in crate::signature::Refusal::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(["unverifiable"])
+        {
+            self.signature_refusals
+                .with_label_values(&[upstream, reason]);
+        }
+    }
+
     /// A signature verdict made (not one reused).
     pub fn signature_verdict(&self, upstream: &str, outcome: &'static str) {
         self.signature_verdicts

@@ -276,11 +276,14 @@ async fn the_dashboard_and_the_alerts_use_only_exported_metrics() {
     }
     assert!(alerting >= 7, "the alerts use lasti's metrics");
     for name in used {
-        // The quota gauges appear once an upstream reports a quota (Docker Hub).
+        // The quota gauges appear once an upstream reports a quota (Docker
+        // Hub), the signature counters with an upstream's signature rules
+        // (tests/signatures.rs reads them).
         let exported = text.contains(&format!("# TYPE {name} "));
         let quota = name.starts_with("lasti_upstream_ratelimit");
+        let signatures = name.starts_with("lasti_signature_");
         assert!(
-            exported || quota,
+            exported || quota || signatures,
             "the dashboard or an alert uses {name}, which lasti does not export"
         );
     }

@@ -39,6 +39,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::NoSignature,
+        Refusal::UnknownKey,
+        Refusal::WrongPayload,
+        Refusal::DigestMismatch,
+    ];
+
     /// A fixed label.
     pub fn as_str(self) -> &'static str {
         match self {

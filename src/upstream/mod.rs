@@ -75,6 +75,9 @@ impl Upstream {
         }
         let (allow, deny) = (globs(&config.allow)?, globs(&config.deny)?);
         let signatures = Policies::new(&config.name, &config.signatures)?;
+        if signatures.any() {
+            metrics.register_signature_rules(&config.name);
+        }
         Ok(Upstream {
             config,
             client,
