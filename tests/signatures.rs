@@ -815,3 +815,82 @@ async fn a_signature_kept_as_a_referrer_counts_once_the_sig_tag_has_none() {
     };
     assert_eq!(sig_tag(&by_referrer), 1, "the .sig tag is asked first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_image_is_back_filled_with_its_signature_and_a_refused_one_not_at_all() {
+    let upstream = Upstream::start();
+    let host = upstream.registry.host();
+    let target = Registry::start_with(common::registry::RegistryOptions {
+        htpasswd: Some(("unused".into(), "sa-token".into())),
+        ..Default::default()
+    });
+    let trusted = signer();
+    let (dir, signed) = upstream
+        .image("signed", &[ImageSpec::linux_amd64(2941, &[4096])])
+        .await;
+    sign_as(
+        &dir,
+        1,
+        &trusted,
+        &signed,
+        &format!("{host}/team/app:signed"),
+    );
+    upstream.push(&dir, "team/app:signed").await;
+    let (dir, unsigned) = upstream
+        .image("unsigned", &[ImageSpec::linux_amd64(2942, &[4096])])
+        .await;
+    upstream.push(&dir, "team/app:unsigned").await;
+
+    let key = upstream.key_file("trusted", &trusted);
+    let mut settings = config(&[("docker.io", &upstream.registry.url())]);
+    settings.upstreams[0].signatures = vec![signed_by("team-signed", &["team/*"], vec![key])];
+    settings.target.url = Some(url::Url::parse(&target.url()).unwrap());
+    settings.target.project = Some("proj".into());
+    settings.target.token = Some(lasti::secret::Secret::new("sa-token".into()));
+    let lasti = Lasti::start_with(settings, None).await;
+
+    expect(&lasti, "team/app", &["signed"], OCI_MANIFEST, None).await;
+    expect(
+        &lasti,
+        "team/app",
+        &["unsigned"],
+        OCI_MANIFEST,
+        Some("it has no signature"),
+    )
+    .await;
+    let status = lasti
+        .backfill_status_when(std::time::Duration::from_secs(30), |s| {
+            s["recent"].as_array().map_or(0, Vec::len) >= 2
+        })
+        .await;
+    let mut tags: Vec<&str> = status["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["tag"].as_str().unwrap())
+        .collect();
+    tags.sort();
+    let sig_tag = signature::signature_tag(&signed);
+    assert_eq!(tags, [sig_tag.as_str(), "signed"], "{status:#}");
+
+    // The project holds the image and its signature, and never the refused one.
+    let target_repo = status["recent"][0]["target_repo"].as_str().unwrap();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("unused:sa-token")
+    );
+    let at_target = |reference: String| {
+        let url = format!("{}/v2/{target_repo}/manifests/{reference}", target.url());
+        let basic = basic.clone();
+        async move {
+            get(&url, &[("accept", OCI_MANIFEST), ("authorization", &basic)])
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(at_target(signed.to_string()).await, 200);
+    assert_eq!(at_target(sig_tag.clone()).await, 200);
+    assert_eq!(at_target(unsigned.to_string()).await, 404);
+    assert_eq!(at_target("unsigned".into()).await, 404);
+}
