@@ -42,7 +42,21 @@ impl Policy {
 
     /// Where the verdict on `digest` in `repo` of `upstream` is kept.
     pub fn verdict_key(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> String {
-        format!("{} {upstream} {repo}@{digest}", self.id)
+        // Built by hand: it is made on every manifest hit under a rule.
+        let parts = [
+            &self.id,
+            " ",
+            upstream,
+            " ",
+            repo.as_str(),
+            "@",
+            digest.as_str(),
+        ];
+        let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            key.push_str(part);
+        }
+        key
     }
 }
 
@@ -53,10 +67,67 @@ enum Rule {
     Unsigned,
 }
 
+/// Which repositories a rule is for. Most patterns are a name or a name
+/// followed by `*` (`*` crosses `/`, as in `allow`): those are compared
+/// as strings, as they are on every manifest hit under a rule.
+#[derive(Debug)]
+enum Repositories {
+    /// `*`.
+    Any,
+    /// Names, and prefixes of names, without any other glob syntax.
+    Plain {
+        names: Vec<String>,
+        prefixes: Vec<String>,
+    },
+    /// Anything else.
+    Globs(GlobSet),
+}
+
+impl Repositories {
+    fn new(patterns: &[String], name: &str) -> Result<Repositories, String> {
+        let special = |p: &str| p.contains(['?', '[', ']', '{', '}', '\\', '!']);
+        if patterns.iter().any(|p| p == "*") {
+            return Ok(Repositories::Any);
+        }
+        if !patterns.iter().any(|p| special(p)) {
+            let (mut names, mut prefixes) = (Vec::new(), Vec::new());
+            for pattern in patterns {
+                match pattern.split_once('*') {
+                    None => names.push(pattern.clone()),
+                    Some((prefix, "")) if !prefix.contains('*') => prefixes.push(prefix.into()),
+                    Some(_) => return Repositories::globs(patterns, name),
+                }
+            }
+            return Ok(Repositories::Plain { names, prefixes });
+        }
+        Repositories::globs(patterns, name)
+    }
+
+    fn globs(patterns: &[String], name: &str) -> Result<Repositories, String> {
+        let mut globs = GlobSetBuilder::new();
+        for pattern in patterns {
+            globs.add(globset::Glob::new(pattern).map_err(|e| format!("{name}: {e}"))?);
+        }
+        let globs = globs.build().map_err(|e| format!("{name}: {e}"))?;
+        Ok(Repositories::Globs(globs))
+    }
+
+    fn matches(&self, repo: &str) -> bool {
+        match self {
+            Repositories::Any => true,
+            Repositories::Plain { names, prefixes } => {
+                names.iter().any(|n| n == repo)
+                    || prefixes.iter().any(|p| repo.starts_with(p.as_str()))
+            }
+            Repositories::Globs(globs) => globs.is_match(repo),
+        }
+    }
+}
+
 /// An upstream's rules, in order.
 #[derive(Debug, Default)]
 pub struct Policies {
-    rules: Vec<(GlobSet, Rule)>,
+    rules: Vec<(Repositories, Rule)>,
 }
 
 impl Policies {
@@ -65,11 +136,7 @@ impl Policies {
         let mut rules = Vec::new();
         for config in configs {
             let name = config.display_name(upstream);
-            let mut globs = GlobSetBuilder::new();
-            for pattern in &config.repositories {
-                globs.add(globset::Glob::new(pattern).map_err(|e| format!("{name}: {e}"))?);
-            }
-            let globs = globs.build().map_err(|e| format!("{name}: {e}"))?;
+            let globs = Repositories::new(&config.repositories, &name)?;
             if config.unsigned {
                 rules.push((globs, Rule::Unsigned));
                 continue;
@@ -102,7 +169,7 @@ impl Policies {
         match self
             .rules
             .iter()
-            .find(|(globs, _)| globs.is_match(repo.as_str()))
+            .find(|(repositories, _)| repositories.matches(repo.as_str()))
         {
             Some((_, Rule::Signed(policy))) => Some(policy),
             _ => None,
@@ -211,6 +278,42 @@ mod tests {
             id(vec![a.clone(), b.clone()], true)
         );
         assert_ne!(id(vec![a.clone()], true), id(vec![a.clone()], false));
+    }
+
+    #[test]
+    fn plain_patterns_match_as_their_globs_do() {
+        let patterns = [
+            "*",
+            "team/*",
+            "team/app",
+            "team/app*",
+            "te*",
+            "team/*/x",
+            "team/[ab]pp",
+            "t?am/*",
+            "team/**",
+            "*/app",
+        ];
+        let repos = [
+            "team/app",
+            "team/apps",
+            "team/bpp",
+            "team/a/x",
+            "other/app",
+            "team",
+            "tea",
+        ];
+        for pattern in patterns {
+            let ours = Repositories::new(&[pattern.to_string()], "t").unwrap();
+            let glob = globset::Glob::new(pattern).unwrap().compile_matcher();
+            for repo in repos {
+                assert_eq!(
+                    ours.matches(repo),
+                    glob.is_match(repo),
+                    "{pattern} on {repo}"
+                );
+            }
+        }
     }
 
     #[test]
