@@ -20,14 +20,15 @@
 //! back-filled. Signature, attestation and SBOM artifacts are served
 //! without a signature of their own: they are what signs.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::RwLock;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use moka::Expiry;
 
 use super::gate::Grant;
 use super::manifests::ManifestAnswer;
@@ -109,19 +110,15 @@ impl Verdict {
     }
 }
 
-/// Keeps lasting verdicts until evicted and the others for
-/// [`RECHECK_AFTER`].
-struct UntilRecheck;
-
-impl Expiry<String, Verdict> for UntilRecheck {
-    fn expire_after_create(&self, _: &String, verdict: &Verdict, _: Instant) -> Option<Duration> {
-        verdict.stored().is_none().then_some(RECHECK_AFTER)
-    }
-}
-
 /// The verdicts made, by [`Policy::verdict_key`].
 pub(super) struct Verdicts {
-    made: moka::future::Cache<String, Verdict>,
+    /// Those that hold for good, looked up on every manifest hit under a
+    /// rule: a plain map behind a lock costs a hit far less than moka's
+    /// bookkeeping. Emptied when full; the index still has them.
+    lasting: RwLock<HashMap<String, Verdict>>,
+    /// Every verdict for [`RECHECK_AFTER`]: refusals wait here to be
+    /// asked again, and concurrent checks of one manifest are one.
+    recent: moka::future::Cache<String, Verdict>,
     /// Refused digests already logged.
     told: moka::sync::Cache<String, ()>,
 }
@@ -129,19 +126,37 @@ pub(super) struct Verdicts {
 impl Default for Verdicts {
     fn default() -> Self {
         Verdicts {
-            made: moka::future::Cache::builder()
+            lasting: RwLock::new(HashMap::new()),
+            recent: moka::future::Cache::builder()
                 .max_capacity(MAX_VERDICTS)
-                .expire_after(UntilRecheck)
+                .time_to_live(RECHECK_AFTER)
                 .build(),
             told: moka::sync::Cache::new(10_000),
         }
     }
 }
 
+impl Verdicts {
+    /// A verdict that holds for good, if one was made.
+    fn lasting(&self, key: &str) -> Option<Verdict> {
+        let lasting = self.lasting.read().unwrap_or_else(|p| p.into_inner());
+        lasting.get(key).copied()
+    }
+
+    /// Keeps a verdict that holds for good.
+    fn keep(&self, key: String, verdict: Verdict) {
+        let mut lasting = self.lasting.write().unwrap_or_else(|p| p.into_inner());
+        if lasting.len() >= MAX_VERDICTS as usize {
+            lasting.clear();
+        }
+        lasting.insert(key, verdict);
+    }
+}
+
 impl std::fmt::Debug for Verdicts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verdicts")
-            .field("made", &self.made.entry_count())
+            .field("recent", &self.recent.entry_count())
             .finish()
     }
 }
@@ -173,11 +188,16 @@ impl Proxy {
         }
         let digest = answer.digest();
         let key = policy.verdict_key(upstream.name(), repo, digest);
-        let verdict = match self.verdicts.made.get(&key).await {
+        let verdict = match self.verdicts.lasting(&key) {
             Some(verdict) => verdict,
             None => {
                 let decided = self.decide(upstream, repo, answer, policy, caller, grant, &key);
-                match self.verdicts.made.try_get_with(key.clone(), decided).await {
+                match self
+                    .verdicts
+                    .recent
+                    .try_get_with(key.clone(), decided)
+                    .await
+                {
                     Ok(verdict) => verdict,
                     Err(why) => {
                         upstream.signature_refused("unverifiable");
@@ -219,6 +239,7 @@ impl Proxy {
     ) -> std::result::Result<Verdict, String> {
         let kept = self.cache.verdict(key).await.map_err(|e| e.to_string())?;
         if let Some(verdict) = kept.as_deref().and_then(Verdict::from_stored) {
+            self.verdicts.keep(key.to_string(), verdict);
             return Ok(verdict);
         }
         let digest = answer.digest();
@@ -271,13 +292,13 @@ impl Proxy {
         if matches!(verdict, Verdict::Signed(_)) && media_type::is_index(&media_type) {
             for child in ImageIndex::parse(&bytes).map_or(Vec::new(), |i| i.manifests) {
                 let child_key = policy.verdict_key(upstream.name(), repo, &child.digest);
-                self.verdicts
-                    .made
-                    .insert(child_key.clone(), Verdict::Covered)
-                    .await;
+                self.verdicts.keep(child_key.clone(), Verdict::Covered);
                 upstream.signature_verdict(COVERED);
                 lasting.push((child_key, COVERED));
             }
+        }
+        if verdict.stored().is_some() {
+            self.verdicts.keep(key.to_string(), verdict);
         }
         if !lasting.is_empty() {
             if let Err(e) = self.cache.put_verdicts(lasting).await {
