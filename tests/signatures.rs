@@ -770,6 +770,18 @@ async fn a_signature_kept_as_a_referrer_counts_once_the_sig_tag_has_none() {
     settings.upstreams[0].signatures = vec![signed_by("team-signed", &["library/*"], vec![key])];
     let lasti = Lasti::start_with(settings, None).await;
 
+    // A HEAD first, as docker asks: checked as a GET is.
+    let first = |tag: &str| {
+        let url = format!("{}/v2/app/manifests/{tag}", lasti.url());
+        async move {
+            head(&url, &[("accept", OCI_MANIFEST)])
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(first("tagged").await, 200);
+    assert_eq!(first("stranger").await, 403);
     expect(
         &lasti,
         "app",

@@ -162,6 +162,15 @@ impl Lasti {
         if let Some(task) = self.task.take() {
             task.await.expect("lasti task ends cleanly");
         }
+        // A blocking task of the cache (the start-up scan, a sweep) may
+        // hold the index a moment longer than the server: wait until it
+        // is free, so that a restart on this directory can open it.
+        let index = self.dir.join("index.redb");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while index.exists() && lasti::cache::index::Index::open(&index).is_err() {
+            assert!(Instant::now() < deadline, "the index is still held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.data.take().expect("data dir present")
     }
 }
