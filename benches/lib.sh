@@ -58,20 +58,26 @@ cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "
 # The median of the numbers on stdin, one per line.
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# Uploads $2 MiB of random bytes as a blob of bench/blob to the registry at
+# Uploads the file $3 as a blob of repository $2 to the registry at
 # 127.0.0.1:$1 (monolithic upload); prints its digest.
-push_blob() {
-  head -c "$(($2 * 1024 * 1024))" /dev/urandom >"$W/blob"
+upload_blob() { # port repo file
   local digest location sep
-  digest="sha256:$(sha256sum "$W/blob" | cut -d' ' -f1)"
-  location=$(curl -fsS -D - -o /dev/null -X POST "http://127.0.0.1:$1/v2/bench/blob/blobs/uploads/" |
+  digest="sha256:$(sha256sum "$3" | cut -d' ' -f1)"
+  location=$(curl -fsS -D - -o /dev/null -X POST "http://127.0.0.1:$1/v2/$2/blobs/uploads/" |
     awk -F': ' 'tolower($1) == "location" {print $2}' | tr -d '\r')
   case "$location" in http*) ;; *) location="http://127.0.0.1:$1$location" ;; esac
   sep='?'; case "$location" in *\?*) sep='&' ;; esac
   curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
-    -T "$W/blob" "$location${sep}digest=$digest"
-  rm "$W/blob"
+    -T "$3" "$location${sep}digest=$digest"
   echo "$digest"
+}
+
+# Uploads $2 MiB of random bytes as a blob of bench/blob to the registry at
+# 127.0.0.1:$1; prints its digest.
+push_blob() {
+  head -c "$(($2 * 1024 * 1024))" /dev/urandom >"$W/blob"
+  upload_blob "$1" bench/blob "$W/blob"
+  rm "$W/blob"
 }
 
 # Starts one Garage node (GARAGE, from scripts/garage) with its S3 API on

@@ -28,15 +28,7 @@ bench_workdir lasti-signed-hits
 start_registry "$REGISTRY" 3600
 
 upload() { # file repo -> digest
-  local digest location sep
-  digest="sha256:$(sha256sum "$1" | cut -d' ' -f1)"
-  location=$(curl -fsS -D - -o /dev/null -X POST "http://127.0.0.1:$REGISTRY/v2/$2/blobs/uploads/" |
-    awk -F': ' 'tolower($1) == "location" {print $2}' | tr -d '\r')
-  case "$location" in http*) ;; *) location="http://127.0.0.1:$REGISTRY$location" ;; esac
-  sep='?'; case "$location" in *\?*) sep='&' ;; esac
-  curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
-    -T "$1" "$location${sep}digest=$digest"
-  echo "$digest"
+  upload_blob "$REGISTRY" "$2" "$1"
 }
 put_manifest() { # file repo tag
   curl -fsS -o /dev/null -X PUT -H "Content-Type: $OCI" -T "$1" \

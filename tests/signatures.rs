@@ -281,6 +281,46 @@ impl Upstream {
     }
 }
 
+/// How a test image is signed: by whom, for which reference, and for
+/// which digest (its own unless told otherwise).
+struct Signing<'a> {
+    by: &'a Signer,
+    reference: String,
+    digest: Option<&'a Digest>,
+}
+
+impl<'a> Signing<'a> {
+    fn new(by: &'a Signer, reference: &str) -> Signing<'a> {
+        Signing {
+            by,
+            reference: reference.to_string(),
+            digest: None,
+        }
+    }
+
+    /// Signs `digest` instead of the image's own.
+    fn for_digest(mut self, digest: &'a Digest) -> Signing<'a> {
+        self.digest = Some(digest);
+        self
+    }
+}
+
+impl Upstream {
+    /// Pushes a one-platform image made from `seed` to `repo_tag`, signed
+    /// as `signing` says; its digest.
+    async fn publish(&self, seed: u64, repo_tag: &str, signing: Option<Signing<'_>>) -> Digest {
+        let name = repo_tag.replace(['/', ':'], "-");
+        let spec = ImageSpec::linux_amd64(seed, &[4096]).unpackable();
+        let (dir, digest) = self.image(&name, &[spec]).await;
+        if let Some(signing) = signing {
+            let signed = signing.digest.unwrap_or(&digest);
+            sign_as(&dir, 1, signing.by, signed, &signing.reference);
+        }
+        self.push(&dir, repo_tag).await;
+        digest
+    }
+}
+
 /// Adds `signer`'s signature of a payload for `digest` at `reference`.
 fn sign_as(dir: &Path, n: usize, signer: &Signer, digest: &Digest, reference: &str) {
     let signed = payload(digest.as_str(), reference);
@@ -357,86 +397,34 @@ async fn lasti_serves_only_images_the_policy_keys_signed() {
     let host = upstream.registry.host();
     let (trusted, next, stranger) = (signer(), signer(), signer());
 
-    let (dir, signed) = upstream
-        .image(
-            "signed",
-            &[ImageSpec::linux_amd64(2911, &[4096]).unpackable()],
-        )
+    let sign = |by, reference: &str| Some(Signing::new(by, &format!("{host}/{reference}")));
+    let signed = upstream
+        .publish(2911, "team/app:signed", sign(&trusted, "team/app:signed"))
         .await;
-    sign_as(
-        &dir,
-        1,
-        &trusted,
-        &signed,
-        &format!("{host}/team/app:signed"),
-    );
-    upstream.push(&dir, "team/app:signed").await;
     // Signed with the key that replaces it: a policy lists both.
-    let (dir, rotated) = upstream
-        .image(
-            "rotated",
-            &[ImageSpec::linux_amd64(2912, &[4096]).unpackable()],
+    let rotated = upstream
+        .publish(2912, "team/app:rotated", sign(&next, "team/app:rotated"))
+        .await;
+    let unsigned = upstream.publish(2913, "team/app:unsigned", None).await;
+    let strangers = upstream
+        .publish(
+            2914,
+            "team/app:stranger",
+            sign(&stranger, "team/app:stranger"),
         )
         .await;
-    sign_as(
-        &dir,
-        1,
-        &next,
-        &rotated,
-        &format!("{host}/team/app:rotated"),
-    );
-    upstream.push(&dir, "team/app:rotated").await;
-    let (dir, unsigned) = upstream
-        .image(
-            "unsigned",
-            &[ImageSpec::linux_amd64(2913, &[4096]).unpackable()],
-        )
-        .await;
-    upstream.push(&dir, "team/app:unsigned").await;
-    let (dir, strangers) = upstream
-        .image(
-            "stranger",
-            &[ImageSpec::linux_amd64(2914, &[4096]).unpackable()],
-        )
-        .await;
-    sign_as(
-        &dir,
-        1,
-        &stranger,
-        &strangers,
-        &format!("{host}/team/app:stranger"),
-    );
-    upstream.push(&dir, "team/app:stranger").await;
     // The trusted key, but the payload names the signed image's digest.
-    let (dir, wrong) = upstream
-        .image(
-            "wrong",
-            &[ImageSpec::linux_amd64(2915, &[4096]).unpackable()],
+    let wrong = upstream
+        .publish(
+            2915,
+            "team/app:wrong",
+            sign(&trusted, "team/app:wrong").map(|s| s.for_digest(&signed)),
         )
         .await;
-    sign_as(
-        &dir,
-        1,
-        &trusted,
-        &signed,
-        &format!("{host}/team/app:wrong"),
-    );
-    upstream.push(&dir, "team/app:wrong").await;
     // The trusted key, signed for another repository.
-    let (dir, elsewhere) = upstream
-        .image(
-            "elsewhere",
-            &[ImageSpec::linux_amd64(2916, &[4096]).unpackable()],
-        )
+    let elsewhere = upstream
+        .publish(2916, "team/app:elsewhere", sign(&trusted, "team/other:v1"))
         .await;
-    sign_as(
-        &dir,
-        1,
-        &trusted,
-        &elsewhere,
-        &format!("{host}/team/other:v1"),
-    );
-    upstream.push(&dir, "team/app:elsewhere").await;
     // An exception for one repository, and one no rule names.
     let (dir, legacy) = upstream
         .image(
@@ -837,21 +825,15 @@ async fn a_signed_image_is_back_filled_with_its_signature_and_a_refused_one_not_
         ..Default::default()
     });
     let trusted = signer();
-    let (dir, signed) = upstream
-        .image("signed", &[ImageSpec::linux_amd64(2941, &[4096])])
+    let reference = format!("{host}/team/app:signed");
+    let signed = upstream
+        .publish(
+            2941,
+            "team/app:signed",
+            Some(Signing::new(&trusted, &reference)),
+        )
         .await;
-    sign_as(
-        &dir,
-        1,
-        &trusted,
-        &signed,
-        &format!("{host}/team/app:signed"),
-    );
-    upstream.push(&dir, "team/app:signed").await;
-    let (dir, unsigned) = upstream
-        .image("unsigned", &[ImageSpec::linux_amd64(2942, &[4096])])
-        .await;
-    upstream.push(&dir, "team/app:unsigned").await;
+    let unsigned = upstream.publish(2942, "team/app:unsigned", None).await;
 
     let key = upstream.key_file("trusted", &trusted);
     let mut settings = config(&[("docker.io", &upstream.registry.url())]);
