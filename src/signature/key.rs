@@ -5,9 +5,10 @@
 //!
 //! ring does the cryptography (it is linked for TLS already); the few
 //! bytes of SubjectPublicKeyInfo that say which algorithm a key is for are
-//! read here. Keys ring cannot check with cosign's rules (P-521, and
-//! ed25519ph, cosign's pre-hashed Ed25519) are refused when the file is
-//! read, not when a pull needs them.
+//! read here. A key ring cannot check (P-521) is refused when the file is
+//! read, not when a pull needs it. Ed25519 signatures are checked as pure
+//! Ed25519, as containers/image makes them; ring has no Ed25519ph, the
+//! pre-hashed variant cosign can make.
 
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 
