@@ -13,7 +13,7 @@ use ::lasti::config::Config;
 use ::lasti::oci::Digest;
 use common::garage::Garage;
 use common::http;
-use common::lasti::{config as lasti_config, Lasti};
+use common::lasti::{config as lasti_config, total, total_reaches, Lasti};
 use common::oci_layout::{BuiltImage, ImageSpec, Layout};
 use common::process::Setup;
 use common::registry::Registry;
@@ -61,27 +61,6 @@ const SECRET: &str = "replicas-of-one-test";
 /// which verifies every digest, into `out`; checks it is `image`, whole.
 async fn pull_and_check(host: &str, name: &str, image: &BuiltImage, out: &std::path::Path) {
     skopeo::pull_and_check(host, name, image, out, true).await
-}
-
-/// The sum of a metric over `replicas`.
-async fn total(replicas: &[Lasti], name: &str, labels: &[&str]) -> u64 {
-    let mut sum = 0;
-    for replica in replicas {
-        sum += http::metric(&replica.admin_url(), name, labels).await;
-    }
-    sum
-}
-
-/// Waits (up to 30 s) until [`total`] reaches `want`; the last value.
-async fn total_reaches(replicas: &[Lasti], name: &str, labels: &[&str], want: u64) -> u64 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let value = total(replicas, name, labels).await;
-        if value >= want || std::time::Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

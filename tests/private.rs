@@ -15,7 +15,7 @@ use bytes::Bytes;
 use common::checks::{assert_oci_error, assert_whole, within};
 use common::fake_upstream::{blob_path, image_manifest, manifest_path, random_blob, FakeUpstream};
 use common::http::{get, head, metric, Reply};
-use common::lasti::{config, Lasti};
+use common::lasti::{config, total_reaches, Lasti};
 use http::{Method, StatusCode};
 use lasti::config::{Config, CredentialSource};
 
@@ -452,12 +452,10 @@ async fn replicas_fetch_private_blobs_themselves_and_share_public_ones() {
         }
         // Each public blob reached one replica through the other; no
         // private one did.
-        let mut through_peers = 0;
-        for lasti in [&a, &b] {
-            let admin = lasti.admin_url();
-            through_peers += metric(&admin, "lasti_fill_sources_total", &["tier=\"peer\""]).await;
-        }
-        assert_eq!(through_peers, public.len() as u64);
+        let fills = "lasti_fill_sources_total";
+        let want = public.len() as u64;
+        let through_peers = total_reaches([&a, &b], fills, &["tier=\"peer\""], want).await;
+        assert_eq!(through_peers, want);
     })
     .await;
 }

@@ -182,3 +182,35 @@ impl Drop for Lasti {
         }
     }
 }
+
+/// The sum of a metric over `replicas` (see [`super::http::metric`]).
+pub async fn total<'a>(
+    replicas: impl IntoIterator<Item = &'a Lasti> + Copy,
+    name: &str,
+    labels: &[&str],
+) -> u64 {
+    let mut sum = 0;
+    for replica in replicas {
+        sum += super::http::metric(&replica.admin_url(), name, labels).await;
+    }
+    sum
+}
+
+/// Waits (up to 30 s) until [`total`] reaches `want`; the last value.
+/// Counters such as `lasti_fill_sources_total` move just after a client
+/// has its last byte, so a test compares them once they settle.
+pub async fn total_reaches<'a>(
+    replicas: impl IntoIterator<Item = &'a Lasti> + Copy,
+    name: &str,
+    labels: &[&str],
+    want: u64,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = total(replicas, name, labels).await;
+        if value >= want || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
