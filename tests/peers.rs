@@ -309,6 +309,62 @@ async fn a_replica_that_joins_during_its_successors_fetch_follows_that_fetch() {
     assert_eq!(registry.settled_blob_gets(&digest, 1), 1, "fetched once");
 }
 
+/// A restarted owner asked by another replica for a blob its successor is
+/// fetching follows that fetch: in a rolling restart, the replica that
+/// stood in for it and the one asking it must not cost two upstream GETs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_owner_asked_by_a_peer_follows_its_successors_fetch() {
+    let registry = Registry::start();
+    // 2 MiB/s: a 4 MiB layer takes two seconds, time for the owner to return.
+    let throttle = Throttle::start(&registry.host(), "2m");
+    let work = TempDir::new().unwrap();
+    let spec = ImageSpec::linux_amd64(34, &[4 * 1024 * 1024]);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "rolled", &spec).await;
+    let digest = image.layer_digests[0].clone();
+    // Addresses that rank `owner`, `successor`, `asker` for the layer.
+    let members = loop {
+        let members: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        if rendezvous::ranked(&members, &Digest::parse(&digest).unwrap()) == members {
+            break members;
+        }
+    };
+    let (owner, successor, asker) = (&members[0], &members[1], &members[2]);
+    let config = |me: &str| replica_of(&throttle.url(), me, &members);
+
+    // The owner is away: its successor fetches the layer itself.
+    let standing_in = Lasti::start_with(config(successor), None).await;
+    let third = Lasti::start_with(config(asker), None).await;
+    let url = |host: &str| format!("http://{host}/v2/library/rolled/blobs/{digest}");
+    let first_url = url(&standing_in.host());
+    let first = tokio::spawn(async move { http::get(&first_url, &[]).await });
+    let admin = standing_in.admin_url();
+    let fetching = http::metric_reaches(&admin, "lasti_fetches_in_flight", &[], 1).await;
+    assert_eq!(fetching, 1, "the successor fetches the layer");
+
+    // The owner comes back with an empty disk, and the third replica asks
+    // it for the layer: it follows its successor's fetch.
+    let back = Lasti::start_with(config(owner), None).await;
+    let v2 = format!("{}/v2/", back.url());
+    while http::get(&v2, &[]).await.status != 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let still = http::metric(&admin, "lasti_fetches_in_flight", &[]).await;
+    assert_eq!(still, 1, "the owner came back during the fetch");
+    let second = http::get(&url(&third.host()), &[]).await;
+    let first = first.await.unwrap();
+    for reply in [&first, &second] {
+        assert_eq!(reply.status, 200);
+        assert_eq!(Digest::sha256_of(&reply.body).to_string(), digest);
+    }
+    let peer = ["tier=\"peer\""];
+    let fills = "lasti_fill_sources_total";
+    let through = http::metric_reaches(&third.admin_url(), fills, &peer, 1).await;
+    assert_eq!(through, 1, "the third replica had it through the owner");
+    assert_eq!(registry.settled_blob_gets(&digest, 1), 1, "fetched once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_back_on_its_address_is_taken_back_at_once() {
     let registry = Registry::start();

@@ -114,6 +114,18 @@ impl Cluster {
         self.members.successor(digest)
     }
 
+    /// [`Cluster::successor`] for a fill another replica asked for: none
+    /// when the successor is that replica (by its
+    /// [`peer_client::MEMBER_HEADER`]), which is reading from this one and
+    /// so has nothing of its own to give.
+    pub fn successor_for(&self, digest: &Digest, asker: Option<&str>) -> Option<String> {
+        let successor = self.members.successor(digest)?;
+        match asker {
+            Some(asker) if crate::config::member_name(asker) == successor => None,
+            _ => Some(successor),
+        }
+    }
+
     /// From now on, turns away peer requests for blobs this replica would
     /// have to fetch: it is shutting down, and a fill it started now would
     /// be cut, or fetched again by the next owner.

@@ -83,8 +83,11 @@ impl Proxy {
             .await
     }
 
-    /// Answers another replica's `GET` on the peer listener: like a
-    /// client's, except that a miss never asks a peer in turn. With
+    /// Answers another replica's `GET` on the peer listener (`asker`, as
+    /// its member header names it): like a client's, except that a miss
+    /// asks no owner in turn, only this replica's successor for a copy it
+    /// holds or is reading from a registry (it stood in while this replica
+    /// was away, and may be fetching the blob now). With
     /// `only_stored` (the asker owns the digest and asks its successor) the
     /// blob is served only if it is held whole or being read from a
     /// registry: never a fill fed by a peer, which may be the asker itself,
@@ -97,6 +100,7 @@ impl Proxy {
         digest: &Digest,
         range: Option<RangeSpec>,
         only_stored: bool,
+        asker: Option<&str>,
     ) -> Result<BlobAnswer> {
         if only_stored {
             // The fill first: one that ends meanwhile has stored the blob.
@@ -118,7 +122,8 @@ impl Proxy {
             };
         }
         // Asked only for what anyone may pull: as lasti itself.
-        self.get_blob(upstream, repo, digest, range, Asker::Peer, &Grant::open())
+        let asker = Asker::Peer(asker);
+        self.get_blob(upstream, repo, digest, range, asker, &Grant::open())
             .await
     }
 
@@ -128,7 +133,7 @@ impl Proxy {
         repo: &RepoName,
         digest: &Digest,
         range: Option<RangeSpec>,
-        asker: Asker,
+        asker: Asker<'_>,
         grant: &Grant,
     ) -> Result<BlobAnswer> {
         match self.cache.lookup(digest).await? {
@@ -150,13 +155,18 @@ impl Proxy {
                 sources.extend(self.bucket.clone().map(Source::Bucket));
                 // A private blob never crosses the peer port: this replica
                 // fetches it with its own client's credential.
-                let peers = (asker == Asker::Client && grant.public)
-                    .then_some(self.cluster.as_ref())
-                    .flatten();
-                if let Some(cluster) = peers {
-                    let owners = cluster.owners(digest).into_iter().map(|m| (m, false));
-                    let successor = cluster.successor(digest).map(|m| (m, true));
-                    let peers = owners.chain(successor).map(|(member, only_stored)| {
+                if let Some(cluster) = self.cluster.as_ref().filter(|_| grant.public) {
+                    let peers = match asker {
+                        Asker::Client => cluster.owners(digest),
+                        Asker::Peer(_) => Vec::new(),
+                    };
+                    let successor = match asker {
+                        Asker::Client => cluster.successor(digest),
+                        Asker::Peer(from) => cluster.successor_for(digest, from),
+                    };
+                    let peers = peers.into_iter().map(|m| (m, false));
+                    let peers = peers.chain(successor.map(|m| (m, true)));
+                    sources.extend(peers.map(|(member, only_stored)| {
                         Source::Peer(Peer {
                             cluster: Arc::clone(cluster),
                             member,
@@ -165,8 +175,7 @@ impl Proxy {
                             repo: repo.clone(),
                             idle: upstream.body_idle_timeout(),
                         })
-                    });
-                    sources.extend(peers);
+                    }));
                 }
                 let context = FillContext {
                     bucket: self.bucket.clone(),
@@ -327,9 +336,10 @@ async fn read_through(
 }
 
 /// Who asks for a blob: a client, or another replica on the peer listener
-/// (whose misses never ask a peer in turn).
+/// (by its member name, when it sent one), whose misses ask no owner in
+/// turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Asker {
+enum Asker<'a> {
     Client,
-    Peer,
+    Peer(Option<&'a str>),
 }

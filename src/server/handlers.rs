@@ -9,7 +9,7 @@ use super::response;
 use super::router::{self, Route};
 use crate::access::client_tokens::{ClientTokens, TOKEN_LIFETIME, TOKEN_PATH};
 use crate::body::Body;
-use crate::cluster::peer_client::ONLY_IF_CACHED;
+use crate::cluster::peer_client::{MEMBER_HEADER, ONLY_IF_CACHED};
 use crate::error::{Error, Result};
 use crate::oci::{AcceptList, Digest, DigestError, RangeSpec, Reference, RepoName};
 use crate::pull_through::Proxy;
@@ -157,8 +157,10 @@ pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Bod
                 let (upstream, repo) = resolve(proxy, name, query)?;
                 let digest = parse_digest(digest)?;
                 let range = parse_range(request.headers())?;
+                let asker = request.headers().get(MEMBER_HEADER);
+                let asker = asker.and_then(|m| m.to_str().ok());
                 let answer = proxy
-                    .peer_blob(upstream, &repo, &digest, range, only_stored)
+                    .peer_blob(upstream, &repo, &digest, range, only_stored, asker)
                     .await?;
                 let delivery = request.extensions().get().cloned().unwrap_or_default();
                 Ok(response::blob(answer, digest.as_str(), delivery))
