@@ -40,6 +40,10 @@ struct Cli {
     /// back-fill status, warm requests).
     #[arg(long, global = true)]
     admin_listen: Option<SocketAddr>,
+    /// File holding the admin token: `serve` requires it of admin calls
+    /// that change state; `purge` sends it.
+    #[arg(long, global = true)]
+    admin_token_file: Option<PathBuf>,
     /// Registry to back-fill pulled images into (the Rahti project's registry).
     #[arg(long = "target", global = true)]
     target_url: Option<Url>,
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         upstreams: cli.upstreams,
         log_format: cli.log_format,
         admin_listen: cli.admin_listen,
+        admin_token_file: cli.admin_token_file,
         target_url: cli.target_url,
         target_project: cli.target_project,
         target_token_file: cli.target_token_file,

@@ -89,7 +89,7 @@ impl SecretFile {
     /// Reads `path` now and watches it every `interval` (when a tokio
     /// runtime is running; without one the first value stays).
     pub fn watch(path: PathBuf, interval: Duration) -> SecretFile {
-        let (version, value) = read_secret(&path, None);
+        let (version, value) = read_secret(&path, None, true);
         let value = Arc::new(RwLock::new(value));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -121,7 +121,7 @@ async fn poll(
         }
         let path = path.clone();
         let Ok((seen, read)) =
-            tokio::task::spawn_blocking(move || read_secret(&path, version)).await
+            tokio::task::spawn_blocking(move || read_secret(&path, version, false)).await
         else {
             continue;
         };
@@ -133,19 +133,21 @@ async fn poll(
 }
 
 /// The file's version and, when it differs from `seen`, its value (`None`
-/// when unchanged or unreadable).
-fn read_secret(path: &Path, seen: Version) -> (Version, Option<Secret>) {
+/// when unchanged or unreadable). A file that cannot be read is logged on
+/// the `first` read and when it becomes unreadable, not at every poll
+/// while it stays so (an optional Secret not created yet).
+fn read_secret(path: &Path, seen: Version, first: bool) -> (Version, Option<Secret>) {
     let version = std::fs::metadata(path)
         .ok()
         .and_then(|m| Some((m.modified().ok()?, m.len())));
-    if version.is_some() && version == seen {
+    if version == seen && (version.is_some() || !first) {
         return (seen, None);
     }
     match std::fs::read_to_string(path) {
         Ok(text) => (version, Some(Secret::new(text.trim_end().to_string()))),
         Err(e) => {
             tracing::warn!(file = %path.display(), error = %e, "cannot read a password file");
-            (seen, None)
+            (version, None)
         }
     }
 }
@@ -168,6 +170,17 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "never saw {want:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_password_file_that_appears_later_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let file = SecretFile::watch(path.clone(), Duration::from_millis(20));
+        assert!(file.current().is_none());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        std::fs::write(&path, "late\n").unwrap();
+        becomes(&file, "late").await;
     }
 
     #[tokio::test]

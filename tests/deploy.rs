@@ -271,6 +271,15 @@ fn overlays_agree_with_lastis_configuration() {
                 "{overlay} {probe}"
             );
         }
+        // State-changing admin calls take the token of an optional Secret:
+        // refused until the operator creates it, never open.
+        let token = config
+            .admin_token_file
+            .as_ref()
+            .expect("an admin token file");
+        let volume = volume_holding(&objects, token);
+        assert_eq!(volume["secret"]["secretName"].as_str(), Some("lasti-admin"));
+        assert_eq!(volume["secret"]["optional"].as_bool(), Some(true));
         assert_eq!(pod["spec"]["serviceAccountName"].as_str(), Some("lasti"));
         let mounts = container["volumeMounts"].as_sequence().unwrap();
         let data = mounts

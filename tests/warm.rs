@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http::{get, post_json};
-use common::lasti::{config, Lasti};
+use common::lasti::{admin_token, config, Lasti};
 use common::oci_layout::{BuiltImage, BuiltIndex, ImageSpec, Layout};
 use common::registry::Registry;
 use common::skopeo;
@@ -114,10 +114,28 @@ async fn admin_warm_pulls_on_request_and_reports_failures() {
     let registry = Registry::start();
     let work = TempDir::new().unwrap();
     let image = push_image(&registry, &work, "ondemand", 720).await;
-    let lasti = Lasti::start_with(config(&[("docker.io", &registry.url())]), None).await;
+    let mut cfg = config(&[("docker.io", &registry.url())]);
+    let bearer = admin_token(&mut cfg, work.path());
+    let lasti = Lasti::start_with(cfg, None).await;
     let url = format!("{}/admin/warm", lasti.admin_url());
+    let token = [("authorization", bearer.as_str())];
 
-    let accepted = post_json(&url, r#"{"images": ["ondemand:v1", "missing:v1"]}"#).await;
+    // Without the admin token, or with another, nothing is warmed.
+    let wanted = r#"{"images": ["ondemand:v1", "missing:v1"]}"#;
+    let wrong = bearer.replace("admin-", "admim-");
+    for headers in [vec![], vec![("authorization", wrong.as_str())]] {
+        let refused = post_json(&url, wanted, &headers).await;
+        assert_eq!(refused.status, 401, "{headers:?}");
+        let challenge = refused.headers.get("www-authenticate").unwrap();
+        assert_eq!(challenge, "Bearer realm=\"lasti-admin\"");
+    }
+    let status = settled(&lasti, &[]).await;
+    assert!(status.as_object().unwrap().is_empty(), "{status:#}");
+    for digest in image.blob_digests() {
+        assert_eq!(registry.blob_gets(&digest), 0, "{digest} not fetched");
+    }
+
+    let accepted = post_json(&url, wanted, &token).await;
     assert_eq!(accepted.status, 202);
     let status = settled(&lasti, &["ondemand:v1", "missing:v1"]).await;
     assert_eq!(status["ondemand:v1"]["state"], "done", "{status:#}");
@@ -138,7 +156,7 @@ async fn admin_warm_pulls_on_request_and_reports_failures() {
 
     // Warming again fetches nothing: everything is stored.
     assert_eq!(
-        post_json(&url, r#"{"images": ["ondemand:v1"]}"#)
+        post_json(&url, r#"{"images": ["ondemand:v1"]}"#, &token)
             .await
             .status,
         202
@@ -154,6 +172,56 @@ async fn admin_warm_pulls_on_request_and_reports_failures() {
     }
 
     for bad in [r#"{"images": ["app@"]}"#, "not json", r#"{"image": "x"}"#] {
-        assert_eq!(post_json(&url, bad).await.status, 400, "{bad}");
+        assert_eq!(post_json(&url, bad, &token).await.status, 400, "{bad}");
+    }
+}
+
+/// With no admin token configured, a call that changes state is refused
+/// whatever it carries, and says how to allow it; reading stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_token_nothing_on_the_admin_port_changes_state() {
+    let registry = Registry::start();
+    let work = TempDir::new().unwrap();
+    let image = push_image(&registry, &work, "locked", 721).await;
+    let mut cfg = config(&[("docker.io", &registry.url())]);
+    // A token file named but not there yet (a Secret not created): locked.
+    let missing = work.path().join("not-yet");
+    cfg.admin_token_file = Some(missing.clone());
+    let lasti = Lasti::start_with(cfg, None).await;
+    let url = format!("{}/admin/warm", lasti.admin_url());
+    let wanted = r#"{"images": ["locked:v1"]}"#;
+    let guess = [("authorization", "Bearer admin-0123456789abcdef")];
+    let refused = post_json(&url, wanted, &guess).await;
+    assert_eq!(refused.status, 403);
+    let body = String::from_utf8_lossy(&refused.body).to_string();
+    assert!(body.contains("does not exist"), "{body}");
+
+    // The Secret arrives: the token in it opens, and only it.
+    std::fs::write(&missing, "admin-0123456789abcdef\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post_json(&url, r#"{"images": []}"#, &guess).await.status != 202 {
+        assert!(Instant::now() < deadline, "the token file was never read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(lasti);
+
+    let lasti = Lasti::start_with(config(&[("docker.io", &registry.url())]), None).await;
+    let url = format!("{}/admin/warm", lasti.admin_url());
+    let refused = post_json(&url, wanted, &guess).await;
+    assert_eq!(refused.status, 403);
+    let body = String::from_utf8_lossy(&refused.body).to_string();
+    assert!(body.contains("admin_token_file"), "{body}");
+    for path in [
+        "/admin/warm",
+        "/admin/cache",
+        "/admin/backfill",
+        "/metrics",
+        "/healthz",
+    ] {
+        let reply = get(&format!("{}{path}", lasti.admin_url()), &[]).await;
+        assert_eq!(reply.status, 200, "{path} is read-only and open");
+    }
+    for digest in image.blob_digests() {
+        assert_eq!(registry.blob_gets(&digest), 0, "{digest} not fetched");
     }
 }

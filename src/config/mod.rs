@@ -38,9 +38,10 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 /// The name clients and containerd's `ns=` use for Docker Hub.
 pub const DOCKER_HUB_NAME: &str = "docker.io";
 /// Where the admin listener (health, metrics, the cache listing, back-fill
-/// and warm) listens: beside the API port, and on loopback, since it takes
-/// `POST /admin/warm` from anyone who reaches it (the deployment sets
-/// `0.0.0.0:9090` for the pod, behind its NetworkPolicy). Not 9090 on a
+/// and warm) listens: beside the API port, and on loopback, since what it
+/// shows is for the operator (the deployment sets `0.0.0.0:9090` for the
+/// pod, behind its NetworkPolicy; calls that change state need the admin
+/// token wherever it listens). Not 9090 on a
 /// workstation, Prometheus's own port (and 9091-9100 its pushgateway,
 /// alertmanager and exporters); not 5001, which kind's local registry and
 /// distribution's debug listener use.
@@ -77,6 +78,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the admin listener (`/admin/...`); kept off the public API.
     pub admin_listen: Option<SocketAddr>,
+    /// File holding the bearer token that admin calls which change state
+    /// (warm, purge, offline) must carry; a mounted Secret, watched for
+    /// rotation. Unset or missing: those calls are refused.
+    pub admin_token_file: Option<PathBuf>,
     /// After SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -108,6 +113,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
+            admin_token_file: None,
             shutdown_grace: Duration::from_secs(30),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log: LogConfig::default(),
@@ -210,6 +216,8 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// `--admin-listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// `--admin-token-file`.
+    pub admin_token_file: Option<PathBuf>,
     /// `--target`.
     pub target_url: Option<Url>,
     /// `--target-project`.
@@ -289,6 +297,9 @@ impl Config {
         }
         if let Some(addr) = overrides.admin_listen {
             self.admin_listen = Some(addr);
+        }
+        if let Some(file) = overrides.admin_token_file {
+            self.admin_token_file = Some(file);
         }
         let target = &mut self.target;
         target.url = overrides.target_url.or(target.url.take());
@@ -429,7 +440,7 @@ mod tests {
         let config = Config::default();
         assert!(
             config.admin_listen.unwrap().ip().is_loopback(),
-            "the admin endpoints (POST /admin/warm) are not open by default"
+            "the admin listener (listings, metrics) is not open to the network by default"
         );
         let admin = config.admin_listen.unwrap().port();
         assert_ne!(admin, config.listen.port());

@@ -46,6 +46,7 @@ use crate::upstream::{Caller, Upstreams};
 use crate::warmer::Warmer;
 use access_log::{LoggedBody, Record};
 use activity::{Activity, InFlight, Limits, WatchedBody};
+use admin::token::AdminToken;
 use connection::Shared;
 use open_files::BlobBudget;
 use router::Route;
@@ -209,6 +210,9 @@ pub async fn preflight(config: &Config) -> Result<(), StartError> {
         tls::ReloadingAcceptor::check(cert, key).map_err(StartError::Upstream)?;
     }
     Cluster::start(&config.cluster, metrics).map_err(StartError::Cluster)?;
+    if let Some(path) = &config.admin_token_file {
+        admin::token::check_file(path).map_err(StartError::Upstream)?;
+    }
     Ok(())
 }
 
@@ -369,10 +373,26 @@ async fn build(admin: Option<TcpListener>, config: &Config) -> Result<Daemon, St
     };
     let warmer = Warmer::new(Arc::clone(&proxy));
     warmer.schedule(&config.warm);
-    let admin_task = admin.map(|admin| {
-        let serving = admin::serve(admin, Arc::clone(&proxy), Arc::clone(&warmer), backfill);
-        tokio::spawn(serving)
-    });
+    let admin_task = match admin {
+        Some(listener) => {
+            let path = config.admin_token_file.clone();
+            if let Some(path) = &path {
+                admin::token::check_file(path).map_err(StartError::Upstream)?;
+            }
+            // Reads the token file: on the blocking pool.
+            let token = tokio::task::spawn_blocking(move || AdminToken::new(path.as_deref()))
+                .await
+                .map_err(|e| StartError::Upstream(e.to_string()))?;
+            let state = admin::State {
+                proxy: Arc::clone(&proxy),
+                warmer: Arc::clone(&warmer),
+                backfill,
+                token,
+            };
+            Some(tokio::spawn(admin::serve(listener, Arc::new(state))))
+        }
+        None => None,
+    };
     let app = App {
         proxy,
         door: Door::Clients(Box::new(access)),

@@ -50,11 +50,21 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Rep
     read_reply(response).await
 }
 
-/// `POST` of a JSON body.
-pub async fn post_json(url: &str, body: &str) -> Reply {
+/// `POST` of a JSON body, with headers.
+pub async fn post_json(url: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send(Method::POST, url, body, &all).await
+}
+
+/// A request with a body and headers.
+pub async fn send(method: Method, url: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::post(url)
-        .header("content-type", "application/json")
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("request");
     let response = client

@@ -40,6 +40,20 @@ pub fn config(upstreams: &[(&str, &str)]) -> Config {
     }
 }
 
+/// Gives `config` an admin token, in a file in `dir`; `Bearer <token>`,
+/// the header value admin calls that change state carry.
+pub fn admin_token(config: &mut Config, dir: &Path) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let token = format!("admin-{nanos:032x}");
+    let path = dir.join("admin-token");
+    std::fs::write(&path, format!("{token}\n")).expect("write the admin token");
+    config.admin_token_file = Some(path);
+    format!("Bearer {token}")
+}
+
 /// Installs a log subscriber once; `RUST_LOG` chooses the level (default warn).
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -12,8 +12,14 @@
 //! - `POST /admin/warm` (`{"images": [...], "platforms": [...]}`): pulls
 //!   images into the cache in the background; `GET /admin/warm` shows what
 //!   became of each image warmed so far (and of the configured warm list).
+//!
+//! Every call that changes state (`POST`, `DELETE`) needs the admin token
+//! ([`token`]); reading never does.
+
+pub mod token;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,6 +37,7 @@ use crate::body::{self, Body};
 use crate::oci::ImageRef;
 use crate::pull_through::Proxy;
 use crate::warmer::Warmer;
+use token::{AdminToken, Refusal};
 
 /// The largest `POST /admin/warm` body read.
 const MAX_WARM_REQUEST: usize = 64 * 1024;
@@ -38,17 +45,24 @@ const MAX_WARM_REQUEST: usize = 64 * 1024;
 /// Pause after a failing `accept` on the admin listener.
 const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// What the admin endpoints act on.
+pub struct State {
+    /// The proxy: its cache, upstreams and metrics.
+    pub proxy: Arc<Proxy>,
+    /// The warm list, and warm requests.
+    pub warmer: Arc<Warmer>,
+    /// The back-fill queue, when back-fill is on.
+    pub backfill: Option<Arc<Backfill>>,
+    /// What a call that changes state must carry.
+    pub token: AdminToken,
+}
+
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    warmer: Arc<Warmer>,
-    backfill: Option<Arc<Backfill>>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors, most likely: wait rather than spin.
                 tracing::warn!(error = %e, "admin listener: accept failed");
@@ -56,12 +70,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let (proxy, warmer, backfill) = (Arc::clone(&proxy), Arc::clone(&warmer), backfill.clone());
+        let state = Arc::clone(&state);
         let service = service_fn(move |request| {
-            let (proxy, warmer) = (Arc::clone(&proxy), Arc::clone(&warmer));
-            let backfill = backfill.clone();
+            let state = Arc::clone(&state);
             async move {
-                let response = route(&proxy, &warmer, backfill.as_deref(), request).await;
+                let response = route(&state, client.ip(), request).await;
                 Ok::<_, Infallible>(response)
             }
         });
@@ -72,17 +85,21 @@ pub async fn serve(
     }
 }
 
-async fn route(
-    proxy: &Proxy,
-    warmer: &Arc<Warmer>,
-    backfill: Option<&Backfill>,
-    request: Request<Incoming>,
-) -> Response<Body> {
+async fn route(state: &State, client: IpAddr, request: Request<Incoming>) -> Response<Body> {
+    let changes_state = !matches!(*request.method(), Method::GET | Method::HEAD);
+    if changes_state {
+        let authorization = request.headers().get(header::AUTHORIZATION);
+        if let Err(refusal) = state.token.check(authorization) {
+            let path = request.uri().path();
+            return refused(refusal, client, request.method(), path);
+        }
+    }
+    let proxy = &state.proxy;
     match request.uri().path() {
-        "/admin/warm" if request.method() == Method::POST => warm(warmer, request).await,
+        "/admin/warm" if request.method() == Method::POST => warm(&state.warmer, request).await,
         "/admin/warm" => json(
             StatusCode::OK,
-            serde_json::to_vec_pretty(&serde_json::json!({ "images": warmer.statuses() }))
+            serde_json::to_vec_pretty(&serde_json::json!({ "images": state.warmer.statuses() }))
                 .unwrap_or_default(),
         ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -94,7 +111,9 @@ async fn route(
             }
         },
         "/metrics" => metrics(proxy).await,
-        "/admin/backfill" => backfill_status(backfill, request.uri().query()).await,
+        "/admin/backfill" => {
+            backfill_status(state.backfill.as_deref(), request.uri().query()).await
+        }
         "/admin/cache" => match proxy.cached_images().await {
             Ok(images) => json(
                 StatusCode::OK,
@@ -107,6 +126,30 @@ async fn route(
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The answer to a call that changes state without the admin token: `401`
+/// with a challenge when the token is missing or wrong, `403` when no
+/// token can be used at all (so none will do). Logged, without the token.
+fn refused(refusal: Refusal, client: IpAddr, method: &Method, path: &str) -> Response<Body> {
+    let (status, message) = match refusal {
+        Refusal::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "this call changes state: send the admin token as Authorization: Bearer <token>"
+                .to_string(),
+        ),
+        Refusal::Locked(message) => (StatusCode::FORBIDDEN, message),
+    };
+    tracing::warn!(%client, %method, path, status = status.as_u16(), "admin call refused");
+    let body = serde_json::json!({ "error": message });
+    let mut response = json(status, body.to_string().into_bytes());
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"lasti-admin\""),
+        );
+    }
+    response
 }
 
 /// The body of `POST /admin/warm`.
