@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lasti::config::{parse_upstream_flag, Config, LogFormat, Overrides};
+use lasti::pull_through::PurgeScope;
 use url::Url;
 
 /// A pull-through caching proxy for container registries.
@@ -80,6 +81,25 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Drop a tag, a manifest or an image from a running lasti's cache
+    /// (and its bucket) now; needs the admin token.
+    Purge {
+        /// The image: name[:tag] or name@digest, with a registry prefix for
+        /// upstreams other than the default.
+        image: String,
+        /// What to drop: the tag's record only (the next pull asks the
+        /// upstream), the manifests, or the manifests and the blobs no
+        /// other cached image uses.
+        #[arg(long, value_enum, default_value_t = Scope::Image)]
+        scope: Scope,
+        /// Print the JSON answer instead of a summary.
+        #[arg(long)]
+        json: bool,
+        /// The admin endpoint, as a URL or host:port; default: the
+        /// configured admin address.
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// List what a running lasti's cache holds.
     Ls {
         /// Print the JSON of /admin/cache instead of a table.
@@ -90,6 +110,26 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+}
+
+/// What `lasti purge` drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scope {
+    /// The tag's record.
+    Tag,
+    /// The manifests.
+    Manifest,
+    /// The manifests and the blobs no other cached image uses.
+    Image,
+}
+
+/// The admin endpoint `--admin` names, or the configured one.
+fn admin_url(given: Option<String>, config: &Config) -> anyhow::Result<String> {
+    match (given, config.admin_listen) {
+        (Some(given), _) => Ok(lasti::tools::endpoint_url(&given)),
+        (None, Some(addr)) => Ok(lasti::tools::local_url(addr)),
+        (None, None) => anyhow::bail!("no admin listener configured; pass --admin HOST:PORT"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -152,15 +192,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!(e))
         }
         Command::Ls { json, admin } => {
-            let admin = match (admin, config.admin_listen) {
-                (Some(given), _) => lasti::tools::endpoint_url(&given),
-                (None, Some(addr)) => lasti::tools::local_url(addr),
-                (None, None) => {
-                    anyhow::bail!("no admin listener configured; pass --admin HOST:PORT")
-                }
-            };
+            let admin = admin_url(admin, &config)?;
             client_runtime()?
                 .block_on(lasti::tools::ls::run(&admin, json))
+                .map_err(|e| anyhow::anyhow!(e))
+        }
+        Command::Purge {
+            image,
+            scope,
+            json,
+            admin,
+        } => {
+            let admin = admin_url(admin, &config)?;
+            let token = lasti::tools::admin_token(config.admin_token_file.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let scope = match scope {
+                Scope::Tag => PurgeScope::Tag,
+                Scope::Manifest => PurgeScope::Manifest,
+                Scope::Image => PurgeScope::Image,
+            };
+            client_runtime()?
+                .block_on(lasti::tools::purge::run(
+                    &admin, &token, &image, scope, json,
+                ))
                 .map_err(|e| anyhow::anyhow!(e))
         }
     }

@@ -523,11 +523,16 @@ impl Bucket {
         }
     }
 
-    /// Removes a blob that failed its digest, so that the next miss does
-    /// not read it again.
+    /// Removes a blob (one that failed its digest, so that the next miss
+    /// does not read it again, or one purged). One already gone is no error.
     pub async fn remove(&self, digest: &Digest) -> Result<()> {
+        self.delete(&self.key(digest)).await
+    }
+
+    /// Deletes an object; one already gone is no error.
+    pub(crate) async fn delete(&self, key: &Path) -> Result<()> {
         let started = Instant::now();
-        let answer = self.store.delete(&self.key(digest)).await;
+        let answer = self.store.delete(key).await;
         self.metrics.bucket_request("delete", started.elapsed());
         match answer {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {

@@ -73,6 +73,17 @@ impl Bucket {
         Ok(())
     }
 
+    /// Removes a purged manifest.
+    pub async fn remove_manifest(&self, digest: &Digest) -> Result<()> {
+        self.delete(&self.manifest_key(digest)).await
+    }
+
+    /// Removes a purged tag's record: the next replica to be asked for the
+    /// tag asks the upstream.
+    pub async fn remove_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<()> {
+        self.delete(&self.tag_key(upstream, repo, tag)).await
+    }
+
     /// What another replica recorded for a tag, or `None`. A record that
     /// cannot be read as one counts as none.
     pub async fn get_tag(

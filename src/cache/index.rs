@@ -191,6 +191,37 @@ impl Index {
         Ok(removed as usize)
     }
 
+    /// Deletes the tag records of `keys` (a missing one is no error), in
+    /// one transaction; returns the keys that were there.
+    pub fn remove_tags(&self, keys: &[String]) -> Result<Vec<String>> {
+        let txn = self.db.begin_write().map_err(store_err)?;
+        let mut removed = Vec::new();
+        {
+            let mut table = txn.open_table(TAGS).map_err(store_err)?;
+            for key in keys {
+                if table.remove(key.as_str()).map_err(store_err)?.is_some() {
+                    removed.push(key.clone());
+                }
+            }
+        }
+        txn.commit().map_err(store_err)?;
+        Ok(removed)
+    }
+
+    /// The digests of every stored manifest (those with a media type).
+    pub fn manifest_digests(&self) -> Result<Vec<Digest>> {
+        let txn = self.db.begin_read().map_err(store_err)?;
+        let table = txn.open_table(MANIFEST_TYPES).map_err(store_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(store_err)? {
+            let (key, _) = item.map_err(store_err)?;
+            if let Ok(digest) = Digest::parse(key.value()) {
+                out.push(digest);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every tag record, for listing the cache.
     pub fn tags(&self) -> Result<Vec<(String, TagRecord)>> {
         let txn = self.db.begin_read().map_err(store_err)?;

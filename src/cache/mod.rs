@@ -13,6 +13,7 @@ pub mod index;
 pub mod mapped;
 pub(crate) mod open_blobs;
 pub(crate) mod pread;
+mod purge;
 pub mod reader;
 mod sink;
 pub mod store;

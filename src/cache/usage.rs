@@ -163,12 +163,14 @@ impl Usage {
         })
     }
 
-    /// Forgets a blob (its file vanished or failed to open).
-    pub fn forget(&self, digest: &Digest) {
+    /// Forgets a blob (its file vanished or failed to open, or it is
+    /// purged); the space it was charged, if it was recorded. Its leases
+    /// stay valid for their readers and no longer count.
+    pub fn forget(&self, digest: &Digest) -> Option<u64> {
         let mut table = self.lock();
-        if let Some(entry) = table.entries.pop(digest) {
-            table.total -= entry.charge;
-        }
+        let entry = table.entries.pop(digest)?;
+        table.total -= entry.charge;
+        Some(entry.charge)
     }
 
     /// Whether the quota is exceeded, so eviction has work.

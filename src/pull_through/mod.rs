@@ -9,6 +9,7 @@ mod blobs;
 mod gate;
 mod listing;
 mod manifests;
+mod purge;
 mod referrers;
 mod shared;
 mod signed;
@@ -32,6 +33,7 @@ use crate::upstream::{Caller, TagList, Upstream, Upstreams};
 pub use blobs::BlobAnswer;
 pub use listing::CachedImage;
 pub use manifests::ManifestAnswer;
+pub use purge::{BucketPurged, Purged, Scope as PurgeScope};
 pub use referrers::ReferrersAnswer;
 pub use warm::Warmed;
 
@@ -298,12 +300,7 @@ impl Proxy {
     /// `ns=`), and the repository name that upstream will see; refuses names
     /// that break the grammar or the upstream's allow/deny lists.
     pub fn resolve(&self, raw: &str, ns: Option<&str>) -> Result<(&Arc<Upstream>, RepoName)> {
-        let (upstream, name) = self
-            .upstreams
-            .route(raw, ns)
-            .map_err(|e| Error::NameInvalid(e.0))?;
-        let repo = RepoName::parse(name).map_err(|e| Error::NameInvalid(e.to_string()))?;
-        let repo = upstream.upstream_repo(repo);
+        let (upstream, repo) = self.locate(raw, ns)?;
         if !upstream.allows(&repo) {
             return Err(Error::Denied(format!(
                 "{repo} on {} may not be pulled through this proxy",
@@ -311,6 +308,18 @@ impl Proxy {
             )));
         }
         Ok((upstream, repo))
+    }
+
+    /// The upstream and its repository for a name as a client sends it,
+    /// whether or not pulling it is allowed (an operator may purge what a
+    /// deny rule now refuses).
+    pub fn locate(&self, raw: &str, ns: Option<&str>) -> Result<(&Arc<Upstream>, RepoName)> {
+        let (upstream, name) = self
+            .upstreams
+            .route(raw, ns)
+            .map_err(|e| Error::NameInvalid(e.0))?;
+        let repo = RepoName::parse(name).map_err(|e| Error::NameInvalid(e.to_string()))?;
+        Ok((upstream, upstream.upstream_repo(repo)))
     }
 
     /// The configured upstreams, for routing.

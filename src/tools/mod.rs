@@ -1,13 +1,15 @@
 //! Operator commands that talk to a running lasti: `lasti warm` pre-pulls
-//! images through it, `lasti ls` lists what its cache holds.
+//! images through it, `lasti ls` lists what its cache holds, `lasti purge`
+//! drops an image from it.
 
 pub mod ls;
+pub mod purge;
 pub mod warm;
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -83,6 +85,39 @@ pub async fn get(
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     Ok((status, content_type, body.to_bytes()))
+}
+
+/// POSTs a JSON body with the admin token; the status and body.
+pub async fn post_admin(url: &str, token: &str, body: Vec<u8>) -> Result<(u16, Bytes), String> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok((status, body.to_bytes()))
+}
+
+/// The admin token in `path` (`admin_token_file`, `--admin-token-file`).
+pub fn admin_token(path: Option<&std::path::Path>) -> Result<String, String> {
+    let path = path.ok_or(
+        "this call needs the admin token: pass --admin-token-file FILE \
+         (or set admin_token_file in the configuration)",
+    )?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+    Ok(text.trim().to_string())
 }
 
 #[cfg(test)]

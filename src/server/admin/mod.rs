@@ -12,6 +12,9 @@
 //! - `POST /admin/warm` (`{"images": [...], "platforms": [...]}`): pulls
 //!   images into the cache in the background; `GET /admin/warm` shows what
 //!   became of each image warmed so far (and of the configured warm list).
+//! - `POST /admin/purge` (`{"image": "centos:7", "scope": "image"}`; scope
+//!   `tag`, `manifest` or `image`, the default): drops it from the cache
+//!   and the bucket now; answers with what was removed.
 //!
 //! Every call that changes state (`POST`, `DELETE`) needs the admin token
 //! ([`token`]); reading never does.
@@ -34,13 +37,16 @@ use tokio::net::TcpListener;
 
 use crate::backfill::{self, Backfill};
 use crate::body::{self, Body};
+use crate::error::Error;
 use crate::oci::ImageRef;
-use crate::pull_through::Proxy;
+use crate::pull_through::{Proxy, PurgeScope};
 use crate::warmer::Warmer;
 use token::{AdminToken, Refusal};
 
 /// The largest `POST /admin/warm` body read.
 const MAX_WARM_REQUEST: usize = 64 * 1024;
+/// The largest `POST /admin/purge` body read.
+const MAX_PURGE_REQUEST: usize = 4 * 1024;
 
 /// Pause after a failing `accept` on the admin listener.
 const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -97,6 +103,7 @@ async fn route(state: &State, client: IpAddr, request: Request<Incoming>) -> Res
     let proxy = &state.proxy;
     match request.uri().path() {
         "/admin/warm" if request.method() == Method::POST => warm(&state.warmer, request).await,
+        "/admin/purge" if request.method() == Method::POST => purge(proxy, request).await,
         "/admin/warm" => json(
             StatusCode::OK,
             serde_json::to_vec_pretty(&serde_json::json!({ "images": state.warmer.statuses() }))
@@ -150,6 +157,59 @@ fn refused(refusal: Refusal, client: IpAddr, method: &Method, path: &str) -> Res
         );
     }
     response
+}
+
+/// The body of `POST /admin/purge`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    image: String,
+    #[serde(default)]
+    scope: PurgeScope,
+}
+
+async fn purge(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(request.into_body(), MAX_PURGE_REQUEST)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request too large\n"),
+    };
+    let wanted: PurgeRequest = match serde_json::from_slice(&body) {
+        Ok(wanted) => wanted,
+        Err(e) => {
+            return bad_request(format!(
+                "expected {{\"image\": \"name:tag\", \"scope\": \"tag|manifest|image\"}}: {e}"
+            ))
+        }
+    };
+    let image = match ImageRef::parse(&wanted.image) {
+        Ok(image) => image,
+        Err(e) => return bad_request(e),
+    };
+    match proxy.purge(&image, wanted.scope).await {
+        Ok(purged) => json(
+            StatusCode::OK,
+            serde_json::to_vec_pretty(&purged).unwrap_or_default(),
+        ),
+        Err(Error::ManifestUnknown) => {
+            let message = format!("nothing is cached under {}", wanted.image);
+            let body = serde_json::json!({ "error": message });
+            json(StatusCode::NOT_FOUND, body.to_string().into_bytes())
+        }
+        Err(err @ (Error::NameInvalid(_) | Error::ReferenceInvalid(_))) => {
+            bad_request(err.to_string())
+        }
+        Err(err) => {
+            tracing::error!(image = wanted.image, error = %err, "purge failed");
+            let body = serde_json::json!({ "error": format!("purge failed: {err}") });
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                body.to_string().into_bytes(),
+            )
+        }
+    }
 }
 
 /// The body of `POST /admin/warm`.
