@@ -10,11 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::free_port;
+use common::garage::Garage;
 use common::http::{get, post_json};
 use common::lasti::{admin_token, config, Lasti};
 use common::oci_layout::{sha256_digest, ImageSpec, Layout};
 use common::registry::Registry;
+use common::s3::{blob_key, Store};
 use common::skopeo;
+use lasti::secret::Secret;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -262,4 +266,78 @@ async fn a_client_reading_a_purged_blob_gets_it_whole() {
     assert_eq!(again.status, 200);
     assert_eq!(sha256_digest(&again.body), big);
     assert_eq!(registry.settled_blob_gets(&big, 2), 2);
+}
+
+/// Waits (up to 30 s) until the object at `key` is there (or gone).
+async fn in_bucket(garage: &Garage, key: &str, there: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (garage.status("HEAD", key, None) == 200) != there {
+        assert!(std::time::Instant::now() < deadline, "{key} there: {there}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A purge on one replica goes to the others and the bucket they share:
+/// the next pull through any of them fetches the image again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_replica_reaches_the_others_and_the_bucket() {
+    let registry = Registry::start();
+    let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+    let work = TempDir::new().unwrap();
+    let spec = ImageSpec::linux_amd64(54, &[6 * KIB, 90 * KIB]);
+    let (_, image) = skopeo::push_image(&registry.host(), work.path(), "shared", &spec).await;
+    let members: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut tokens = Vec::new();
+    let mut replicas = Vec::new();
+    for (i, me) in members.iter().enumerate() {
+        let mut cfg = config(&[("docker.io", &registry.url())]);
+        garage.configure(&mut cfg);
+        cfg.cluster.listen = Some(me.parse().unwrap());
+        cfg.cluster.advertise = Some(me.clone());
+        cfg.cluster.peers = members.clone();
+        cfg.cluster.secret = Some(Secret::new("purge-test-cluster".into()));
+        let dir = work.path().join(format!("replica-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        tokens.push(admin_token(&mut cfg, &dir));
+        replicas.push(Lasti::start_with(cfg, None).await);
+    }
+    for (i, lasti) in replicas.iter().enumerate() {
+        let out = work.path().join(format!("pulled-{i}"));
+        skopeo::pull_and_check(&lasti.host(), "shared", &image, &out, false).await;
+    }
+    let manifest_key = |d: &str| format!("manifests/sha256/{}", d.trim_start_matches("sha256:"));
+    let tag_key = "tags/docker.io/library/shared/_tags/v1";
+    let mut keys: Vec<String> = image.blob_digests().iter().map(|d| blob_key(d)).collect();
+    keys.push(manifest_key(&image.manifest_digest));
+    keys.push(tag_key.to_string());
+    for key in &keys {
+        in_bucket(&garage, key, true).await;
+    }
+
+    let (status, answer) = purge(&replicas[0], &tokens[0], r#"{"image": "shared:v1"}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["bucket"]["removed"], keys.len(), "{answer:#}");
+    assert_eq!(answer["bucket"]["failed"], 0);
+    let other = &answer["replicas"][0];
+    assert_eq!(other["member"], members[1].as_str(), "{answer:#}");
+    assert_eq!(
+        strings(&other["purged"]["manifests"]),
+        std::slice::from_ref(&image.manifest_digest)
+    );
+    assert_eq!(strings(&other["purged"]["tags"]), ["v1"]);
+    for key in &keys {
+        assert_ne!(garage.status("HEAD", key, None), 200, "{key} removed");
+    }
+    for lasti in &replicas {
+        for digest in image.blob_digests() {
+            assert!(!blob_file(lasti.data_dir(), &digest).exists(), "{digest}");
+        }
+    }
+    let out = work.path().join("pulled-again");
+    skopeo::pull_and_check(&replicas[1].host(), "shared", &image, &out, false).await;
+    for digest in image.blob_digests() {
+        assert_eq!(registry.settled_blob_gets(&digest, 2), 2, "{digest} again");
+    }
 }

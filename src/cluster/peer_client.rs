@@ -14,7 +14,7 @@ use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::oci::media_type::DEFAULT_MANIFEST_ACCEPT;
 use crate::oci::{Digest, RepoName};
-use crate::pull_through::Offer;
+use crate::pull_through::{Offer, PurgeScope, Purged};
 use crate::secret::Secret;
 use crate::upstream::client::{self, HttpClient, SendError};
 use crate::upstream::{BlobResponse, FetchedManifest};
@@ -36,9 +36,28 @@ pub const MEMBER_HEADER: &str = "lasti-member";
 /// runs out.
 pub const HELLO_PATH: &str = "/lasti/cluster/hello";
 
+/// Where a replica asks the others to purge what an operator purged on it
+/// (`POST`, JSON [`PeerPurge`]; answered with what went, or `404`).
+pub const PURGE_PATH: &str = "/lasti/cache/purge";
+
+/// A purge forwarded to the other replicas.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PeerPurge {
+    /// The image as the operator named it.
+    pub image: String,
+    /// How much to drop.
+    pub scope: PurgeScope,
+    /// The manifest the name resolved to on the replica that forwards it,
+    /// for a replica that holds the content without the tag's record.
+    pub digest: Option<Digest>,
+}
+
 /// The `Cache-Control` directive of a peer request for a blob only if the
 /// peer holds it (RFC 9111, 5.2.1.7).
 pub const ONLY_IF_CACHED: &str = "only-if-cached";
+
+/// The largest purge answer read from a peer (the digests it removed).
+const PURGE_ANSWER_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The client for every peer (one pool; peers are plain HTTP).
 #[derive(Debug)]
@@ -168,6 +187,30 @@ impl PeerClient {
             StatusCode::ACCEPTED => Ok(()),
             status => Err(answered(member, status)),
         }
+    }
+
+    /// Asks `member` to purge as this replica did; what it removed, or
+    /// `None` when it held nothing of it.
+    pub async fn purge(&self, member: &str, purge: &PeerPurge) -> Result<Option<Purged>> {
+        let json = serde_json::to_vec(purge).expect("a purge serializes");
+        let uri = format!("http://{member}{PURGE_PATH}");
+        let headers = vec![(header::CONTENT_TYPE, "application/json".to_string())];
+        let response = self
+            .send(member, Method::POST, uri, headers, body::full(json))
+            .await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            status => return Err(answered(member, status)),
+        }
+        let body = http_body_util::Limited::new(response.into_body(), PURGE_ANSWER_LIMIT);
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|e| refused(member, format!("the purge answer broke off: {e}")))?
+            .to_bytes();
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| refused(member, format!("the purge answer is not one: {e}")))
     }
 
     /// One `GET` of `/v2/<path>?ns=<upstream>` on `member`'s peer listener;

@@ -79,7 +79,7 @@ pub struct Config {
     /// Address of the admin listener (`/admin/...`); kept off the public API.
     pub admin_listen: Option<SocketAddr>,
     /// File holding the bearer token that admin calls which change state
-    /// (warm, purge, offline) must carry; a mounted Secret, watched for
+    /// (warm, purge) must carry; a mounted Secret, watched for
     /// rotation. Unset or missing: those calls are refused.
     pub admin_token_file: Option<PathBuf>,
     /// After SIGTERM, how long in-flight requests may take to finish.

@@ -33,7 +33,7 @@ use crate::upstream::{Caller, TagList, Upstream, Upstreams};
 pub use blobs::BlobAnswer;
 pub use listing::CachedImage;
 pub use manifests::ManifestAnswer;
-pub use purge::{BucketPurged, Purged, Scope as PurgeScope};
+pub use purge::{BucketPurged, Purged, ReplicaPurged, Scope as PurgeScope};
 pub use referrers::ReferrersAnswer;
 pub use warm::Warmed;
 

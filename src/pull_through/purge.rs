@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::Proxy;
 use crate::bucket::Pending;
 use crate::cache::index::{tag_key, TagRecord};
+use crate::cluster::peer_client::PeerPurge;
 use crate::error::{Error, Result};
 use crate::oci::manifest::{ImageIndex, ImageManifest};
 use crate::oci::{media_type, Digest, ImageRef, Reference};
@@ -47,6 +48,9 @@ pub struct Purged {
     pub upstream: String,
     /// The repository, as the upstream names it.
     pub repository: String,
+    /// The manifest the name resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
     /// The tags whose records were removed.
     pub tags: Vec<String>,
     /// The manifests removed.
@@ -64,6 +68,21 @@ pub struct Purged {
     /// Objects and tag records removed from the bucket, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<BucketPurged>,
+    /// What each other replica of the cluster removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaPurged>,
+}
+
+/// What one other replica removed when the purge was forwarded to it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ReplicaPurged {
+    /// The replica, as the member list names it.
+    pub member: String,
+    /// What it removed; none when it held nothing of the image.
+    pub purged: Option<Box<Purged>>,
+    /// Why it could not be asked (it is down): it may still hold the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What a purge removed from the bucket.
@@ -83,9 +102,77 @@ struct Refs {
 }
 
 impl Proxy {
-    /// Drops `image` from the cache (and the bucket) as `scope` says.
-    /// `ManifestUnknown` when nothing is cached under that name.
+    /// Drops `image` as `scope` says from this replica's cache, the
+    /// bucket, and the other replicas' caches. `ManifestUnknown` when
+    /// nothing is cached under that name here (the others are asked all
+    /// the same: they may hold what this replica does not).
     pub async fn purge(&self, image: &ImageRef, scope: Scope) -> Result<Purged> {
+        let here = self.purge_local(image, scope, None, true).await;
+        let Some(cluster) = &self.cluster else {
+            return here;
+        };
+        let forwarded = PeerPurge {
+            image: format!("{}{}", image.name, separator(&image.reference)),
+            scope,
+            digest: here.as_ref().ok().and_then(|p| p.digest.clone()),
+        };
+        let me = cluster.members().me().to_string();
+        let members = cluster.members().all();
+        let asks = members.iter().filter(|m| **m != me).map(|member| {
+            let forwarded = &forwarded;
+            async move {
+                let answer = cluster.client().purge(member, forwarded).await;
+                let (purged, error) = match answer {
+                    Ok(purged) => (purged, None),
+                    Err(err) => {
+                        tracing::warn!(member, error = %err, "purge: a replica did not purge");
+                        (None, Some(err.to_string()))
+                    }
+                };
+                ReplicaPurged {
+                    member: member.clone(),
+                    purged: purged.map(Box::new),
+                    error,
+                }
+            }
+        });
+        let replicas = futures_util::future::join_all(asks).await;
+        let anywhere = replicas.iter().any(|r| r.purged.is_some());
+        match here {
+            Ok(mut purged) => {
+                purged.replicas = replicas;
+                Ok(purged)
+            }
+            Err(Error::ManifestUnknown) if anywhere => {
+                let (upstream, repo) = self.locate(&image.name, None)?;
+                Ok(Purged {
+                    upstream: upstream.name().to_string(),
+                    repository: repo.to_string(),
+                    replicas,
+                    ..Purged::default()
+                })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A purge another replica forwarded: this replica's cache only (the
+    /// bucket is done); `digest` is what the name resolved to there.
+    pub async fn purge_forwarded(&self, purge: PeerPurge) -> Result<Purged> {
+        let image = ImageRef::parse(&purge.image).map_err(Error::NameInvalid)?;
+        self.purge_local(&image, purge.scope, purge.digest, false)
+            .await
+    }
+
+    /// Drops `image` from this replica's cache, and with `bucket` from the
+    /// bucket; what the tag names here, or else `hint`, is its manifest.
+    async fn purge_local(
+        &self,
+        image: &ImageRef,
+        scope: Scope,
+        hint: Option<Digest>,
+        bucket: bool,
+    ) -> Result<Purged> {
         let (upstream, repo) = self.locate(&image.name, None)?;
         let reference = Reference::parse(&image.reference)
             .map_err(|e| Error::ReferenceInvalid(e.to_string()))?;
@@ -116,7 +203,7 @@ impl Proxy {
             Reference::Tag(tag) => {
                 tags.push(tag.as_str().to_string());
                 let local = records.iter().find(|(t, _)| t == tag.as_str());
-                let shared = match (local, &self.bucket) {
+                let shared = match (local, self.bucket.as_ref().filter(|_| bucket)) {
                     (None, Some(bucket)) => bucket
                         .get_tag(up, repository, tag.as_str())
                         .await
@@ -124,9 +211,8 @@ impl Proxy {
                         .flatten(),
                     _ => None,
                 };
-                local
-                    .map(|(_, r)| r.digest.clone())
-                    .or(shared.map(|r| r.digest))
+                let found = local.map(|(_, r)| r.digest.clone());
+                found.or(shared.map(|r| r.digest)).or(hint)
             }
         };
         let stored: HashSet<Digest> = self.cache.manifest_digests().await?.into_iter().collect();
@@ -198,7 +284,17 @@ impl Proxy {
         }
         purged.manifests.sort();
         purged.blobs.sort();
-        if let Some(bucket) = &self.bucket {
+        purged.digest = Some(root);
+        // What this replica owed the bucket of it is owed no more.
+        if let Some(store) = &self.bucket {
+            for digest in &drop_manifests {
+                store.unowe(Pending::Manifest(digest.clone())).await;
+            }
+            for digest in &drop_blobs {
+                store.unowe(Pending::Blob(digest.clone())).await;
+            }
+        }
+        if let Some(bucket) = self.bucket.as_ref().filter(|_| bucket) {
             let mut done = BucketPurged::default();
             let mut count = |result: Result<()>| match result {
                 Ok(()) => done.removed += 1,
@@ -211,11 +307,9 @@ impl Proxy {
                 count(bucket.remove_tag(up, repository, tag).await);
             }
             for digest in &drop_manifests {
-                bucket.unowe(Pending::Manifest(digest.clone())).await;
                 count(bucket.remove_manifest(digest).await);
             }
             for digest in &drop_blobs {
-                bucket.unowe(Pending::Blob(digest.clone())).await;
                 count(bucket.remove(digest).await);
             }
             purged.bucket = Some(done);
@@ -259,6 +353,14 @@ impl Proxy {
             refs.insert(digest.clone(), found);
         }
         Ok(refs)
+    }
+}
+
+/// How a reference follows the name: `@` for a digest, `:` for a tag.
+fn separator(reference: &str) -> String {
+    match reference.contains(':') {
+        true => format!("@{reference}"),
+        false => format!(":{reference}"),
     }
 }
 

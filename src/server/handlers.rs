@@ -9,7 +9,7 @@ use super::response;
 use super::router::{self, Route};
 use crate::access::client_tokens::{ClientTokens, TOKEN_LIFETIME, TOKEN_PATH};
 use crate::body::Body;
-use crate::cluster::peer_client::{MEMBER_HEADER, ONLY_IF_CACHED};
+use crate::cluster::peer_client::{PeerPurge, MEMBER_HEADER, ONLY_IF_CACHED};
 use crate::error::{Error, Result};
 use crate::oci::{AcceptList, Digest, DigestError, RangeSpec, Reference, RepoName};
 use crate::pull_through::Proxy;
@@ -215,6 +215,31 @@ pub async fn peer_offer(proxy: &Proxy, request: Request<hyper::body::Incoming>) 
         Ok(response) => response,
         Err(err) => {
             response::log_failure(&err, &parts.method, parts.uri.path());
+            response::error(&err)
+        }
+    }
+}
+
+/// Purges what another replica purged for its operator (`POST`, JSON):
+/// `200` with what went, `404` when this replica held none of it.
+pub async fn peer_purge(proxy: &Proxy, request: Request<hyper::body::Incoming>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, OFFER_LIMIT));
+    let asked = match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(bytes)) => serde_json::from_slice::<PeerPurge>(&bytes.to_bytes())
+            .map_err(|_| Error::Unsupported("the body is not a purge")),
+        _ => Err(Error::Unsupported("the purge could not be read")),
+    };
+    let answer = match asked {
+        Ok(asked) => proxy.purge_forwarded(asked).await,
+        Err(err) => Err(err),
+    };
+    match answer {
+        Ok(purged) => response::json(&purged),
+        Err(err) => {
+            if !matches!(err, Error::ManifestUnknown) {
+                response::log_failure(&err, &parts.method, parts.uri.path());
+            }
             response::error(&err)
         }
     }

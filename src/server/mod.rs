@@ -36,7 +36,9 @@ use crate::access::Access;
 use crate::backfill::{Backfill, Dispatching};
 use crate::bucket::Bucket;
 use crate::cache::Cache;
-use crate::cluster::peer_client::{ASKER_HEADER, HELLO_PATH, MEMBER_HEADER, OFFER_PATH};
+use crate::cluster::peer_client::{
+    ASKER_HEADER, HELLO_PATH, MEMBER_HEADER, OFFER_PATH, PURGE_PATH,
+};
 use crate::cluster::Cluster;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
@@ -617,6 +619,9 @@ impl App {
             (Ok(()), Door::Clients(access)) => self.client_request(access, &route, &request).await,
             (Ok(()), Door::Peers(_)) if method == Method::POST && path == OFFER_PATH => {
                 handlers::peer_offer(&self.proxy, request).await
+            }
+            (Ok(()), Door::Peers(_)) if method == Method::POST && path == PURGE_PATH => {
+                handlers::peer_purge(&self.proxy, request).await
             }
             // What it is for was done at the door.
             (Ok(()), Door::Peers(_)) if method == Method::POST && path == HELLO_PATH => {

@@ -64,6 +64,15 @@ pub fn accepted() -> Response<Body> {
     )
 }
 
+/// `200 OK` with `value` as JSON.
+pub fn json(value: &impl serde::Serialize) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    finish(
+        builder(StatusCode::OK).header(header::CONTENT_TYPE, JSON),
+        body::full(Bytes::from(bytes)),
+    )
+}
+
 /// `204 No Content`: done, nothing to say.
 pub fn no_content() -> Response<Body> {
     finish(builder(StatusCode::NO_CONTENT), body::empty())

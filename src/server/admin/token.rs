@@ -1,4 +1,4 @@
-//! The admin token: what a call that changes state (warm, purge, offline)
+//! The admin token: what a call that changes state (warm, purge)
 //! must carry as `Authorization: Bearer <token>`.
 //!
 //! The token lives in a file (`admin_token_file`, a mounted Secret) that is
@@ -6,7 +6,7 @@
 //! missing file locks those calls rather than opening them: the shipped
 //! manifests mount an optional Secret, and until the operator creates it
 //! nothing on the admin port can change lasti's state. Read-only endpoints
-//! (health, metrics, listings, the status page) never need it.
+//! (health, metrics, listings) never need it.
 
 use std::path::{Path, PathBuf};
 
