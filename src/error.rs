@@ -172,6 +172,22 @@ pub enum Error {
     /// next member in rank instead (sent as `421 Misdirected Request`).
     #[error("this replica is shutting down; ask the next in rank")]
     Leaving,
+    /// The upstream is offline (its own switch or the whole process's):
+    /// nothing is asked of it, and what is not held is not served.
+    #[error("{upstream} is offline (lasti's offline mode): only what lasti holds is served")]
+    Offline {
+        /// The upstream, as configured.
+        upstream: String,
+    },
+    /// The upstream failed again and again, and is skipped for a while
+    /// (its circuit breaker is open): answered at once, as unreachable.
+    #[error("{upstream} failed again and again and is skipped for {retry_in_secs} s more")]
+    UpstreamSkipped {
+        /// The upstream, as configured.
+        upstream: String,
+        /// Until one request tries it again.
+        retry_in_secs: u64,
+    },
     /// The local disk or metadata store failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -208,7 +224,9 @@ impl Error {
             | RateLimited { .. }
             // Not the client's fault, but an answer to come back later, as
             // for a rate limit: logged at debug, its message sent as is.
-            | Busy { .. } => Origin::Client,
+            | Busy { .. }
+            // What the operator asked for.
+            | Offline { .. } => Origin::Client,
             ManifestUnknown
             | BlobUnknown
             | NameUnknown
@@ -217,6 +235,7 @@ impl Error {
             | UpstreamUnavailable { .. }
             | UpstreamTimeout { .. }
             | UpstreamInvalid { .. }
+            | UpstreamSkipped { .. }
             | ReferrersUnavailable { .. }
             | BucketUnavailable(_)
             | PeerDown { .. }
@@ -274,7 +293,7 @@ impl Error {
             | PeerDown { .. }
             | PeerRefused { .. } => ErrorCode::Unavailable,
             PeerIsSelf { .. } => ErrorCode::Denied,
-            Leaving => ErrorCode::Unavailable,
+            Leaving | Offline { .. } | UpstreamSkipped { .. } => ErrorCode::Unavailable,
             Storage(_) | DataDirInUse { .. } => ErrorCode::Unknown,
         }
     }
@@ -328,6 +347,8 @@ impl Error {
             PeerRefused { .. } => "peer_refused",
             PeerIsSelf { .. } => "peer_is_self",
             Leaving => "leaving",
+            Offline { .. } => "offline",
+            UpstreamSkipped { .. } => "upstream_skipped",
             Storage(_) => "storage",
             DataDirInUse { .. } => "data_dir_in_use",
         }

@@ -38,6 +38,9 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     upstream_ratelimit_limit: IntGaugeVec,
     upstream_ratelimit_remaining: IntGaugeVec,
+    upstream_offline: IntGaugeVec,
+    upstream_skipping: IntGaugeVec,
+    upstream_skipped: IntCounterVec,
     token_fetches: IntCounterVec,
     access_checks: IntCounterVec,
     signature_verdicts: IntCounterVec,
@@ -181,6 +184,9 @@ impl Metrics {
             upstream_errors: counter(r, "lasti_upstream_errors_total", "Upstream failures by kind.", &["upstream", "kind"]),
             upstream_ratelimit_limit: gauge_vec(r, "lasti_upstream_ratelimit_limit", "The pull quota an upstream reports (Docker Hub's RateLimit-Limit).", &["upstream"]),
             upstream_ratelimit_remaining: gauge_vec(r, "lasti_upstream_ratelimit_remaining", "Pulls left in the upstream's window (Docker Hub's RateLimit-Remaining).", &["upstream"]),
+            upstream_offline: gauge_vec(r, "lasti_upstream_offline", "1 while an upstream is offline (its own switch or the process's): no request goes to it.", &["upstream"]),
+            upstream_skipping: gauge_vec(r, "lasti_upstream_skipping", "1 while an upstream is skipped after failing again and again (its circuit breaker is open).", &["upstream"]),
+            upstream_skipped: counter(r, "lasti_upstream_skipped_total", "Requests not sent to an upstream, by reason (offline, failing).", &["upstream", "reason"]),
             token_fetches: counter(r, "lasti_token_fetches_total", "Tokens fetched from registries' token realms.", &["upstream"]),
             access_checks: counter(r, "lasti_access_checks_total", "Upstream checks of whether a client may pull a repository (credentials = \"client\"), by identity (anonymous, client) and verdict (allowed, refused, absent, failed).", &["upstream", "identity", "verdict"]),
             signature_verdicts: counter(r, "lasti_signature_verdicts_total", "Signature verdicts made under a signature policy (once per manifest digest and key set; hits reuse them), by outcome (signed, covered: a platform manifest of a signed index, attachment, unsigned_index, no_signature, unknown_key, wrong_payload, digest_mismatch, unverifiable: the signature could not be read).", &["upstream", "outcome"]),
@@ -272,6 +278,28 @@ impl Metrics {
     /// so dashboards and alerts see them before the first event.
     pub fn register_upstream(&self, name: &str) {
         self.token_fetches.with_label_values(&[name]);
+        self.upstream_offline.with_label_values(&[name]);
+        self.upstream_skipping.with_label_values(&[name]);
+        for reason in ["offline", "failing"] {
+            self.upstream_skipped.with_label_values(&[name, reason]);
+        }
+    }
+
+    /// Whether an upstream is offline, and whether it is being skipped.
+    pub fn upstream_availability(&self, upstream: &str, offline: bool, skipping: bool) {
+        self.upstream_offline
+            .with_label_values(&[upstream])
+            .set(i64::from(offline));
+        self.upstream_skipping
+            .with_label_values(&[upstream])
+            .set(i64::from(skipping));
+    }
+
+    /// A request not sent to an upstream (`offline`, `failing`).
+    pub fn upstream_skipped(&self, upstream: &str, reason: &str) {
+        self.upstream_skipped
+            .with_label_values(&[upstream, reason])
+            .inc();
     }
 
     /// The text exposition of every metric.

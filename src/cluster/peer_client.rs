@@ -14,7 +14,7 @@ use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::oci::media_type::DEFAULT_MANIFEST_ACCEPT;
 use crate::oci::{Digest, RepoName};
-use crate::pull_through::{Offer, PurgeScope, Purged};
+use crate::pull_through::{Offer, OfflineSwitch, PurgeScope, Purged};
 use crate::secret::Secret;
 use crate::upstream::client::{self, HttpClient, SendError};
 use crate::upstream::{BlobResponse, FetchedManifest};
@@ -51,6 +51,10 @@ pub struct PeerPurge {
     /// for a replica that holds the content without the tag's record.
     pub digest: Option<Digest>,
 }
+
+/// Where a replica hands the others an offline switch an operator set on
+/// it (`POST`, JSON [`OfflineSwitch`]; answered `204`).
+pub const OFFLINE_PATH: &str = "/lasti/cluster/offline";
 
 /// The `Cache-Control` directive of a peer request for a blob only if the
 /// peer holds it (RFC 9111, 5.2.1.7).
@@ -211,6 +215,20 @@ impl PeerClient {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| refused(member, format!("the purge answer is not one: {e}")))
+    }
+
+    /// Sets `switch` on `member` as an operator set it here.
+    pub async fn switch_offline(&self, member: &str, switch: &OfflineSwitch) -> Result<()> {
+        let json = serde_json::to_vec(switch).expect("a switch serializes");
+        let uri = format!("http://{member}{OFFLINE_PATH}");
+        let headers = vec![(header::CONTENT_TYPE, "application/json".to_string())];
+        let response = self
+            .send(member, Method::POST, uri, headers, body::full(json))
+            .await?;
+        match response.status() {
+            StatusCode::NO_CONTENT => Ok(()),
+            status => Err(answered(member, status)),
+        }
     }
 
     /// One `GET` of `/v2/<path>?ns=<upstream>` on `member`'s peer listener;

@@ -82,6 +82,9 @@ pub struct Config {
     /// (warm, purge) must carry; a mounted Secret, watched for
     /// rotation. Unset or missing: those calls are refused.
     pub admin_token_file: Option<PathBuf>,
+    /// Offline, the whole process: no request goes to any upstream (the
+    /// back-fill project is not an upstream). Switchable at run time.
+    pub offline: bool,
     /// After SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -114,6 +117,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
             admin_token_file: None,
+            offline: false,
             shutdown_grace: Duration::from_secs(30),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log: LogConfig::default(),

@@ -56,6 +56,18 @@ pub struct UpstreamConfig {
     pub body_idle_timeout: Duration,
     /// Retries of a request that failed before any byte went to a client.
     pub retries: u32,
+    /// Offline: no request goes to this upstream; what is cached (and the
+    /// bucket, the peers, the project) is served, tags whatever their age.
+    /// Switchable at run time (`POST /admin/offline`).
+    pub offline: bool,
+    /// After this many failures in a row (no answer, a timeout, a 502,
+    /// 503 or 504), the upstream is skipped for `skip_for`, so a dead one
+    /// costs one timeout per period rather than one per pull; 0 never skips.
+    pub skip_after_failures: u32,
+    /// How long a failing upstream is skipped before one request tries it
+    /// again; doubled while it keeps failing, up to ten times this.
+    #[serde(with = "humantime_serde")]
+    pub skip_for: Duration,
     /// Repository globs that may be pulled (`library/*`); empty allows all.
     pub allow: Vec<String>,
     /// Repository globs that may not be pulled; checked after `allow`.
@@ -132,6 +144,9 @@ impl Default for UpstreamConfig {
             header_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
             retries: 2,
+            offline: false,
+            skip_after_failures: 5,
+            skip_for: Duration::from_secs(30),
             allow: Vec::new(),
             deny: Vec::new(),
             credentials: CredentialSource::Lasti,

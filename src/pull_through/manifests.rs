@@ -134,6 +134,8 @@ pub(super) fn unreachable(err: &Error) -> bool {
         Error::UpstreamUnavailable { .. }
             | Error::UpstreamTimeout { .. }
             | Error::UpstreamTooManyRequests { .. }
+            | Error::UpstreamSkipped { .. }
+            | Error::Offline { .. }
     )
 }
 

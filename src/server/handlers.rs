@@ -12,7 +12,7 @@ use crate::body::Body;
 use crate::cluster::peer_client::{PeerPurge, MEMBER_HEADER, ONLY_IF_CACHED};
 use crate::error::{Error, Result};
 use crate::oci::{AcceptList, Digest, DigestError, RangeSpec, Reference, RepoName};
-use crate::pull_through::Proxy;
+use crate::pull_through::{OfflineSwitch, Proxy};
 use crate::upstream::{Caller, ClientCredential, Upstream};
 
 /// Answers one registry API request, made by `caller`.
@@ -240,6 +240,32 @@ pub async fn peer_purge(proxy: &Proxy, request: Request<hyper::body::Incoming>) 
             if !matches!(err, Error::ManifestUnknown) {
                 response::log_failure(&err, &parts.method, parts.uri.path());
             }
+            response::error(&err)
+        }
+    }
+}
+
+/// Sets an offline switch another replica's operator set (`POST`, JSON):
+/// `204`.
+pub async fn peer_offline(
+    proxy: &Proxy,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, OFFER_LIMIT));
+    let asked = match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(bytes)) => serde_json::from_slice::<OfflineSwitch>(&bytes.to_bytes())
+            .map_err(|_| Error::Unsupported("the body is not an offline switch")),
+        _ => Err(Error::Unsupported("the switch could not be read")),
+    };
+    let answer = match asked {
+        Ok(switch) => proxy.switch_offline(&switch, false).await,
+        Err(err) => Err(err),
+    };
+    match answer {
+        Ok(_) => response::no_content(),
+        Err(err) => {
+            response::log_failure(&err, &parts.method, parts.uri.path());
             response::error(&err)
         }
     }

@@ -37,7 +37,7 @@ use crate::backfill::{Backfill, Dispatching};
 use crate::bucket::Bucket;
 use crate::cache::Cache;
 use crate::cluster::peer_client::{
-    ASKER_HEADER, HELLO_PATH, MEMBER_HEADER, OFFER_PATH, PURGE_PATH,
+    ASKER_HEADER, HELLO_PATH, MEMBER_HEADER, OFFER_PATH, OFFLINE_PATH, PURGE_PATH,
 };
 use crate::cluster::Cluster;
 use crate::config::{AccessConfig, Config};
@@ -263,6 +263,9 @@ pub async fn build_proxy(config: &Config) -> Result<Services, StartError> {
             .map_err(|e| StartError::Bucket(Error::Storage(e.to_string())))?
             .map_err(StartError::Bucket)?
             .map(Arc::new);
+    if config.offline {
+        upstreams.set_offline(true);
+    }
     let cluster = Cluster::start(&config.cluster, Arc::clone(cache.metrics()))
         .map_err(StartError::Cluster)?;
     let max_manifest = config.cache.max_manifest_size.as_u64();
@@ -622,6 +625,9 @@ impl App {
             }
             (Ok(()), Door::Peers(_)) if method == Method::POST && path == PURGE_PATH => {
                 handlers::peer_purge(&self.proxy, request).await
+            }
+            (Ok(()), Door::Peers(_)) if method == Method::POST && path == OFFLINE_PATH => {
+                handlers::peer_offline(&self.proxy, request).await
             }
             // What it is for was done at the door.
             (Ok(()), Door::Peers(_)) if method == Method::POST && path == HELLO_PATH => {

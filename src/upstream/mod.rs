@@ -6,6 +6,7 @@
 //! upstream's answers onto [`Error`].
 
 pub mod auth;
+pub mod availability;
 pub mod caller;
 pub mod client;
 pub mod push;
@@ -14,6 +15,7 @@ pub mod routing;
 mod site;
 mod tokens;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,11 +26,22 @@ use crate::metrics::Metrics;
 use crate::oci::RepoName;
 use crate::signature::{Policies, Policy};
 use auth::Auth;
+use availability::{Availability, Refusal};
 use client::HttpClient;
 
 pub use caller::{Caller, ClientCredential};
 pub use requests::{BlobHead, BlobResponse, FetchedManifest, ManifestHead, Referrers, TagList};
 pub use routing::Upstreams;
+
+/// The switches and breaker of an upstream configured as `config`.
+fn availability_of(config: &UpstreamConfig, process_offline: Arc<AtomicBool>) -> Availability {
+    Availability::new(
+        config.offline,
+        process_offline,
+        config.skip_after_failures,
+        config.skip_for,
+    )
+}
 
 /// One upstream registry.
 #[derive(Debug)]
@@ -43,6 +56,8 @@ pub struct Upstream {
     unnamed_credentials: bool,
     /// Which repositories are served only signed, and by which keys.
     signatures: Policies,
+    /// Offline, and skipped while failing.
+    availability: Availability,
     metrics: Arc<Metrics>,
 }
 
@@ -78,6 +93,8 @@ impl Upstream {
         if signatures.any() {
             metrics.register_signature_rules(&config.name);
         }
+        let availability = availability_of(&config, Arc::default());
+        metrics.upstream_availability(&config.name, config.offline, false);
         Ok(Upstream {
             config,
             client,
@@ -87,8 +104,84 @@ impl Upstream {
             deny,
             unnamed_credentials: false,
             signatures,
+            availability,
             metrics,
         })
+    }
+
+    /// Makes `process_offline` (the whole process's switch, shared by
+    /// every upstream) count for this upstream too.
+    pub fn sharing_offline(mut self, process_offline: Arc<AtomicBool>) -> Upstream {
+        self.availability = availability_of(&self.config, process_offline);
+        self.note_availability();
+        self
+    }
+
+    /// Whether a request may go to this upstream now (see
+    /// [`availability`]); counted when it may not.
+    pub(crate) fn admit(&self) -> crate::error::Result<()> {
+        match self.availability.admit() {
+            Ok(()) => Ok(()),
+            Err(Refusal::Offline) => {
+                self.metrics.upstream_skipped(self.name(), "offline");
+                Err(crate::error::Error::Offline {
+                    upstream: self.name().to_string(),
+                })
+            }
+            Err(Refusal::Skipped { retry_in }) => {
+                self.metrics.upstream_skipped(self.name(), "failing");
+                Err(crate::error::Error::UpstreamSkipped {
+                    upstream: self.name().to_string(),
+                    retry_in_secs: retry_in.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Notes how a request went: `answered` with a status other than 502,
+    /// 503 or 504, or not.
+    pub(crate) fn note_outcome(&self, answered: bool) {
+        let changed = match answered {
+            true => self.availability.answered(),
+            false => self.availability.failed(),
+        };
+        if !changed {
+            return;
+        }
+        match answered {
+            true => tracing::info!(
+                upstream = self.name(),
+                "upstream answers again; no longer skipped"
+            ),
+            false => tracing::warn!(
+                upstream = self.name(),
+                failures = self.config.skip_after_failures,
+                retry_in_secs = self.availability.state().retry_in_secs.unwrap_or(0),
+                "upstream keeps failing; skipped until one request tries it again"
+            ),
+        }
+        self.note_availability();
+    }
+
+    /// Sets this upstream's own offline switch (at run time).
+    pub fn set_offline(&self, offline: bool) {
+        self.availability.set_offline(offline);
+        self.note_availability();
+        tracing::info!(upstream = self.name(), offline, "offline switch");
+    }
+
+    /// Whether requests go to this upstream, and why not.
+    pub fn availability(&self) -> availability::State {
+        self.availability.state()
+    }
+
+    /// Brings the availability gauges up to date.
+    pub fn note_availability(&self) {
+        self.metrics.upstream_availability(
+            self.name(),
+            self.availability.is_offline(),
+            self.availability.is_skipping(),
+        );
     }
 
     /// Lets a client credential whose user name names no upstream be used

@@ -375,6 +375,7 @@ impl Upstream {
         scope: &str,
         body: &(dyn Fn() -> Body + Sync),
     ) -> Result<Response<Incoming>> {
+        self.admit()?;
         let mut authorization = self.auth.header(&self.client, caller, scope).await?;
         let mut response = self
             .send(method, &url, headers, authorization.as_ref(), body())
@@ -472,6 +473,7 @@ impl Upstream {
         let status = sent.as_ref().ok().map(|r| r.status().as_u16());
         self.metrics
             .upstream_request(self.name(), method.as_str(), status, started.elapsed());
+        self.note_outcome(status.is_some_and(|s| !matches!(s, 502..=504)));
         let response = sent.map_err(|e| {
             let err = match e {
                 SendError::Timeout => Error::UpstreamTimeout {

@@ -3,6 +3,7 @@
 //! (`/v2/ghcr.io/org/app/...`), else the default (first configured) upstream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::Upstream;
@@ -14,6 +15,8 @@ use crate::metrics::Metrics;
 pub struct Upstreams {
     list: Vec<Arc<Upstream>>,
     by_name: HashMap<String, usize>,
+    /// The whole process's offline switch, shared by every upstream.
+    offline: Arc<AtomicBool>,
 }
 
 /// Why no upstream fits a request.
@@ -25,6 +28,7 @@ impl Upstreams {
     pub fn new(configs: &[UpstreamConfig], metrics: Arc<Metrics>) -> Result<Upstreams, String> {
         let mut list = Vec::new();
         let mut by_name = HashMap::new();
+        let offline = Arc::new(AtomicBool::new(false));
         // A credential whose user name names no upstream goes to the one
         // upstream that takes client credentials, never to one of several.
         let takers = configs
@@ -35,13 +39,34 @@ impl Upstreams {
             for name in std::iter::once(&config.name).chain(&config.aliases) {
                 by_name.insert(name.to_ascii_lowercase(), i);
             }
-            let upstream = Upstream::new(config.clone(), Arc::clone(&metrics))?;
-            list.push(Arc::new(upstream.taking_unnamed_credentials(takers == 1)));
+            let upstream = Upstream::new(config.clone(), Arc::clone(&metrics))?
+                .taking_unnamed_credentials(takers == 1)
+                .sharing_offline(Arc::clone(&offline));
+            list.push(Arc::new(upstream));
         }
         if list.is_empty() {
             return Err("no upstream configured".into());
         }
-        Ok(Upstreams { list, by_name })
+        Ok(Upstreams {
+            list,
+            by_name,
+            offline,
+        })
+    }
+
+    /// Sets the whole process's offline switch: no request goes to any
+    /// upstream while it is on (each upstream's own switch stays as set).
+    pub fn set_offline(&self, offline: bool) {
+        self.offline.store(offline, Ordering::Relaxed);
+        for upstream in &self.list {
+            upstream.note_availability();
+        }
+        tracing::info!(offline, "offline switch of the whole process");
+    }
+
+    /// Whether the whole process is offline.
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Relaxed)
     }
 
     /// The upstream used when a request names none.

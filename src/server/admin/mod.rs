@@ -15,6 +15,10 @@
 //! - `POST /admin/purge` (`{"image": "centos:7", "scope": "image"}`; scope
 //!   `tag`, `manifest` or `image`, the default): drops it from the cache
 //!   and the bucket now; answers with what was removed.
+//! - `GET /admin/offline`: the offline switches and each upstream's
+//!   breaker; `POST /admin/offline` (`{"offline": true}`, with
+//!   `"upstream": "docker.io"` for one upstream) sets a switch here and on
+//!   the other replicas, until it is set again or the process restarts.
 //!
 //! Every call that changes state (`POST`, `DELETE`) needs the admin token
 //! ([`token`]); reading never does.
@@ -39,13 +43,13 @@ use crate::backfill::{self, Backfill};
 use crate::body::{self, Body};
 use crate::error::Error;
 use crate::oci::ImageRef;
-use crate::pull_through::{Proxy, PurgeScope};
+use crate::pull_through::{OfflineSwitch, Proxy, PurgeScope};
 use crate::warmer::Warmer;
 use token::{AdminToken, Refusal};
 
 /// The largest `POST /admin/warm` body read.
 const MAX_WARM_REQUEST: usize = 64 * 1024;
-/// The largest `POST /admin/purge` body read.
+/// The largest `POST /admin/purge` and `POST /admin/offline` body read.
 const MAX_PURGE_REQUEST: usize = 4 * 1024;
 
 /// Pause after a failing `accept` on the admin listener.
@@ -104,6 +108,11 @@ async fn route(state: &State, client: IpAddr, request: Request<Incoming>) -> Res
     match request.uri().path() {
         "/admin/warm" if request.method() == Method::POST => warm(&state.warmer, request).await,
         "/admin/purge" if request.method() == Method::POST => purge(proxy, request).await,
+        "/admin/offline" if request.method() == Method::POST => offline(proxy, request).await,
+        "/admin/offline" => json(
+            StatusCode::OK,
+            serde_json::to_vec_pretty(&proxy.availabilities()).unwrap_or_default(),
+        ),
         "/admin/warm" => json(
             StatusCode::OK,
             serde_json::to_vec_pretty(&serde_json::json!({ "images": state.warmer.statuses() }))
@@ -157,6 +166,31 @@ fn refused(refusal: Refusal, client: IpAddr, method: &Method, path: &str) -> Res
         );
     }
     response
+}
+
+async fn offline(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(request.into_body(), MAX_PURGE_REQUEST)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request too large\n"),
+    };
+    let switch: OfflineSwitch = match serde_json::from_slice(&body) {
+        Ok(switch) => switch,
+        Err(e) => {
+            return bad_request(format!(
+                "expected {{\"offline\": true|false, \"upstream\": \"name\" (optional)}}: {e}"
+            ))
+        }
+    };
+    match proxy.switch_offline(&switch, true).await {
+        Ok(now) => json(
+            StatusCode::OK,
+            serde_json::to_vec_pretty(&now).unwrap_or_default(),
+        ),
+        Err(err) => bad_request(err.to_string()),
+    }
 }
 
 /// The body of `POST /admin/purge`.
