@@ -53,6 +53,8 @@ fn client_config(fake: &FakeUpstream, ttl: Duration) -> Config {
     let mut cfg = config(&[("docker.io", &fake.url())]);
     cfg.upstreams[0].credentials = CredentialSource::Client;
     cfg.upstreams[0].client_verdict_ttl = ttl;
+    // An upstream that was down is tried again soon after.
+    cfg.upstreams[0].skip_for = Duration::from_secs(1);
     cfg
 }
 
@@ -343,8 +345,16 @@ async fn when_the_upstream_is_down_public_content_is_served_and_private_needs_a_
         );
         assert_whole(&anonymous.get(&pub_layer).await, &s.public.layer);
 
+        // Back up, it is asked again once its breaker lets a probe through.
         s.fake.set_down(false);
-        assert_whole(&alice.get(&x_layer).await, &s.x.layer);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut reply = alice.get(&x_layer).await;
+        while reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(std::time::Instant::now() < deadline, "never asked again");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            reply = alice.get(&x_layer).await;
+        }
+        assert_whole(&reply, &s.x.layer);
     })
     .await;
 }

@@ -323,6 +323,9 @@ fn target_client(
     // Reads through the project must not delay a miss when the project's
     // registry is down; pushes are retried by the queue instead.
     config.retries = 0;
+    // Never skipped: the queue backs off by itself, and a project back up
+    // must take the next push at once.
+    config.skip_after_failures = 0;
     let password = match (&target.token_file, &target.token) {
         (Some(file), _) => Password::file(file.clone()),
         (None, Some(token)) => Password::Fixed(token.clone()),
