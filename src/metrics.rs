@@ -186,7 +186,7 @@ impl Metrics {
             upstream_ratelimit_remaining: gauge_vec(r, "lasti_upstream_ratelimit_remaining", "Pulls left in the upstream's window (Docker Hub's RateLimit-Remaining).", &["upstream"]),
             upstream_offline: gauge_vec(r, "lasti_upstream_offline", "1 while an upstream is offline (its own switch or the process's): no request goes to it.", &["upstream"]),
             upstream_skipping: gauge_vec(r, "lasti_upstream_skipping", "1 while an upstream is skipped after failing again and again (its circuit breaker is open).", &["upstream"]),
-            upstream_skipped: counter(r, "lasti_upstream_skipped_total", "Requests not sent to an upstream, by reason (offline, failing).", &["upstream", "reason"]),
+            upstream_skipped: counter(r, "lasti_upstream_skipped_total", "Requests not sent to an upstream, by reason (offline, failing, capped: no place among max_fetches in time).", &["upstream", "reason"]),
             token_fetches: counter(r, "lasti_token_fetches_total", "Tokens fetched from registries' token realms.", &["upstream"]),
             access_checks: counter(r, "lasti_access_checks_total", "Upstream checks of whether a client may pull a repository (credentials = \"client\"), by identity (anonymous, client) and verdict (allowed, refused, absent, failed).", &["upstream", "identity", "verdict"]),
             signature_verdicts: counter(r, "lasti_signature_verdicts_total", "Signature verdicts made under a signature policy (once per manifest digest and key set; hits reuse them), by outcome (signed, covered: a platform manifest of a signed index, attachment, unsigned_index, no_signature, unknown_key, wrong_payload, digest_mismatch, unverifiable: the signature could not be read).", &["upstream", "outcome"]),
@@ -280,7 +280,7 @@ impl Metrics {
         self.token_fetches.with_label_values(&[name]);
         self.upstream_offline.with_label_values(&[name]);
         self.upstream_skipping.with_label_values(&[name]);
-        for reason in ["offline", "failing"] {
+        for reason in ["offline", "failing", "capped"] {
             self.upstream_skipped.with_label_values(&[name, reason]);
         }
     }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -68,6 +69,12 @@ pub struct UpstreamConfig {
     /// again; doubled while it keeps failing, up to ten times this.
     #[serde(with = "humantime_serde")]
     pub skip_for: Duration,
+    /// Blobs fetched from this upstream at once; a fill past it waits for
+    /// a place (0: no cap besides `access.max_upstream_fetches`).
+    pub max_fetches: usize,
+    /// Bytes per second read from this upstream, all fills together
+    /// (0: no cap). Hits and other tiers never wait for it.
+    pub max_bytes_per_second: ByteSize,
     /// Repository globs that may be pulled (`library/*`); empty allows all.
     pub allow: Vec<String>,
     /// Repository globs that may not be pulled; checked after `allow`.
@@ -147,6 +154,8 @@ impl Default for UpstreamConfig {
             offline: false,
             skip_after_failures: 5,
             skip_for: Duration::from_secs(30),
+            max_fetches: 0,
+            max_bytes_per_second: ByteSize::b(0),
             allow: Vec::new(),
             deny: Vec::new(),
             credentials: CredentialSource::Lasti,

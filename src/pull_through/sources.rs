@@ -179,13 +179,26 @@ impl Source {
                 caller,
                 ..
             } => {
+                // Held to the end of the body: a fetch at once.
+                let _place = registry.fetch_place().await?;
                 let response = registry.get_blob(caller, repo, digest, offset).await?;
                 let idle = registry.body_idle_timeout();
-                (response.size, response.media_type, response.body, idle)
+                announce(writer, &name, response.size, response.media_type)?;
+                let paced = registry.capped().then_some(&**registry);
+                pump(
+                    response.body,
+                    idle,
+                    &name,
+                    writer,
+                    paced,
+                    |message, stalled| self.broke(message, stalled),
+                )
+                .await?;
+                return Ok(Fetched::Whole);
             }
         };
         announce(writer, &name, size, media_type)?;
-        pump(body, idle, &name, writer, |message, stalled| {
+        pump(body, idle, &name, writer, None, |message, stalled| {
             self.broke(message, stalled)
         })
         .await?;
@@ -380,14 +393,15 @@ fn ended(writer: &FillWriter, early: Error) -> Result<Fetched> {
     }
 }
 
-/// A response body into the fill, each pause at most `idle`; `broke` makes
-/// the error of a body that broke off or ended early, or that stalled
-/// (`true`).
+/// A response body into the fill, each pause at most `idle`, at the byte
+/// rate of `paced` when it has one; `broke` makes the error of a body that
+/// broke off or ended early, or that stalled (`true`).
 async fn pump(
     mut body: Incoming,
     idle: Duration,
     source: &str,
     writer: &mut FillWriter,
+    paced: Option<&Upstream>,
     broke: impl Fn(&str, bool) -> Error,
 ) -> Result<()> {
     loop {
@@ -398,6 +412,9 @@ async fn pump(
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
+            if let Some(upstream) = paced {
+                upstream.take_bytes(data.len()).await;
+            }
             write(writer, source, data).await?;
         }
     }

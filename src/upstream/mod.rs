@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod availability;
 pub mod caller;
+pub mod caps;
 pub mod client;
 pub mod push;
 mod requests;
@@ -27,6 +28,7 @@ use crate::oci::RepoName;
 use crate::signature::{Policies, Policy};
 use auth::Auth;
 use availability::{Availability, Refusal};
+use caps::Caps;
 use client::HttpClient;
 
 pub use caller::{Caller, ClientCredential};
@@ -58,6 +60,8 @@ pub struct Upstream {
     signatures: Policies,
     /// Offline, and skipped while failing.
     availability: Availability,
+    /// Fetches at once and bytes per second.
+    caps: Caps,
     metrics: Arc<Metrics>,
 }
 
@@ -94,6 +98,7 @@ impl Upstream {
             metrics.register_signature_rules(&config.name);
         }
         let availability = availability_of(&config, Arc::default());
+        let caps = Caps::new(config.max_fetches, config.max_bytes_per_second.as_u64());
         metrics.upstream_availability(&config.name, config.offline, false);
         Ok(Upstream {
             config,
@@ -105,8 +110,36 @@ impl Upstream {
             unnamed_credentials: false,
             signatures,
             availability,
+            caps,
             metrics,
         })
+    }
+
+    /// A place among this upstream's blob fetches at once (`max_fetches`),
+    /// waited for up to `header_timeout`; `None` when there is no cap.
+    pub async fn fetch_place(
+        &self,
+    ) -> crate::error::Result<Option<tokio::sync::OwnedSemaphorePermit>> {
+        self.caps
+            .fetch_place(self.config.header_timeout)
+            .await
+            .map_err(|()| {
+                self.metrics.upstream_skipped(self.name(), "capped");
+                crate::error::Error::RateLimited {
+                    retry_after: Duration::from_secs(1),
+                }
+            })
+    }
+
+    /// Waits until `bytes` more may be read from this upstream
+    /// (`max_bytes_per_second`).
+    pub async fn take_bytes(&self, bytes: usize) {
+        self.caps.take_bytes(bytes).await;
+    }
+
+    /// Whether a cap is set on what is read from this upstream.
+    pub fn capped(&self) -> bool {
+        self.caps.any()
     }
 
     /// Makes `process_offline` (the whole process's switch, shared by
