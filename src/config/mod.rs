@@ -508,6 +508,26 @@ mod tests {
     }
 
     #[test]
+    fn urls_must_name_url_once_each() {
+        let with = |urls: &str| {
+            Config::from_toml(&format!(
+                "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+                 urls = [{urls}]\nmax_bytes_per_second = \"50 MiB\"\nmax_fetches = 8\n"
+            ))
+            .unwrap()
+            .validate()
+        };
+        with(r#""https://mirror.gcr.io", "https://registry-1.docker.io""#).unwrap();
+        with("").unwrap();
+        let err = with(r#""https://mirror.gcr.io""#).unwrap_err().to_string();
+        assert!(err.contains("url must be one of urls"), "{err}");
+        let twice = r#""https://registry-1.docker.io", "https://registry-1.docker.io""#;
+        assert!(with(twice).unwrap_err().to_string().contains("twice"));
+        let ftp = r#""ftp://mirror", "https://registry-1.docker.io""#;
+        assert!(with(ftp).is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(Config::from_toml("lisen = \"0.0.0.0:1\"").is_err());
         assert!(Config::from_toml("[cache]\nmax = \"1GB\"").is_err());

@@ -20,7 +20,12 @@ pub struct UpstreamConfig {
     /// Other names that select this upstream (`index.docker.io`, `registry-1.docker.io`).
     pub aliases: Vec<String>,
     /// Base URL of the registry API; `http://` is allowed for tests and local mirrors.
+    /// The only one of `urls` that credentials go to.
     pub url: Url,
+    /// Registries with the same content, tried in this order (`url` among
+    /// them): a mirror's 404, 429, 5xx or silence tries the next. Each has
+    /// its own breaker; all but `url` are asked anonymously. Empty: `url`.
+    pub urls: Vec<Url>,
     /// Prefix one-component names with `library/` (Docker Hub's official images).
     /// Defaults to true for `docker.io` and false elsewhere.
     pub library_prefix: Option<bool>,
@@ -138,6 +143,7 @@ impl Default for UpstreamConfig {
             name: String::new(),
             aliases: Vec::new(),
             url: Url::parse("http://invalid.invalid").expect("valid placeholder"),
+            urls: Vec::new(),
             library_prefix: None,
             username: None,
             password: None,
@@ -208,6 +214,22 @@ impl UpstreamConfig {
         }
         if self.url.query().is_some() || self.url.fragment().is_some() {
             return fail("url must not have a query or fragment");
+        }
+        for mirror in &self.urls {
+            if !matches!(mirror.scheme(), "http" | "https")
+                || mirror.host_str().is_none()
+                || mirror.query().is_some()
+                || mirror.fragment().is_some()
+            {
+                return fail("urls must be http:// or https:// with a host, no query or fragment");
+            }
+        }
+        if !self.urls.is_empty() && !self.urls.contains(&self.url) {
+            return fail("url must be one of urls: it is where the credentials go");
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !self.urls.iter().all(|u| seen.insert(u)) {
+            return fail("urls lists a registry twice");
         }
         if self.password.is_some() && self.username.is_none() {
             return fail("a password needs a username");

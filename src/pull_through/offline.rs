@@ -27,7 +27,8 @@ pub struct OfflineSwitch {
 pub struct Availabilities {
     /// The whole process's switch.
     pub offline: bool,
-    /// Each upstream's state, by name.
+    /// Each upstream's state, by name, and each other registry of its
+    /// `urls` (`docker.io@mirror.gcr.io`).
     pub upstreams: BTreeMap<String, State>,
     /// What became of the switch on each other replica.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -51,6 +52,7 @@ impl Proxy {
         Availabilities {
             offline: self.upstreams.is_offline(),
             upstreams: upstreams
+                .flat_map(|u| std::iter::once(u).chain(u.mirrors()))
                 .map(|u| (u.name().to_string(), u.availability()))
                 .collect(),
             replicas: Vec::new(),

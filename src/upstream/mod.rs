@@ -35,6 +35,48 @@ pub use caller::{Caller, ClientCredential};
 pub use requests::{BlobHead, BlobResponse, FetchedManifest, ManifestHead, Referrers, TagList};
 pub use routing::Upstreams;
 
+/// The registries of `config.urls` other than `config.url`, in order: each
+/// an upstream of its own, named `<name>@<host>` in metrics and logs, with
+/// no credentials, no retries (the next one is the retry) and its own
+/// breaker.
+fn mirrors_of(
+    config: &UpstreamConfig,
+    metrics: &Arc<Metrics>,
+    process_offline: Arc<AtomicBool>,
+) -> Result<Vec<Arc<Upstream>>, String> {
+    let mut mirrors = Vec::new();
+    for url in config.urls.iter().filter(|u| **u != config.url) {
+        let host = url.host_str().unwrap_or_default();
+        let name = match url.port() {
+            Some(port) => format!("{}@{host}:{port}", config.name),
+            None => format!("{}@{host}", config.name),
+        };
+        let mirror = UpstreamConfig {
+            name,
+            url: url.clone(),
+            retries: 0,
+            ..UpstreamConfig::new("", url.clone())
+        };
+        let mirror = UpstreamConfig {
+            connect_timeout: config.connect_timeout,
+            header_timeout: config.header_timeout,
+            body_idle_timeout: config.body_idle_timeout,
+            ca_file: config.ca_file.clone(),
+            offline: config.offline,
+            skip_after_failures: config.skip_after_failures,
+            skip_for: config.skip_for,
+            ..mirror
+        };
+        let upstream = Upstream::new(mirror, Arc::clone(metrics))?;
+        let availability = availability_of(&upstream.config, Arc::clone(&process_offline));
+        mirrors.push(Arc::new(Upstream {
+            availability,
+            ..upstream
+        }));
+    }
+    Ok(mirrors)
+}
+
 /// The switches and breaker of an upstream configured as `config`.
 fn availability_of(config: &UpstreamConfig, process_offline: Arc<AtomicBool>) -> Availability {
     Availability::new(
@@ -62,6 +104,10 @@ pub struct Upstream {
     availability: Availability,
     /// Fetches at once and bytes per second.
     caps: Caps,
+    /// The other registries of `urls`, asked anonymously, each with its
+    /// own breaker; this one is at `position` among them.
+    mirrors: Vec<Arc<Upstream>>,
+    position: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -99,6 +145,12 @@ impl Upstream {
         }
         let availability = availability_of(&config, Arc::default());
         let caps = Caps::new(config.max_fetches, config.max_bytes_per_second.as_u64());
+        let mirrors = mirrors_of(&config, &metrics, Arc::default())?;
+        let position = config
+            .urls
+            .iter()
+            .position(|u| *u == config.url)
+            .unwrap_or(0);
         metrics.upstream_availability(&config.name, config.offline, false);
         Ok(Upstream {
             config,
@@ -111,6 +163,8 @@ impl Upstream {
             signatures,
             availability,
             caps,
+            mirrors,
+            position,
             metrics,
         })
     }
@@ -144,10 +198,34 @@ impl Upstream {
 
     /// Makes `process_offline` (the whole process's switch, shared by
     /// every upstream) count for this upstream too.
-    pub fn sharing_offline(mut self, process_offline: Arc<AtomicBool>) -> Upstream {
-        self.availability = availability_of(&self.config, process_offline);
+    pub fn sharing_offline(mut self, process_offline: Arc<AtomicBool>) -> Result<Upstream, String> {
+        self.availability = availability_of(&self.config, Arc::clone(&process_offline));
+        self.mirrors = mirrors_of(&self.config, &self.metrics, process_offline)?;
         self.note_availability();
-        self
+        Ok(self)
+    }
+
+    /// The other registries of `urls` (see [`Upstream::across`]).
+    pub fn mirrors(&self) -> &[Arc<Upstream>] {
+        &self.mirrors
+    }
+
+    /// The registries of `urls` in order, each with whom to ask as: this
+    /// upstream as `caller`, the others as lasti, anonymously. A request
+    /// carrying a client's credential goes to `url` alone: only it
+    /// decides who may pull.
+    pub(crate) fn sites<'a>(
+        &'a self,
+        caller: &'a Caller,
+        anonymous: &'a Caller,
+    ) -> Vec<(&'a Upstream, &'a Caller)> {
+        if self.mirrors.is_empty() || caller.credential().is_some() {
+            return vec![(self, caller)];
+        }
+        let mut sites: Vec<(&Upstream, &Caller)> =
+            self.mirrors.iter().map(|m| (&**m, anonymous)).collect();
+        sites.insert(self.position.min(sites.len()), (self, caller));
+        sites
     }
 
     /// Whether a request may go to this upstream now (see
@@ -199,6 +277,10 @@ impl Upstream {
     /// Sets this upstream's own offline switch (at run time).
     pub fn set_offline(&self, offline: bool) {
         self.availability.set_offline(offline);
+        for mirror in &self.mirrors {
+            mirror.availability.set_offline(offline);
+            mirror.note_availability();
+        }
         self.note_availability();
         tracing::info!(upstream = self.name(), offline, "offline switch");
     }

@@ -116,9 +116,45 @@ pub struct Referrers {
     pub filters_applied: Option<HeaderValue>,
 }
 
+/// Runs `$call` on the registries of `urls` in order until one answers
+/// (see [`Upstream::sites`]): any failure tries the next, and the last
+/// one's failure is returned.
+macro_rules! across {
+    ($upstream:expr, $caller:expr, |$site:ident, $asker:ident| $call:expr) => {{
+        let anonymous = Caller::lasti();
+        let sites = $upstream.sites($caller, &anonymous);
+        let last = sites.len() - 1;
+        let mut answer = None;
+        for (at, ($site, $asker)) in sites.into_iter().enumerate() {
+            match $call {
+                Err(err) if at < last => {
+                    tracing::debug!(upstream = $site.name(), error = %err, "trying the next of urls");
+                }
+                done => {
+                    answer = Some(done);
+                    break;
+                }
+            }
+        }
+        answer.expect("the last place answers")
+    }};
+}
+
 impl Upstream {
     /// `HEAD /v2/<repo>/manifests/<reference>`.
     pub async fn head_manifest(
+        &self,
+        caller: &Caller,
+        repo: &RepoName,
+        reference: &str,
+        accept: &str,
+    ) -> Result<ManifestHead> {
+        across!(self, caller, |site, caller| site
+            .head_manifest_here(caller, repo, reference, accept)
+            .await)
+    }
+
+    async fn head_manifest_here(
         &self,
         caller: &Caller,
         repo: &RepoName,
@@ -142,6 +178,19 @@ impl Upstream {
 
     /// `GET /v2/<repo>/manifests/<reference>`, refusing bodies over `limit`.
     pub async fn get_manifest(
+        &self,
+        caller: &Caller,
+        repo: &RepoName,
+        reference: &str,
+        accept: &str,
+        limit: u64,
+    ) -> Result<FetchedManifest> {
+        across!(self, caller, |site, caller| site
+            .get_manifest_here(caller, repo, reference, accept, limit)
+            .await)
+    }
+
+    async fn get_manifest_here(
         &self,
         caller: &Caller,
         repo: &RepoName,
@@ -182,6 +231,17 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobHead> {
+        across!(self, caller, |site, caller| site
+            .head_blob_here(caller, repo, digest)
+            .await)
+    }
+
+    async fn head_blob_here(
+        &self,
+        caller: &Caller,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobHead> {
         let path = format!("{repo}/blobs/{digest}");
         let response = self
             .request(caller, Method::HEAD, &path, HeaderMap::new(), repo)
@@ -195,6 +255,18 @@ impl Upstream {
 
     /// `GET /v2/<repo>/blobs/<digest>` from byte `offset` on, following redirects.
     pub async fn get_blob(
+        &self,
+        caller: &Caller,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobResponse> {
+        across!(self, caller, |site, caller| site
+            .get_blob_here(caller, repo, digest, offset)
+            .await)
+    }
+
+    async fn get_blob_here(
         &self,
         caller: &Caller,
         repo: &RepoName,

@@ -41,7 +41,7 @@ impl Upstreams {
             }
             let upstream = Upstream::new(config.clone(), Arc::clone(&metrics))?
                 .taking_unnamed_credentials(takers == 1)
-                .sharing_offline(Arc::clone(&offline));
+                .sharing_offline(Arc::clone(&offline))?;
             list.push(Arc::new(upstream));
         }
         if list.is_empty() {
