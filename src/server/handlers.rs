@@ -185,19 +185,31 @@ pub async fn handle_peer<B>(proxy: &Proxy, request: &Request<B>) -> Response<Bod
     }
 }
 
-/// Largest back-fill offer read on the peer listener.
-const OFFER_LIMIT: usize = 4096;
+/// Largest JSON body read on the peer listener (an offer, a purge, a switch).
+const PEER_BODY_LIMIT: usize = 4096;
+
+/// A peer's JSON body as `T`, read within 10 s; `what` names it in the
+/// error when it is not one.
+async fn peer_json<T: serde::de::DeserializeOwned>(
+    body: hyper::body::Incoming,
+    what: &'static str,
+) -> Result<T> {
+    let read =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, PEER_BODY_LIMIT));
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok(bytes)) => {
+            serde_json::from_slice::<T>(&bytes.to_bytes()).map_err(|_| Error::Unsupported(what))
+        }
+        _ => Err(Error::Unsupported(what)),
+    }
+}
 
 /// Takes a back-fill offer another replica forwarded to this one, the
 /// owner of its digest: `202 Accepted` once queued here.
 pub async fn peer_offer(proxy: &Proxy, request: Request<hyper::body::Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, OFFER_LIMIT));
-    let answer = match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
-        Ok(Ok(bytes)) => serde_json::from_slice::<crate::pull_through::Offer>(&bytes.to_bytes())
-            .map_err(|_| Error::Unsupported("the body is not a back-fill offer")),
-        _ => Err(Error::Unsupported("the offer could not be read")),
-    };
+    let answer =
+        peer_json::<crate::pull_through::Offer>(body, "the body is not a back-fill offer").await;
     let answer = answer.and_then(|offer| {
         let ns = format!("ns={}", offer.upstream);
         let (upstream, repo) = resolve(proxy, offer.repo.as_str(), Some(&ns))?;
@@ -224,13 +236,7 @@ pub async fn peer_offer(proxy: &Proxy, request: Request<hyper::body::Incoming>) 
 /// `200` with what went, `404` when this replica held none of it.
 pub async fn peer_purge(proxy: &Proxy, request: Request<hyper::body::Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, OFFER_LIMIT));
-    let asked = match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
-        Ok(Ok(bytes)) => serde_json::from_slice::<PeerPurge>(&bytes.to_bytes())
-            .map_err(|_| Error::Unsupported("the body is not a purge")),
-        _ => Err(Error::Unsupported("the purge could not be read")),
-    };
-    let answer = match asked {
+    let answer = match peer_json::<PeerPurge>(body, "the body is not a purge").await {
         Ok(asked) => proxy.purge_forwarded(asked).await,
         Err(err) => Err(err),
     };
@@ -252,13 +258,7 @@ pub async fn peer_offline(
     request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, OFFER_LIMIT));
-    let asked = match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
-        Ok(Ok(bytes)) => serde_json::from_slice::<OfflineSwitch>(&bytes.to_bytes())
-            .map_err(|_| Error::Unsupported("the body is not an offline switch")),
-        _ => Err(Error::Unsupported("the switch could not be read")),
-    };
-    let answer = match asked {
+    let answer = match peer_json::<OfflineSwitch>(body, "the body is not an offline switch").await {
         Ok(switch) => proxy.switch_offline(&switch, false).await,
         Err(err) => Err(err),
     };

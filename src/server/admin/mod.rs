@@ -50,7 +50,7 @@ use token::{AdminToken, Refusal};
 /// The largest `POST /admin/warm` body read.
 const MAX_WARM_REQUEST: usize = 64 * 1024;
 /// The largest `POST /admin/purge` and `POST /admin/offline` body read.
-const MAX_PURGE_REQUEST: usize = 4 * 1024;
+const MAX_SMALL_REQUEST: usize = 4 * 1024;
 
 /// Pause after a failing `accept` on the admin listener.
 const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -168,21 +168,27 @@ fn refused(refusal: Refusal, client: IpAddr, method: &Method, path: &str) -> Res
     response
 }
 
-async fn offline(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
-    let body = match Limited::new(request.into_body(), MAX_PURGE_REQUEST)
+/// A small JSON request body as `T`; the answer to send when it is not
+/// one (`expected` says what is).
+async fn json_body<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+    expected: &str,
+) -> Result<T, Response<Body>> {
+    let body = match Limited::new(request.into_body(), MAX_SMALL_REQUEST)
         .collect()
         .await
     {
         Ok(body) => body.to_bytes(),
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request too large\n"),
+        Err(_) => return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "request too large\n")),
     };
-    let switch: OfflineSwitch = match serde_json::from_slice(&body) {
+    serde_json::from_slice(&body).map_err(|e| bad_request(format!("expected {expected}: {e}")))
+}
+
+async fn offline(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
+    let expected = r#"{"offline": true|false, "upstream": "name" (optional)}"#;
+    let switch: OfflineSwitch = match json_body(request, expected).await {
         Ok(switch) => switch,
-        Err(e) => {
-            return bad_request(format!(
-                "expected {{\"offline\": true|false, \"upstream\": \"name\" (optional)}}: {e}"
-            ))
-        }
+        Err(answer) => return answer,
     };
     match proxy.switch_offline(&switch, true).await {
         Ok(now) => json(
@@ -203,20 +209,10 @@ struct PurgeRequest {
 }
 
 async fn purge(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
-    let body = match Limited::new(request.into_body(), MAX_PURGE_REQUEST)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request too large\n"),
-    };
-    let wanted: PurgeRequest = match serde_json::from_slice(&body) {
+    let expected = r#"{"image": "name:tag", "scope": "tag|manifest|image"}"#;
+    let wanted: PurgeRequest = match json_body(request, expected).await {
         Ok(wanted) => wanted,
-        Err(e) => {
-            return bad_request(format!(
-                "expected {{\"image\": \"name:tag\", \"scope\": \"tag|manifest|image\"}}: {e}"
-            ))
-        }
+        Err(answer) => return answer,
     };
     let image = match ImageRef::parse(&wanted.image) {
         Ok(image) => image,
