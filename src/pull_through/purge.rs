@@ -108,7 +108,9 @@ impl Proxy {
     /// the same: they may hold what this replica does not).
     pub async fn purge(&self, image: &ImageRef, scope: Scope) -> Result<Purged> {
         let here = self.purge_local(image, scope, None, true).await;
-        let Some(cluster) = &self.cluster else {
+        // A request that is wrong here is wrong everywhere.
+        let forward = matches!(here, Ok(_) | Err(Error::ManifestUnknown));
+        let Some(cluster) = self.cluster.as_ref().filter(|_| forward) else {
             return here;
         };
         let forwarded = PeerPurge {
