@@ -145,7 +145,6 @@ impl Upstream {
         }
         let availability = availability_of(&config, Arc::default());
         let caps = Caps::new(config.max_fetches, config.max_bytes_per_second.as_u64());
-        let mirrors = mirrors_of(&config, &metrics, Arc::default())?;
         let position = config
             .urls
             .iter()
@@ -163,7 +162,9 @@ impl Upstream {
             signatures,
             availability,
             caps,
-            mirrors,
+            // Built with the process's offline switch, which they share:
+            // see `sharing_offline`.
+            mirrors: Vec::new(),
             position,
             metrics,
         })
@@ -197,7 +198,8 @@ impl Upstream {
     }
 
     /// Makes `process_offline` (the whole process's switch, shared by
-    /// every upstream) count for this upstream too.
+    /// every upstream) count for this upstream too, and builds the other
+    /// registries of its `urls` under the same switch (once, at start).
     pub fn sharing_offline(mut self, process_offline: Arc<AtomicBool>) -> Result<Upstream, String> {
         self.availability = availability_of(&self.config, Arc::clone(&process_offline));
         self.mirrors = mirrors_of(&self.config, &self.metrics, process_offline)?;
