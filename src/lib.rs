@@ -46,6 +46,7 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod oci;
 pub mod pull_through;

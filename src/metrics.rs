@@ -65,7 +65,28 @@ pub struct Metrics {
     bucket_owed: IntGauge,
     peer_fetches: IntCounterVec,
     peer_served: IntCounterVec,
+    events_sent: IntCounterVec,
+    events_dropped: IntCounterVec,
+    event_posts_failed: IntCounterVec,
+    events_queued: IntGaugeVec,
     hot: Hot,
+}
+
+/// One event sink's series, looked up once when the sink starts.
+#[derive(Debug, Clone)]
+pub struct SinkSeries {
+    /// Events the sink took.
+    pub sent: IntCounter,
+    /// Events dropped because the sink's queue was full.
+    pub dropped_full: IntCounter,
+    /// Events dropped because the sink refused their batch for its content.
+    pub dropped_rejected: IntCounter,
+    /// Events still queued when the process ended.
+    pub dropped_shutdown: IntCounter,
+    /// POSTs that failed (and were tried again).
+    pub failed_posts: IntCounter,
+    /// Events waiting for the sink.
+    pub queued: IntGauge,
 }
 
 /// The series every cache hit touches, looked up once: `with_label_values`
@@ -212,6 +233,10 @@ impl Metrics {
             bucket_owed: gauge(r, "lasti_bucket_owed", "Blobs and manifests owed to the object store: waiting for an upload place, failed, or cut by a crash (as of the uploader's last round)."),
             peer_fetches: counter(r, "lasti_peer_fetches_total", "Blobs and manifests asked of their owner replica, by result (done; failed: unreachable or broke off, left out for a while; refused: it answered without the blob, busy or failing; self: the member was this replica under another name). All but done go on to the next source.", &["result"]),
             peer_served: counter(r, "lasti_peer_requests_total", "Requests answered on the peer listener, by outcome (hit, miss, coalesced: blobs and manifests; offer: a back-fill offer taken; error; refused: no secret, or the asker itself).", &["outcome"]),
+            events_sent: counter(r, "lasti_events_sent_total", "Audit events a sink took, by sink.", &["sink"]),
+            events_dropped: counter(r, "lasti_events_dropped_total", "Audit events never delivered, by sink and reason (queue_full: the sink was slow or down for longer than its queue holds; rejected: it refused the batch as malformed, a 400, 413, 415 or 422; shutdown: still queued when the process ended).", &["sink", "reason"]),
+            event_posts_failed: counter(r, "lasti_event_posts_failed_total", "Batches of audit events a sink did not take (no answer, 5xx, 408, 429), each tried again after a back-off.", &["sink"]),
+            events_queued: gauge_vec(r, "lasti_events_queued", "Audit events waiting for a sink.", &["sink"]),
             registry,
         }
         .with_outcomes()
@@ -497,6 +522,18 @@ impl Metrics {
     /// (`failed`, `refused`, `self`).
     pub fn peer_fetch(&self, result: &str) {
         self.peer_fetches.with_label_values(&[result]).inc();
+    }
+
+    /// The series of one event sink, created at zero.
+    pub fn event_sink(&self, sink: &str) -> SinkSeries {
+        SinkSeries {
+            sent: self.events_sent.with_label_values(&[sink]),
+            dropped_full: self.events_dropped.with_label_values(&[sink, "queue_full"]),
+            dropped_rejected: self.events_dropped.with_label_values(&[sink, "rejected"]),
+            dropped_shutdown: self.events_dropped.with_label_values(&[sink, "shutdown"]),
+            failed_posts: self.event_posts_failed.with_label_values(&[sink]),
+            queued: self.events_queued.with_label_values(&[sink]),
+        }
     }
 
     /// A request on the peer listener was answered with `outcome`.

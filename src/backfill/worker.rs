@@ -13,6 +13,7 @@ use super::naming::Namer;
 use super::store::{Enqueued, Job, JobState};
 use super::{Offer, Shared};
 use crate::cache::index::unix_now;
+use crate::events::{BackfillOutcome, Kind};
 use crate::pull_through::Proxy;
 
 /// First retry delay of a failing job; doubled per attempt up to `max_backoff`.
@@ -220,11 +221,36 @@ async fn execute(ctx: &Context, mut job: Job) {
             }
         }
     }
+    report(ctx, &job);
     let store = Arc::clone(&ctx.store);
     let saved = tokio::task::spawn_blocking(move || store.update(&job)).await;
     if !matches!(saved, Ok(Ok(()))) {
         tracing::error!(?saved, "cannot record a back-fill job's outcome");
     }
+}
+
+/// An audit event for a job that is done or has failed for good.
+fn report(ctx: &Context, job: &Job) {
+    let Some(events) = ctx.proxy.events() else {
+        return;
+    };
+    let kind = match job.state {
+        JobState::Done => Kind::BackfillDone,
+        JobState::Failed => Kind::BackfillFailed,
+        _ => return,
+    };
+    let (repository, digest) = (job.repo.to_string(), job.digest.to_string());
+    let data = BackfillOutcome {
+        upstream: &job.upstream,
+        repository: &repository,
+        tag: &job.tag,
+        digest: &digest,
+        target: &job.target_repo,
+        attempts: job.attempts,
+        error: job.last_error.as_deref(),
+    };
+    let subject = format!("{}:{}", job.target_repo, job.tag);
+    events.emit(kind, Some(&subject), &data);
 }
 
 /// Exponential backoff with up to 50% jitter, capped.

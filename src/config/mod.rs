@@ -17,6 +17,7 @@ use crate::secret::Secret;
 mod access;
 mod bucket;
 mod cluster;
+mod events;
 mod render;
 mod signatures;
 mod target;
@@ -25,6 +26,7 @@ mod warm;
 pub use access::{AccessConfig, AccessMode, TlsConfig};
 pub use bucket::BucketConfig;
 pub use cluster::{member_name, ClusterConfig};
+pub use events::{EventsConfig, SinkConfig};
 pub use render::REDACTED;
 pub use signatures::SignatureRuleConfig;
 pub use target::{NamingConfig, TargetConfig, UpstreamPrefix, SERVICE_ACCOUNT_TOKEN};
@@ -109,6 +111,8 @@ pub struct Config {
     pub bucket: BucketConfig,
     /// The other replicas, for one upstream fetch per blob; off unless configured.
     pub cluster: ClusterConfig,
+    /// Audit events posted to HTTP receivers; off unless a sink is configured.
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -129,6 +133,7 @@ impl Default for Config {
             warm: WarmConfig::default(),
             bucket: BucketConfig::default(),
             cluster: ClusterConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -390,6 +395,7 @@ impl Config {
         self.warm.validate()?;
         self.bucket.validate()?;
         self.cluster.validate()?;
+        self.events.validate()?;
         if self.takes_client_credentials() && self.access.mode == AccessMode::Authenticated {
             return invalid(
                 "access.mode = \"authenticated\" and an upstream with credentials = \"client\" \

@@ -28,6 +28,7 @@ use crate::bucket::Bucket;
 use crate::cache::Cache;
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
+use crate::events::Events;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{Caller, TagList, Upstream, Upstreams};
 
@@ -161,6 +162,7 @@ pub struct Proxy {
     cluster: Option<Arc<Cluster>>,
     gate: gate::Gate,
     verdicts: signed::Verdicts,
+    events: Option<Arc<Events>>,
 }
 
 impl Proxy {
@@ -184,7 +186,19 @@ impl Proxy {
             cluster: None,
             gate: Default::default(),
             verdicts: Default::default(),
+            events: None,
         }
+    }
+
+    /// Sends audit events to the configured sinks.
+    pub fn with_events(mut self, events: Option<Arc<Events>>) -> Proxy {
+        self.events = events;
+        self
+    }
+
+    /// The audit event stream, when a sink is configured.
+    pub fn events(&self) -> Option<&Arc<Events>> {
+        self.events.as_ref()
     }
 
     /// Looks for blobs in the shared object store before the project and

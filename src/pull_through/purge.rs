@@ -41,6 +41,17 @@ pub enum Scope {
     Image,
 }
 
+impl Scope {
+    /// As the admin call and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Tag => "tag",
+            Scope::Manifest => "manifest",
+            Scope::Image => "image",
+        }
+    }
+}
+
 /// What a purge removed.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Purged {

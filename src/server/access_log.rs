@@ -12,6 +12,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use std::sync::Arc;
 
+use super::audit::Pending;
 use crate::body::{Body, BodyError};
 use crate::metrics::Metrics;
 use crate::pull_through::{Outcome, Provenance};
@@ -39,6 +40,8 @@ pub struct Record {
     pub expected_bytes: Option<u64>,
     /// Where to count the bytes served.
     pub metrics: Option<Arc<Metrics>>,
+    /// The audit event the request makes, sent once its body is done.
+    pub audit: Option<Pending>,
 }
 
 /// A response body that counts what it sends and logs when done.
@@ -116,7 +119,9 @@ fn millis(elapsed: std::time::Duration) -> f64 {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let Some(r) = self.record.take() else { return };
+        let Some(mut r) = self.record.take() else {
+            return;
+        };
         if let (Some(metrics), Some(outcome)) = (&r.metrics, r.outcome) {
             let from_cache = matches!(
                 outcome,
@@ -138,6 +143,9 @@ impl Drop for LoggedBody {
             complete,
             ms = millis(r.started.elapsed()),
         );
+        if let Some(audit) = r.audit.take() {
+            audit.finish(&r, self.bytes, complete);
+        }
     }
 }
 
@@ -157,6 +165,7 @@ mod tests {
             started: Instant::now(),
             expected_bytes,
             metrics: None,
+            audit: None,
         };
         LoggedBody::new(inner, record)
     }

@@ -312,7 +312,7 @@ fn header_values(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator
         .filter_map(|v| v.to_str().ok())
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())

@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod activity;
 pub mod admin;
+mod audit;
 pub mod connection;
 pub mod h2_flood;
 pub mod handlers;
@@ -42,6 +43,7 @@ use crate::cluster::peer_client::{
 use crate::cluster::Cluster;
 use crate::config::{AccessConfig, Config};
 use crate::error::Error;
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::pull_through::{Backfiller, Outcome, Provenance, Proxy};
 use crate::upstream::{Caller, Upstreams};
@@ -211,6 +213,7 @@ pub async fn preflight(config: &Config) -> Result<(), StartError> {
     if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
         tls::ReloadingAcceptor::check(cert, key).map_err(StartError::Upstream)?;
     }
+    Events::start(&config.events, &metrics).map_err(StartError::Upstream)?;
     Cluster::start(&config.cluster, metrics).map_err(StartError::Cluster)?;
     if let Some(path) = &config.admin_token_file {
         admin::token::check_file(path).map_err(StartError::Upstream)?;
@@ -271,10 +274,18 @@ pub async fn build_proxy(config: &Config) -> Result<Services, StartError> {
     let max_manifest = config.cache.max_manifest_size.as_u64();
     let backfill = backfill.map(Arc::new);
     let backfiller = backfill.clone().map(|b| b as Arc<dyn Backfiller>);
+    // Reads CA files and the system's certificates: on the blocking pool.
+    let (events_config, events_metrics) = (config.events.clone(), Arc::clone(cache.metrics()));
+    let events =
+        tokio::task::spawn_blocking(move || Events::start(&events_config, &events_metrics))
+            .await
+            .map_err(|e| StartError::Upstream(e.to_string()))?
+            .map_err(StartError::Upstream)?;
     let proxy = Proxy::new(upstreams, cache, max_manifest, backfiller)
         .with_fetch_cap(config.access.max_upstream_fetches)
         .with_bucket(bucket)
-        .with_cluster(cluster);
+        .with_cluster(cluster)
+        .with_events(events);
     let proxy = Arc::new(proxy);
     proxy.start_uploading(config.bucket.catch_up);
     // The dispatcher holds the proxy; the proxy holds only the queue's front.
@@ -547,8 +558,14 @@ async fn drain(
     }
     // What was fetched but not yet published goes to the bucket now: the
     // disk may not outlive this process (a pod's emptyDir).
+    // Audit events still queued go to their sinks alongside.
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let owed = proxy.flush_uploads(left).await;
+    let settled = async {
+        if let Some(events) = proxy.events() {
+            events.settle(left).await;
+        }
+    };
+    let (owed, ()) = tokio::join!(proxy.flush_uploads(left), settled);
     if owed > 0 {
         tracing::warn!(
             owed,
@@ -618,6 +635,14 @@ impl App {
         }
         .and_then(|()| self.reserve_file(&method, &route, &mut in_flight));
         let refused = admitted.is_err();
+        // What an audit event needs of the request, kept when events are on.
+        let asked = match &self.door {
+            Door::Clients(_) if self.proxy.events().is_some() => Some((
+                request.uri().query().map(str::to_owned),
+                authorization.cloned(),
+            )),
+            _ => None,
+        };
         let response = match (admitted, &self.door) {
             (Ok(()), Door::Clients(access)) => self.client_request(access, &route, &request).await,
             (Ok(()), Door::Peers(_)) if method == Method::POST && path == OFFER_PATH => {
@@ -639,6 +664,16 @@ impl App {
                 response::error(&err)
             }
         };
+        let audit = asked.and_then(|(query, authorization)| {
+            let request = audit::Request {
+                query: query.as_deref(),
+                address: client,
+                authorization: authorization.as_ref(),
+                method: &method,
+                route: &route,
+            };
+            audit::Pending::of(&self.proxy, &request, &response)
+        });
         let route = route.label();
         let outcome = response.extensions().get::<Outcome>().copied();
         let metrics = self.proxy.cache().metrics();
@@ -679,6 +714,7 @@ impl App {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
             metrics: Some(Arc::clone(metrics)),
+            audit,
         };
         response.map(|body| activity.watch(LoggedBody::new(body, record), in_flight))
     }
@@ -707,7 +743,15 @@ impl App {
                 (_, caller) => caller,
             };
             match caller {
-                Ok(caller) => handlers::handle(&self.proxy, request, &caller).await,
+                Ok(caller) => {
+                    let mut response = handlers::handle(&self.proxy, request, &caller).await;
+                    if self.proxy.events().is_some() {
+                        if let Some(user) = audit::ClientUser::of(&caller) {
+                            response.extensions_mut().insert(user);
+                        }
+                    }
+                    response
+                }
                 Err(err) => {
                     response::log_failure(&err, request.method(), path);
                     response::error(&err)

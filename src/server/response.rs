@@ -5,18 +5,20 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 
+use super::audit::Refusal;
 use crate::body::{self, Body, BodyError};
 use crate::cache::reader::Delivery;
 use crate::error::{Error, Origin};
 use crate::oci::media_type::OCI_INDEX;
 use crate::oci::range::unsatisfied_content_range;
-use crate::oci::ErrorBody;
+use crate::oci::{ErrorBody, ErrorCode};
 use crate::pull_through::{BlobAnswer, ManifestAnswer, Outcome, Provenance, ReferrersAnswer};
 
 /// Sent on every API response, as distribution does.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
-const DIGEST_HEADER: &str = "docker-content-digest";
+/// The header that names a manifest's or blob's digest.
+pub const DIGEST_HEADER: &str = "docker-content-digest";
 const API_VERSION_NAME: HeaderName = HeaderName::from_static(API_VERSION_HEADER);
 const DIGEST_NAME: HeaderName = HeaderName::from_static(DIGEST_HEADER);
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
@@ -122,9 +124,17 @@ pub fn error(err: &Error) -> Response<Body> {
         }
         _ => {}
     }
-    let body = ErrorBody::new(err.code(), message).to_json();
+    let code = err.code();
+    let refusal = matches!(code, ErrorCode::Unauthorized | ErrorCode::Denied).then(|| Refusal {
+        code: code.as_str(),
+        reason: message.clone(),
+    });
+    let body = ErrorBody::new(code, message).to_json();
     let mut response = finish(builder, body::full(body));
     response.extensions_mut().insert(ErrorKind(err.kind()));
+    if let Some(refusal) = refusal {
+        response.extensions_mut().insert(refusal);
+    }
     response
 }
 

@@ -27,6 +27,7 @@
 pub mod checks;
 pub mod containerd;
 pub mod docker;
+pub mod event_sink;
 pub mod fake_upstream;
 pub mod front;
 pub mod garage;

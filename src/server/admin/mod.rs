@@ -42,6 +42,7 @@ use tokio::net::TcpListener;
 use crate::backfill::{self, Backfill};
 use crate::body::{self, Body};
 use crate::error::Error;
+use crate::events::{self, Client, Kind, OfflineSwitched, Refused};
 use crate::oci::ImageRef;
 use crate::pull_through::{OfflineSwitch, Proxy, PurgeScope};
 use crate::warmer::Warmer;
@@ -101,14 +102,16 @@ async fn route(state: &State, client: IpAddr, request: Request<Incoming>) -> Res
         let authorization = request.headers().get(header::AUTHORIZATION);
         if let Err(refusal) = state.token.check(authorization) {
             let path = request.uri().path();
-            return refused(refusal, client, request.method(), path);
+            return refused(&state.proxy, refusal, client, request.method(), path);
         }
     }
     let proxy = &state.proxy;
     match request.uri().path() {
         "/admin/warm" if request.method() == Method::POST => warm(&state.warmer, request).await,
-        "/admin/purge" if request.method() == Method::POST => purge(proxy, request).await,
-        "/admin/offline" if request.method() == Method::POST => offline(proxy, request).await,
+        "/admin/purge" if request.method() == Method::POST => purge(proxy, client, request).await,
+        "/admin/offline" if request.method() == Method::POST => {
+            offline(proxy, client, request).await
+        }
         "/admin/offline" => json(
             StatusCode::OK,
             serde_json::to_vec_pretty(&proxy.availabilities()).unwrap_or_default(),
@@ -147,16 +150,36 @@ async fn route(state: &State, client: IpAddr, request: Request<Incoming>) -> Res
 /// The answer to a call that changes state without the admin token: `401`
 /// with a challenge when the token is missing or wrong, `403` when no
 /// token can be used at all (so none will do). Logged, without the token.
-fn refused(refusal: Refusal, client: IpAddr, method: &Method, path: &str) -> Response<Body> {
-    let (status, message) = match refusal {
+fn refused(
+    proxy: &Proxy,
+    refusal: Refusal,
+    client: IpAddr,
+    method: &Method,
+    path: &str,
+) -> Response<Body> {
+    let (status, code, message) = match refusal {
         Refusal::Unauthorized => (
             StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
             "this call changes state: send the admin token as Authorization: Bearer <token>"
                 .to_string(),
         ),
-        Refusal::Locked(message) => (StatusCode::FORBIDDEN, message),
+        Refusal::Locked(message) => (StatusCode::FORBIDDEN, "DENIED", message),
     };
     tracing::warn!(%client, %method, path, status = status.as_u16(), "admin call refused");
+    if let Some(events) = proxy.events() {
+        let data = Refused {
+            client: &Client::address(client),
+            method: method.as_str(),
+            path,
+            upstream: None,
+            repository: None,
+            status: status.as_u16(),
+            code,
+            reason: &message,
+        };
+        events.emit(Kind::AdminRefused, Some(path), &data);
+    }
     let body = serde_json::json!({ "error": message });
     let mut response = json(status, body.to_string().into_bytes());
     if status == StatusCode::UNAUTHORIZED {
@@ -184,17 +207,27 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| bad_request(format!("expected {expected}: {e}")))
 }
 
-async fn offline(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
+async fn offline(proxy: &Proxy, client: IpAddr, request: Request<Incoming>) -> Response<Body> {
     let expected = r#"{"offline": true|false, "upstream": "name" (optional)}"#;
     let switch: OfflineSwitch = match json_body(request, expected).await {
         Ok(switch) => switch,
         Err(answer) => return answer,
     };
     match proxy.switch_offline(&switch, true).await {
-        Ok(now) => json(
-            StatusCode::OK,
-            serde_json::to_vec_pretty(&now).unwrap_or_default(),
-        ),
+        Ok(now) => {
+            if let Some(events) = proxy.events() {
+                let data = OfflineSwitched {
+                    client: &Client::address(client),
+                    upstream: switch.upstream.as_deref(),
+                    offline: switch.offline,
+                };
+                events.emit(Kind::OfflineSwitched, switch.upstream.as_deref(), &data);
+            }
+            json(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&now).unwrap_or_default(),
+            )
+        }
         Err(err) => bad_request(err.to_string()),
     }
 }
@@ -208,7 +241,7 @@ struct PurgeRequest {
     scope: PurgeScope,
 }
 
-async fn purge(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
+async fn purge(proxy: &Proxy, client: IpAddr, request: Request<Incoming>) -> Response<Body> {
     let expected = r#"{"image": "name:tag", "scope": "tag|manifest|image"}"#;
     let wanted: PurgeRequest = match json_body(request, expected).await {
         Ok(wanted) => wanted,
@@ -219,10 +252,21 @@ async fn purge(proxy: &Proxy, request: Request<Incoming>) -> Response<Body> {
         Err(e) => return bad_request(e),
     };
     match proxy.purge(&image, wanted.scope).await {
-        Ok(purged) => json(
-            StatusCode::OK,
-            serde_json::to_vec_pretty(&purged).unwrap_or_default(),
-        ),
+        Ok(purged) => {
+            if let Some(events) = proxy.events() {
+                let data = events::Purged {
+                    client: &Client::address(client),
+                    image: &wanted.image,
+                    scope: wanted.scope.as_str(),
+                    removed: &purged,
+                };
+                events.emit(Kind::Purged, Some(&wanted.image), &data);
+            }
+            json(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&purged).unwrap_or_default(),
+            )
+        }
         Err(Error::ManifestUnknown) => {
             let message = format!("nothing is cached under {}", wanted.image);
             let body = serde_json::json!({ "error": message });
