@@ -281,12 +281,13 @@ async fn the_dashboard_and_the_alerts_use_only_exported_metrics() {
     for name in used {
         // The quota gauges appear once an upstream reports a quota (Docker
         // Hub), the signature counters with an upstream's signature rules
-        // (tests/signatures.rs reads them).
+        // (tests/signatures.rs reads them), the event counters with a sink.
         let exported = text.contains(&format!("# TYPE {name} "));
         let quota = name.starts_with("lasti_upstream_ratelimit");
         let signatures = name.starts_with("lasti_signature_");
+        let events = name.starts_with("lasti_event");
         assert!(
-            exported || quota || signatures,
+            exported || quota || signatures || events,
             "the dashboard or an alert uses {name}, which lasti does not export"
         );
     }
