@@ -642,6 +642,11 @@ impl Cache {
         self.inner.usage.last_use(digest)
     }
 
+    /// The most bytes the cache keeps (`cache.max_size`).
+    pub fn quota(&self) -> u64 {
+        self.inner.usage.quota()
+    }
+
     /// Bytes and objects stored.
     pub fn usage(&self) -> (u64, usize) {
         (self.inner.usage.total_bytes(), self.inner.usage.count())

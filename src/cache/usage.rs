@@ -84,6 +84,11 @@ impl Usage {
         })
     }
 
+    /// The quota in bytes.
+    pub fn quota(&self) -> u64 {
+        self.quota
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table
             .lock()

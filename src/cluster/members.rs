@@ -121,6 +121,16 @@ impl Members {
         self.down.lock().expect("down lock").remove(&member);
     }
 
+    /// The members left out now, each with how long ago it failed.
+    pub fn left_out(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        let down = self.down.lock().expect("down lock");
+        down.iter()
+            .map(|(member, since)| (member.clone(), now.duration_since(*since)))
+            .filter(|(_, ago)| *ago < DOWN_FOR)
+            .collect()
+    }
+
     /// Leaves `member` out for [`DOWN_FOR`].
     pub fn failed(&self, member: &str) {
         if member != self.me {

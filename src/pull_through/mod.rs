@@ -190,6 +190,11 @@ impl Proxy {
         }
     }
 
+    /// Whether replicas share an object store.
+    pub fn has_bucket(&self) -> bool {
+        self.bucket.is_some()
+    }
+
     /// Sends audit events to the configured sinks.
     pub fn with_events(mut self, events: Option<Arc<Events>>) -> Proxy {
         self.events = events;

@@ -128,6 +128,10 @@ impl Drop for LoggedBody {
                 Outcome::Hit | Outcome::Revalidated | Outcome::Stale
             );
             metrics.served(from_cache, self.bytes);
+            if r.listener == "api" {
+                let tier = r.from.as_ref().map(Provenance::label).unwrap_or("-");
+                metrics.recent().record(tier, from_cache, self.bytes);
+            }
         }
         let complete = self.complete(&r.method);
         tracing::info!(

@@ -349,6 +349,11 @@ impl Upstream {
         &self.config.name
     }
 
+    /// The registry's URL, as configured.
+    pub fn url(&self) -> &url::Url {
+        &self.config.url
+    }
+
     /// The repository as the upstream knows it (`alpine` -> `library/alpine` on Docker Hub).
     pub fn upstream_repo(&self, repo: RepoName) -> RepoName {
         if self.config.uses_library_prefix() {

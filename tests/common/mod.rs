@@ -24,6 +24,7 @@
 //! never a skip: the README's test command installs the tools.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod checks;
 pub mod containerd;
 pub mod docker;

@@ -1,5 +1,9 @@
 //! The admin listener: operator endpoints kept off the public registry API.
 //!
+//! - `GET /` (or `/status`): the status page, for a person (what is
+//!   cached, the last hour by tier, upstreams, back-fill, replicas; purge
+//!   and offline switches with the token); `GET /admin/status`: the same
+//!   as JSON.
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: the data directory is writable and the stores answer
 //!   (the listeners are up, or this would not answer at all).
@@ -23,6 +27,8 @@
 //! Every call that changes state (`POST`, `DELETE`) needs the admin token
 //! ([`token`]); reading never does.
 
+mod page;
+pub mod status;
 pub mod token;
 
 use std::convert::Infallible;
@@ -121,6 +127,11 @@ async fn route(state: &State, client: IpAddr, request: Request<Incoming>) -> Res
             serde_json::to_vec_pretty(&serde_json::json!({ "images": state.warmer.statuses() }))
                 .unwrap_or_default(),
         ),
+        "/" | "/status" => status_page(state).await,
+        "/admin/status" => json(
+            StatusCode::OK,
+            serde_json::to_vec_pretty(&status::snapshot(state).await).unwrap_or_default(),
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match proxy.cache().check_ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n"),
@@ -145,6 +156,24 @@ async fn route(state: &State, client: IpAddr, request: Request<Incoming>) -> Res
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The status page, with headers that keep it to itself: its own code
+/// only, never framed, never cached.
+async fn status_page(state: &State) -> Response<Body> {
+    let page = page::render(&status::snapshot(state).await);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            page::content_security_policy(),
+        )
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::REFERRER_POLICY, "no-referrer")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body::full(page))
+        .expect("static response")
 }
 
 /// The answer to a call that changes state without the admin token: `401`

@@ -6,6 +6,9 @@
 //! upstream names come from the configuration, and no repository name or
 //! credential from a client ever becomes a label.
 
+mod recent;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -13,6 +16,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+pub use recent::{LastHour, Recent, MINUTES, TIERS};
 
 /// Buckets for request and upstream latencies, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -69,6 +73,7 @@ pub struct Metrics {
     events_dropped: IntCounterVec,
     event_posts_failed: IntCounterVec,
     events_queued: IntGaugeVec,
+    recent: Arc<Recent>,
     hot: Hot,
 }
 
@@ -237,6 +242,7 @@ impl Metrics {
             events_dropped: counter(r, "lasti_events_dropped_total", "Audit events never delivered, by sink and reason (queue_full: the sink was slow or down for longer than its queue holds; rejected: it refused the batch as malformed, a 400, 413, 415 or 422; shutdown: still queued when the process ended).", &["sink", "reason"]),
             event_posts_failed: counter(r, "lasti_event_posts_failed_total", "Batches of audit events a sink did not take (no answer, 5xx, 408, 429), each tried again after a back-off.", &["sink"]),
             events_queued: gauge_vec(r, "lasti_events_queued", "Audit events waiting for a sink.", &["sink"]),
+            recent: Arc::default(),
             registry,
         }
         .with_outcomes()
@@ -377,6 +383,35 @@ impl Metrics {
             true => self.hot.from_cache.inc_by(bytes),
             false => self.hot.from_upstream.inc_by(bytes),
         }
+    }
+
+    /// The last hour, minute by minute, for the status page.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
+    }
+
+    /// Blobs and manifests owed to the object store, as last counted.
+    pub fn bucket_owed_now(&self) -> i64 {
+        self.bucket_owed.get()
+    }
+
+    /// The pull quota an upstream last reported (`RateLimit-Limit`,
+    /// `RateLimit-Remaining`), when it reported one.
+    pub fn ratelimit_now(&self, upstream: &str) -> Option<(i64, i64)> {
+        let families = self.registry.gather();
+        let value = |name: &str| {
+            let family = families.iter().find(|f| f.name() == name)?;
+            let metric = family.get_metric().iter().find(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "upstream" && l.value() == upstream)
+            })?;
+            Some(metric.get_gauge().get_value() as i64)
+        };
+        Some((
+            value("lasti_upstream_ratelimit_limit")?,
+            value("lasti_upstream_ratelimit_remaining")?,
+        ))
     }
 
     /// One image warmed, or not.
