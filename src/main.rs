@@ -42,7 +42,7 @@ struct Cli {
     #[arg(long, global = true)]
     admin_listen: Option<SocketAddr>,
     /// File holding the admin token: `serve` requires it of admin calls
-    /// that change state; `purge` sends it.
+    /// that change state; `purge` and `offline on|off` send it.
     #[arg(long, global = true)]
     admin_token_file: Option<PathBuf>,
     /// Registry to back-fill pulled images into (the Rahti project's registry).
@@ -100,6 +100,25 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Show a running lasti's offline switches and each upstream's
+    /// breaker, or set a switch (`on`: offline, `off`: online again; needs
+    /// the admin token). Set at run time, a switch reaches the other
+    /// replicas and lasts until set again or the process restarts.
+    Offline {
+        /// `status` (the default), `on` or `off`.
+        #[arg(value_enum, default_value_t = Switch::Status)]
+        switch: Switch,
+        /// One upstream, by its configured name (`docker.io`), instead of
+        /// the whole process.
+        upstream: Option<String>,
+        /// Print the JSON answer instead of a summary.
+        #[arg(long)]
+        json: bool,
+        /// The admin endpoint, as a URL or host:port; default: the
+        /// configured admin address.
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// List what a running lasti's cache holds.
     Ls {
         /// Print the JSON of /admin/cache instead of a table.
@@ -121,6 +140,17 @@ enum Scope {
     Manifest,
     /// The manifests and the blobs no other cached image uses.
     Image,
+}
+
+/// What `lasti offline` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    /// Show the switches.
+    Status,
+    /// Offline: no request goes to the upstream(s).
+    On,
+    /// Online again.
+    Off,
 }
 
 /// The admin endpoint `--admin` names, or the configured one.
@@ -195,6 +225,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let admin = admin_url(admin, &config)?;
             client_runtime()?
                 .block_on(lasti::tools::ls::run(&admin, json))
+                .map_err(|e| anyhow::anyhow!(e))
+        }
+        Command::Offline {
+            switch,
+            upstream,
+            json,
+            admin,
+        } => {
+            let admin = admin_url(admin, &config)?;
+            let token = match switch {
+                Switch::Status => None,
+                Switch::On | Switch::Off => Some(
+                    lasti::tools::admin_token(config.admin_token_file.as_deref())
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                ),
+            };
+            let set = token.as_deref().map(|token| (switch == Switch::On, token));
+            client_runtime()?
+                .block_on(lasti::tools::offline::run(
+                    &admin,
+                    set,
+                    upstream.as_deref(),
+                    json,
+                ))
                 .map_err(|e| anyhow::anyhow!(e))
         }
         Command::Purge {
@@ -274,5 +328,16 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

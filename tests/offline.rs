@@ -129,6 +129,31 @@ async fn offline_serves_what_is_cached_and_sends_nothing_upstream() {
         state(&lasti).await["upstreams"]["docker.io"]["offline"],
         true
     );
+
+    // The same from the command line: the state, then docker.io back online.
+    let cli = |args: &[&str]| {
+        let token_file = work.path().join("admin-token");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lasti"))
+            .args(["--admin-token-file", token_file.to_str().unwrap()])
+            .args(["offline", "--admin", &lasti.admin_url()])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = cli(&[]);
+    assert!(
+        shown.contains("process: online\ndocker.io: offline\n"),
+        "{shown}"
+    );
+    let shown = cli(&["off", "docker.io"]);
+    assert!(shown.contains("docker.io: online"), "{shown}");
+    assert_eq!(
+        state(&lasti).await["upstreams"]["docker.io"]["offline"],
+        false
+    );
     drop(lasti);
 
     // Offline from the start, by the configuration.

@@ -168,45 +168,27 @@ impl PeerClient {
 
     /// Tells `member` that this replica is up (after a start): `204`.
     pub async fn hello(&self, member: &str) -> Result<()> {
-        let uri = format!("http://{member}{HELLO_PATH}");
-        let response = self
-            .send(member, Method::POST, uri, Vec::new(), body::empty())
-            .await?;
-        match response.status() {
-            StatusCode::NO_CONTENT => Ok(()),
-            status => Err(answered(member, status)),
-        }
+        let response = self.post(member, HELLO_PATH, None).await?;
+        expect(member, &response, StatusCode::NO_CONTENT)
     }
 
     /// Hands a back-fill offer to `member`, the owner of its digest, whose
     /// queue takes it (`202 Accepted`).
     pub async fn offer(&self, member: &str, offer: &Offer) -> Result<()> {
         let json = serde_json::to_vec(offer).expect("an offer serializes");
-        let uri = format!("http://{member}{OFFER_PATH}");
-        let headers = vec![(header::CONTENT_TYPE, "application/json".to_string())];
-        let response = self
-            .send(member, Method::POST, uri, headers, body::full(json))
-            .await?;
-        match response.status() {
-            StatusCode::ACCEPTED => Ok(()),
-            status => Err(answered(member, status)),
-        }
+        let response = self.post(member, OFFER_PATH, Some(json)).await?;
+        expect(member, &response, StatusCode::ACCEPTED)
     }
 
     /// Asks `member` to purge as this replica did; what it removed, or
     /// `None` when it held nothing of it.
     pub async fn purge(&self, member: &str, purge: &PeerPurge) -> Result<Option<Purged>> {
         let json = serde_json::to_vec(purge).expect("a purge serializes");
-        let uri = format!("http://{member}{PURGE_PATH}");
-        let headers = vec![(header::CONTENT_TYPE, "application/json".to_string())];
-        let response = self
-            .send(member, Method::POST, uri, headers, body::full(json))
-            .await?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            status => return Err(answered(member, status)),
+        let response = self.post(member, PURGE_PATH, Some(json)).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
         }
+        expect(member, &response, StatusCode::OK)?;
         let body = http_body_util::Limited::new(response.into_body(), PURGE_ANSWER_LIMIT);
         let bytes = http_body_util::BodyExt::collect(body)
             .await
@@ -220,15 +202,27 @@ impl PeerClient {
     /// Sets `switch` on `member` as an operator set it here.
     pub async fn switch_offline(&self, member: &str, switch: &OfflineSwitch) -> Result<()> {
         let json = serde_json::to_vec(switch).expect("a switch serializes");
-        let uri = format!("http://{member}{OFFLINE_PATH}");
-        let headers = vec![(header::CONTENT_TYPE, "application/json".to_string())];
-        let response = self
-            .send(member, Method::POST, uri, headers, body::full(json))
-            .await?;
-        match response.status() {
-            StatusCode::NO_CONTENT => Ok(()),
-            status => Err(answered(member, status)),
-        }
+        let response = self.post(member, OFFLINE_PATH, Some(json)).await?;
+        expect(member, &response, StatusCode::NO_CONTENT)
+    }
+
+    /// One `POST` to `path` on `member`'s peer listener, with a JSON body
+    /// or none; the response's head.
+    async fn post(
+        &self,
+        member: &str,
+        path: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let uri = format!("http://{member}{path}");
+        let (headers, body) = match json {
+            Some(json) => (
+                vec![(header::CONTENT_TYPE, "application/json".to_string())],
+                body::full(json),
+            ),
+            None => (Vec::new(), body::empty()),
+        };
+        self.send(member, Method::POST, uri, headers, body).await
     }
 
     /// One `GET` of `/v2/<path>?ns=<upstream>` on `member`'s peer listener;
@@ -310,4 +304,12 @@ fn refused(member: &str, message: String) -> Error {
 
 fn answered(member: &str, status: StatusCode) -> Error {
     refused(member, format!("answered {status}"))
+}
+
+/// `Ok` when `member` answered `wanted`.
+fn expect<B>(member: &str, response: &http::Response<B>, wanted: StatusCode) -> Result<()> {
+    match response.status() {
+        status if status == wanted => Ok(()),
+        status => Err(answered(member, status)),
+    }
 }

@@ -3,6 +3,7 @@
 //! drops an image from it.
 
 pub mod ls;
+pub mod offline;
 pub mod purge;
 pub mod warm;
 
@@ -118,6 +119,14 @@ pub fn admin_token(path: Option<&std::path::Path>) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
     Ok(text.trim().to_string())
+}
+
+/// The `error` of an admin call's JSON answer, or the answer as text.
+pub fn error_message(answer: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(answer).trim().to_string())
 }
 
 #[cfg(test)]

@@ -15,10 +15,7 @@ pub async fn run(
     let body = serde_json::json!({ "image": image, "scope": scope });
     let (status, answer) = super::post_admin(&url, token, body.to_string().into_bytes()).await?;
     if status != 200 {
-        let error = serde_json::from_slice::<serde_json::Value>(&answer)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&answer).trim().to_string());
+        let error = super::error_message(&answer);
         return Err(format!("{url} answered {status}: {error}"));
     }
     if json {
