@@ -1,6 +1,7 @@
 //! The proxy's own faults: SIGKILL at random points of cold fetches leaves
-//! no corrupt cache, and eviction under the quota never removes a blob a
-//! client is still reading.
+//! no corrupt cache, eviction under the quota never removes a blob a
+//! client is still reading, and the order of recent uses survives a
+//! restart, so what is evicted after it is what was least recently used.
 
 mod common;
 
@@ -182,4 +183,67 @@ async fn eviction_never_removes_a_blob_being_read() {
         registry.wait_for_requests("GET", &format!("/blobs/{b}"), 2),
         2
     );
+}
+
+/// Blobs stored first but used since are the most recently used after a
+/// restart: restarted with a quota that holds a third of the cache, lasti
+/// evicts the blobs nobody asked for again and keeps the hot ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_used_last_survives_a_restart_with_a_smaller_quota() {
+    use common::fake_upstream::{blob_path, random_blob, FakeUpstream};
+    let fake = FakeUpstream::start().await;
+    let digests: Vec<String> = (0..12)
+        .map(|_| fake.put_blob(random_blob(64 * 1024)))
+        .collect();
+    let cfg = common::lasti::config(&[("docker.io", &fake.url())]);
+    let lasti = common::lasti::Lasti::start_with(cfg.clone(), None).await;
+    let get = |digest: &str| {
+        let url = format!("{}{}", lasti.url(), blob_path("team/app", digest));
+        async move { common::http::get(&url, &[]).await }
+    };
+    for digest in &digests {
+        assert_eq!(get(digest).await.status, 200);
+    }
+    for digest in &digests {
+        common::checks::eventually("stored", || {
+            common::checks::blob_file(lasti.data_dir(), digest).exists()
+        })
+        .await;
+    }
+    // A second on (file times count seconds), the first four are used
+    // again and again: the hot set.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (hot, cold) = digests.split_at(4);
+    for _ in 0..5 {
+        for digest in hot {
+            assert_eq!(get(digest).await.status, 200);
+        }
+    }
+    let data = lasti.stop().await;
+
+    let mut smaller = cfg;
+    smaller.cache.max_size = bytesize::ByteSize::kib(6 * 64);
+    let lasti = common::lasti::Lasti::start_with(smaller, Some(data)).await;
+    let dir = lasti.data_dir().to_path_buf();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let kept = cold
+            .iter()
+            .filter(|d| common::checks::blob_file(&dir, d).exists())
+            .count();
+        if kept <= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kept} cold blobs still kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for digest in hot {
+        assert!(
+            common::checks::blob_file(&dir, digest).exists(),
+            "a hot blob was evicted: {digest}"
+        );
+    }
 }

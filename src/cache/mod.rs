@@ -142,15 +142,27 @@ impl Inner {
 
     /// The media type of a stored manifest, `None` for any other blob; from
     /// memory, else from the index. Blocks.
+    ///
+    /// Only manifests are kept in memory: a blob is asked for when its file
+    /// is opened (then kept open), and an entry per blob would cost a
+    /// million entries' memory in a cache of a million blobs.
     fn manifest_type(&self, digest: &Digest) -> Option<Arc<str>> {
-        self.manifest_types
-            .get_with_by_ref(digest, || match self.index.manifest_type(digest) {
-                Ok(found) => found.map(Arc::from),
-                Err(e) => {
-                    tracing::warn!(%digest, error = %e, "cannot read a manifest type");
-                    None
-                }
-            })
+        if let Some(found) = self.manifest_types.get(digest) {
+            return Some(found);
+        }
+        match self.index.manifest_type(digest) {
+            Ok(Some(found)) => {
+                let found: Arc<str> = Arc::from(found);
+                self.manifest_types
+                    .insert(digest.clone(), Arc::clone(&found));
+                Some(found)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot read a manifest type");
+                None
+            }
+        }
     }
 
     /// Deletes the files of blobs taken out of the usage table, unless a
@@ -210,9 +222,9 @@ struct Inner {
     /// Wakes the eviction task.
     evictor: Arc<tokio::sync::Notify>,
     manifests: moka::sync::Cache<Digest, Arc<Manifest>>,
-    /// Per digest, its manifest media type, or `None` for other blobs: read
-    /// through from the index, never loaded whole.
-    manifest_types: moka::sync::Cache<Digest, Option<Arc<str>>>,
+    /// The media types of manifests read from the index, or stored; other
+    /// blobs have no entry (see `Inner::manifest_type`).
+    manifest_types: moka::sync::Cache<Digest, Arc<str>>,
     tags: moka::sync::Cache<String, TagRecord>,
     metrics: Arc<Metrics>,
     max_blob_size: u64,
@@ -301,6 +313,28 @@ impl Cache {
                 file.set_modified(SystemTime::now())
             });
         }
+    }
+
+    /// Writes the last use of every blob used since its file's time was
+    /// last set into that time, so the next start orders them as they were
+    /// used (a use refreshes the time at most once a minute); at shutdown.
+    /// How many files were set.
+    pub async fn persist_recency(&self) -> usize {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut set = 0;
+            for (digest, last_use) in inner.usage.unpersisted() {
+                let path = inner.store.path(&digest);
+                let file = std::fs::File::options().append(true).open(path);
+                match file.and_then(|f| f.set_modified(last_use)) {
+                    Ok(()) => set += 1,
+                    Err(e) => tracing::debug!(%digest, error = %e, "cannot keep a blob's last use"),
+                }
+            }
+            set
+        })
+        .await
+        .unwrap_or(0)
     }
 
     /// Whether every blob file found at start is indexed.
@@ -555,10 +589,8 @@ impl Cache {
         self.inner
             .manifests
             .insert(manifest.digest.clone(), Arc::clone(&manifest));
-        if matches!(
-            self.inner.manifest_types.get(&manifest.digest),
-            Some(Some(_))
-        ) && self.inner.usage.contains(&manifest.digest)
+        if self.inner.manifest_types.contains_key(&manifest.digest)
+            && self.inner.usage.contains(&manifest.digest)
         {
             return Ok(());
         }
@@ -577,7 +609,7 @@ impl Cache {
                 .map_err(|e| Error::storage("commit manifest", e))?;
             inner
                 .manifest_types
-                .insert(m.digest.clone(), Some(Arc::from(m.media_type.as_str())));
+                .insert(m.digest.clone(), Arc::from(m.media_type.as_str()));
             Ok::<_, Error>(())
         })
         .await

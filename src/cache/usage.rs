@@ -2,8 +2,9 @@
 //!
 //! The blob files themselves are the durable index: at start `BlobStore::scan`
 //! rebuilds this table from file sizes and modification times, and a use
-//! refreshes the file's modification time (at most hourly), so recency
-//! survives restarts without a second record that could disagree with the disk.
+//! refreshes the file's modification time (at most once a minute per blob,
+//! and at shutdown for every blob used since), so recency survives
+//! restarts without a second record that could disagree with the disk.
 //!
 //! Each blob is charged the space it takes on disk (its allocated blocks:
 //! a 1 KiB blob takes a 4 KiB block), so the quota bounds what `du` shows
@@ -26,15 +27,32 @@ use crate::oci::Digest;
 /// the quota does not trigger an eviction per following commit.
 const LOW_WATERMARK_PERCENT: u64 = 90;
 
-/// How stale a file's modification time may get before a use refreshes it.
-pub const PERSIST_USE_EVERY: Duration = Duration::from_secs(3600);
+/// How stale a file's modification time may get before a use refreshes
+/// it: what a crash can cost the order of recent uses.
+pub const PERSIST_USE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Entry {
     /// Bytes the blob takes on disk (allocated blocks, not its length).
     charge: u64,
-    last_use: SystemTime,
+    /// Unix seconds of the last use (seconds, not a `SystemTime`: half the
+    /// size, for a table of a million entries).
+    last_use: u32,
+    /// Unix seconds the file's modification time says.
+    persisted: u32,
     token: Arc<()>,
+}
+
+/// Unix seconds, saturating (to 2106).
+fn secs(time: SystemTime) -> u32 {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    u32::try_from(since.as_secs()).unwrap_or(u32::MAX)
+}
+
+fn time(secs: u32) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(secs))
 }
 
 impl Entry {
@@ -104,14 +122,17 @@ impl Usage {
             Some(entry) => {
                 table.total = table.total - entry.charge + charge;
                 entry.charge = charge;
-                entry.last_use = entry.last_use.max(last_use);
+                entry.last_use = entry.last_use.max(secs(last_use));
+                // A new file: its time is the store's.
+                entry.persisted = secs(last_use);
             }
             None => {
                 table.total += charge;
                 let token = Arc::new(());
                 let entry = Entry {
                     charge,
-                    last_use,
+                    last_use: secs(last_use),
+                    persisted: secs(last_use),
                     token,
                 };
                 table.entries.push(digest, entry);
@@ -131,7 +152,8 @@ impl Usage {
             table.total += charge;
             let entry = Entry {
                 charge,
-                last_use,
+                last_use: secs(last_use),
+                persisted: secs(last_use),
                 token: Arc::new(()),
             };
             table.entries.push(digest.clone(), entry);
@@ -143,13 +165,15 @@ impl Usage {
     /// (never stored, or already chosen for eviction). The second value says
     /// whether the file's modification time should be refreshed.
     pub fn lease(&self, digest: &Digest) -> Option<(Lease, bool)> {
-        let now = SystemTime::now();
+        let now = secs(SystemTime::now());
         let mut table = self.lock();
         let entry = table.entries.get_mut(digest)?;
-        let persist = now
-            .duration_since(entry.last_use)
-            .map(|age| age >= PERSIST_USE_EVERY)
-            .unwrap_or(false);
+        // Against what the file says, not the last use: a blob used every
+        // second is refreshed once a minute, not never.
+        let persist = u64::from(now.saturating_sub(entry.persisted)) >= PERSIST_USE_EVERY.as_secs();
+        if persist {
+            entry.persisted = now;
+        }
         entry.last_use = now;
         let lease = Lease {
             token: Arc::clone(&entry.token),
@@ -219,7 +243,22 @@ impl Usage {
 
     /// When a stored blob was last used, if it is stored.
     pub fn last_use(&self, digest: &Digest) -> Option<SystemTime> {
-        self.lock().entries.peek(digest).map(|e| e.last_use)
+        self.lock().entries.peek(digest).map(|e| time(e.last_use))
+    }
+
+    /// The blobs used since their file's time was last set, each with its
+    /// last use, taken as set: at shutdown, so that the next start orders
+    /// them as they were used. Least recently used first.
+    pub fn unpersisted(&self) -> Vec<(Digest, SystemTime)> {
+        let mut table = self.lock();
+        let mut out = Vec::new();
+        for (digest, entry) in table.entries.iter_mut().rev() {
+            if entry.last_use > entry.persisted {
+                entry.persisted = entry.last_use;
+                out.push((digest.clone(), time(entry.last_use)));
+            }
+        }
+        out
     }
 
     /// Bytes held on disk.
@@ -303,6 +342,29 @@ mod tests {
         let (_, persist) = usage.lease(&digest(0)).unwrap();
         assert!(!persist, "just refreshed");
         assert_eq!(usage.take_victims(usize::MAX), vec![digest(1)]);
+    }
+
+    #[test]
+    fn a_blob_used_again_and_again_is_persisted_by_its_file_s_time() {
+        let usage = Usage::new(1000);
+        let stored = SystemTime::now() - PERSIST_USE_EVERY / 2;
+        usage.insert(digest(0), 60, stored);
+        usage.insert(digest(1), 60, stored);
+        // Used now and then: the file's time is recent enough for now.
+        let (_, persist) = usage.lease(&digest(0)).unwrap();
+        assert!(!persist);
+        assert!(usage.last_use(&digest(0)).unwrap() > stored);
+        // What shutdown writes: the used blob, with its last use; once.
+        let unpersisted = usage.unpersisted();
+        assert_eq!(unpersisted.len(), 1);
+        assert_eq!(unpersisted[0].0, digest(0));
+        assert!(usage.unpersisted().is_empty(), "taken as written");
+        // Stored a minute and more ago, used every second: refreshed.
+        usage.insert(digest(2), 60, SystemTime::now() - PERSIST_USE_EVERY * 2);
+        let (_, persist) = usage.lease(&digest(2)).unwrap();
+        assert!(persist, "the file's time is a minute old");
+        let (_, persist) = usage.lease(&digest(2)).unwrap();
+        assert!(!persist, "and is fresh now");
     }
 
     #[test]

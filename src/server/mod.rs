@@ -566,6 +566,9 @@ async fn drain(
         }
     };
     let (owed, ()) = tokio::join!(proxy.flush_uploads(left), settled);
+    // The order of recent uses, for the next start's eviction.
+    let kept = proxy.cache().persist_recency().await;
+    tracing::debug!(blobs = kept, "last uses written");
     if owed > 0 {
         tracing::warn!(
             owed,
