@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use lru::LruCache;
 
-use crate::oci::Digest;
+use crate::oci::{Algorithm, Digest};
 
 /// Eviction frees space down to this share of the quota, so one commit past
 /// the quota does not trigger an eviction per following commit.
@@ -30,6 +30,35 @@ const LOW_WATERMARK_PERCENT: u64 = 90;
 /// How stale a file's modification time may get before a use refreshes
 /// it: what a crash can cost the order of recent uses.
 pub const PERSIST_USE_EVERY: Duration = Duration::from_secs(60);
+
+/// A digest as the table keeps it: a SHA-256's 32 bytes inline (no text,
+/// no allocation of its own: a million entries are a million of these),
+/// any other digest as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Sha256([u8; 32]),
+    Other(Box<str>),
+}
+
+impl Key {
+    fn of(digest: &Digest) -> Key {
+        let mut bytes = [0u8; 32];
+        match digest.algorithm() {
+            Algorithm::Sha256 if hex::decode_to_slice(digest.hex(), &mut bytes).is_ok() => {
+                Key::Sha256(bytes)
+            }
+            _ => Key::Other(digest.as_str().into()),
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        let text = match self {
+            Key::Sha256(bytes) => format!("sha256:{}", hex::encode(bytes)),
+            Key::Other(text) => text.to_string(),
+        };
+        Digest::parse(&text).expect("a key is made of a valid digest")
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -40,7 +69,9 @@ struct Entry {
     last_use: u32,
     /// Unix seconds the file's modification time says.
     persisted: u32,
-    token: Arc<()>,
+    /// What leases clone; made at the first lease (most blobs of a large
+    /// cache are never read again), then kept with the entry.
+    token: Option<Arc<()>>,
 }
 
 /// Unix seconds, saturating (to 2106).
@@ -57,7 +88,16 @@ fn time(secs: u32) -> SystemTime {
 
 impl Entry {
     fn leased(&self) -> bool {
-        Arc::strong_count(&self.token) > 1
+        self.token
+            .as_ref()
+            .is_some_and(|t| Arc::strong_count(t) > 1)
+    }
+
+    fn lease(&mut self) -> Lease {
+        let token = self.token.get_or_insert_with(Arc::default);
+        Lease {
+            token: Arc::clone(token),
+        }
     }
 }
 
@@ -65,7 +105,7 @@ impl Entry {
 /// front in O(1), and eviction takes from the back without sorting.
 #[derive(Debug)]
 struct Table {
-    entries: LruCache<Digest, Entry>,
+    entries: LruCache<Key, Entry>,
     total: u64,
 }
 
@@ -118,7 +158,8 @@ impl Usage {
     pub fn insert(&self, digest: Digest, charge: u64, last_use: SystemTime) {
         let mut table = self.lock();
         let table = &mut *table;
-        match table.entries.get_mut(&digest) {
+        let key = Key::of(&digest);
+        match table.entries.get_mut(&key) {
             Some(entry) => {
                 table.total = table.total - entry.charge + charge;
                 entry.charge = charge;
@@ -128,14 +169,13 @@ impl Usage {
             }
             None => {
                 table.total += charge;
-                let token = Arc::new(());
                 let entry = Entry {
                     charge,
                     last_use: secs(last_use),
                     persisted: secs(last_use),
-                    token,
+                    token: None,
                 };
-                table.entries.push(digest, entry);
+                table.entries.push(key, entry);
             }
         }
     }
@@ -146,7 +186,8 @@ impl Usage {
     pub fn insert_found(&self, found: impl IntoIterator<Item = (Digest, u64, SystemTime)>) {
         let mut table = self.lock();
         for (digest, charge, last_use) in found {
-            if table.entries.contains(&digest) {
+            let key = Key::of(&digest);
+            if table.entries.contains(&key) {
                 continue;
             }
             table.total += charge;
@@ -154,10 +195,10 @@ impl Usage {
                 charge,
                 last_use: secs(last_use),
                 persisted: secs(last_use),
-                token: Arc::new(()),
+                token: None,
             };
-            table.entries.push(digest.clone(), entry);
-            table.entries.demote(&digest);
+            table.entries.push(key.clone(), entry);
+            table.entries.demote(&key);
         }
     }
 
@@ -167,7 +208,7 @@ impl Usage {
     pub fn lease(&self, digest: &Digest) -> Option<(Lease, bool)> {
         let now = secs(SystemTime::now());
         let mut table = self.lock();
-        let entry = table.entries.get_mut(digest)?;
+        let entry = table.entries.get_mut(&Key::of(digest))?;
         // Against what the file says, not the last use: a blob used every
         // second is refreshed once a minute, not never.
         let persist = u64::from(now.saturating_sub(entry.persisted)) >= PERSIST_USE_EVERY.as_secs();
@@ -175,21 +216,16 @@ impl Usage {
             entry.persisted = now;
         }
         entry.last_use = now;
-        let lease = Lease {
-            token: Arc::clone(&entry.token),
-        };
-        Some((lease, persist))
+        Some((entry.lease(), persist))
     }
 
     /// Leases a blob without marking it used: it keeps its place in the
     /// eviction order and its last-use time (a listing reads it, no client
     /// did). `None` if the table does not hold it.
     pub fn peek_lease(&self, digest: &Digest) -> Option<Lease> {
-        let table = self.lock();
-        let entry = table.entries.peek(digest)?;
-        Some(Lease {
-            token: Arc::clone(&entry.token),
-        })
+        let mut table = self.lock();
+        let entry = table.entries.peek_mut(&Key::of(digest))?;
+        Some(entry.lease())
     }
 
     /// Forgets a blob (its file vanished or failed to open, or it is
@@ -197,7 +233,7 @@ impl Usage {
     /// stay valid for their readers and no longer count.
     pub fn forget(&self, digest: &Digest) -> Option<u64> {
         let mut table = self.lock();
-        let entry = table.entries.pop(digest)?;
+        let entry = table.entries.pop(&Key::of(digest))?;
         table.total -= entry.charge;
         Some(entry.charge)
     }
@@ -220,30 +256,34 @@ impl Usage {
         let mut victims = Vec::new();
         let mut leased_seen = 0;
         while table.total > target && victims.len() < max && leased_seen < table.entries.len() {
-            let Some((digest, entry)) = table.entries.peek_lru() else {
+            let Some((key, entry)) = table.entries.peek_lru() else {
                 break;
             };
             if entry.leased() {
-                let digest = digest.clone();
-                table.entries.promote(&digest);
+                let key = key.clone();
+                table.entries.promote(&key);
                 leased_seen += 1;
                 continue;
             }
-            let (digest, entry) = table.entries.pop_lru().expect("peeked");
+            let (key, entry) = table.entries.pop_lru().expect("peeked");
             table.total -= entry.charge;
-            victims.push(digest);
+            victims.push(key.digest());
         }
         victims
     }
 
     /// Whether the blob is stored.
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.lock().entries.contains(digest)
+        self.lock().entries.contains(&Key::of(digest))
     }
 
     /// When a stored blob was last used, if it is stored.
     pub fn last_use(&self, digest: &Digest) -> Option<SystemTime> {
-        self.lock().entries.peek(digest).map(|e| time(e.last_use))
+        let table = self.lock();
+        table
+            .entries
+            .peek(&Key::of(digest))
+            .map(|e| time(e.last_use))
     }
 
     /// The blobs used since their file's time was last set, each with its
@@ -252,10 +292,10 @@ impl Usage {
     pub fn unpersisted(&self) -> Vec<(Digest, SystemTime)> {
         let mut table = self.lock();
         let mut out = Vec::new();
-        for (digest, entry) in table.entries.iter_mut().rev() {
+        for (key, entry) in table.entries.iter_mut().rev() {
             if entry.last_use > entry.persisted {
                 entry.persisted = entry.last_use;
-                out.push((digest.clone(), time(entry.last_use)));
+                out.push((key.digest(), time(entry.last_use)));
             }
         }
         out
@@ -282,6 +322,20 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_key_gives_back_its_digest() {
+        let sha256 = digest(7);
+        assert!(matches!(Key::of(&sha256), Key::Sha256(_)));
+        assert_eq!(Key::of(&sha256).digest(), sha256);
+        let sha512 = Digest::parse(&format!("sha512:{}", "ab".repeat(64))).unwrap();
+        assert!(matches!(Key::of(&sha512), Key::Other(_)));
+        assert_eq!(Key::of(&sha512).digest(), sha512);
+        assert!(
+            std::mem::size_of::<Key>() <= 40,
+            "a SHA-256 key stays inline"
+        );
     }
 
     #[test]
